@@ -1,0 +1,57 @@
+"""`segmote` command line: one sub-command per job, each a thin wrapper over a typed function.
+
+Every sub-command lives in its own module under ``segmote.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a ``run(args) -> int``.
+Expected failures raise :class:`segmote.errors.SegmoteError`; they are printed as one line on
+stderr with exit status 1 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from segmote import __version__
+from segmote.errors import SegmoteError
+
+# Sub-command modules, in the order they appear in `segmote --help`.
+COMMANDS = ("predict", "samples", "info", "evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segmote",
+        description="SegMoTE: promptable and automatic medical image segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"segmote {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"segmote.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"segmote.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SegmoteError as err:
+        print(f"segmote {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"segmote {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
