@@ -10,6 +10,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from segmote.modeling.mask_decoder import MaskDecoder
 from segmote.modeling.prompt_encoder import PromptEncoder
 from segmote.modeling.sam import Sam
 from segmote.modeling.transformer import TwoWayTransformer
+
+if TYPE_CHECKING:
+    from segmote.modeling.segmote import SegMoTE
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SAM's pixel_mean / 255
@@ -124,20 +128,36 @@ def build_base(backbone: str = "litemedsam", checkpoint: str | Path | None = Non
     return model.eval()
 
 
+# Adapter `load_model` attaches when none is named: None (the base model) until the training
+# issue ships a trained SegMoTE adapter with the package.
+DEFAULT_ADAPTER: str | None = None
+
+
 def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = None,
-               adapter: str | Path | None = None, device: str | torch.device = "cpu") -> Sam:
+               adapter: str | Path | None = None,
+               device: str | torch.device = "cpu") -> Sam | SegMoTE:
     """Public entry point: the model for `Segmenter`.
 
     Args:
         backbone: a key of `BACKBONES`.
         checkpoint: weights file for the backbone (required for the SAM / MedSAM ViTs).
-        adapter: None for the plain base model. (SegMoTE adapters are added by the MoTE work.)
+        adapter: None for the plain base model; "new" for a freshly initialised SegMoTE adapter
+            (what training starts from; its output equals the base model's); or the path of a
+            saved adapter (`.safetensors`, checked against this backbone's weights).
         device: torch device string.
 
-    Returns the model in eval mode; parameters with requires_grad=True are the trainable ones
-    (none for a base model).
+    Returns the model (`Sam` or `SegMoTE`) in eval mode; parameters with requires_grad=True are
+    the trainable ones (none for a base model, exactly the adapter for SegMoTE).
     """
     model = build_base(backbone, checkpoint)
+    if adapter == "default":
+        adapter = DEFAULT_ADAPTER if backbone == "litemedsam" else None
+    if adapter == "none":
+        adapter = None
     if adapter is not None:
-        raise InputError("adapters are not available in this version; use adapter=None")
+        from segmote.adapter import attach_adapter
+        path, expected = resolve_weights(backbone, checkpoint)
+        # shipped weights were verified against `expected` by build_base; user files are hashed
+        sha = expected or sha256_file(path)
+        model = attach_adapter(model, adapter, backbone=backbone, backbone_sha256=sha)
     return model.to(device)

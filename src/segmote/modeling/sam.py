@@ -41,6 +41,11 @@ class Sam(nn.Module):
         return self.mask_decoder.transformer_dim
 
     @property
+    def mask_input_size(self) -> int:
+        """Side of the low-res mask grid (4 x the embedding grid: 256 for all SAM backbones)."""
+        return self.prompt_encoder.mask_input_size[0]
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
@@ -48,10 +53,22 @@ class Sam(nn.Module):
         """images: (B, 3, S, S) in [0, 1], zero-padded -> EncoderOutput."""
         return self.image_encoder((images - self.pixel_mean) / self.pixel_std)
 
-    def decode(self, image_embeddings: Tensor, points: tuple[Tensor, Tensor] | None = None,
+    def prepare_image(self, encoded: EncoderOutput) -> EncoderOutput:
+        """Everything per image that prompts reuse. The base decoder needs only the embedding;
+        SegMoTE overrides this to also cache its prompt-independent expert-head features."""
+        return encoded
+
+    def decode(self, image: EncoderOutput | Tensor, points: tuple[Tensor, Tensor] | None = None,
                boxes: Tensor | None = None, masks: Tensor | None = None,
                multimask_output: bool = False) -> DecoderOutput:
-        """Prompts in padded-input pixel coordinates; see PromptEncoder.forward for shapes."""
+        """Decode B prompts against one image (batch 1) or B images.
+
+        image: `prepare_image` output or an image embedding (1 or B, D, h, w).
+        points: coords (B, N, 2) and labels (B, N) (1 positive, 0 negative);
+        boxes: (B, 4) x0, y0, x1, y1; masks: (B, 1, 4h, 4w) logits — all in padded-input pixels.
+        Returns masks (B, M, 4h, 4w) logits and iou_pred (B, M).
+        """
+        emb = image.image_embedding if isinstance(image, EncoderOutput) else image
         sparse, dense = self.prompt_encoder(points, boxes, masks)
-        return self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse,
-                                 dense, multimask_output)
+        return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                 multimask_output)

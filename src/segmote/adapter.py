@@ -1,0 +1,166 @@
+"""SegMoTE adapter checkpoints: only the adapter weights, in `.safetensors`, with metadata.
+
+An adapter file holds `SegMoTE.adapter.state_dict()` (a few MB) and, in the safetensors header:
+
+    format            "segmote-adapter"          format_version  "1"
+    backbone          e.g. "litemedsam"          backbone_sha256 sha256 of the base weights file
+    mote_config       MoTEConfig as JSON         embed_dim       decoder width D
+    segmote_version   version that wrote it
+    + caller metadata (e.g. "vocabulary": class / text names, "training_data": a summary),
+      each value stored as JSON and decoded again by `read_adapter_metadata`
+
+Loading refuses an adapter trained on other base weights (name or sha256 differ), loads strictly
+(missing / unexpected / mis-shaped keys are named in one line), and never unpickles code: a
+`.pt`/`.pth` adapter is read only through `torch.load(weights_only=True)` (a plain tensor dict);
+such a file has no metadata, so its backbone cannot be verified and a warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import Tensor
+
+from segmote import __version__
+from segmote.checkpoint import load_strict, read_state_dict
+from segmote.errors import CheckpointError, InputError, SegmoteError
+from segmote.modeling.sam import Sam
+from segmote.modeling.segmote import MoTEConfig, SegMoTE
+
+FORMAT = "segmote-adapter"
+FORMAT_VERSION = "1"
+_PLAIN = ("format", "format_version", "backbone", "backbone_sha256", "segmote_version")
+_RESERVED = (*_PLAIN, "mote_config", "embed_dim")
+
+
+def adapter_state_dict(model: SegMoTE) -> dict[str, Tensor]:
+    """The adapter weights only (no backbone tensor), detached and contiguous."""
+    return {k: v.detach().contiguous() for k, v in model.adapter.state_dict().items()}
+
+
+def save_adapter(model: SegMoTE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the adapter of `model` to a `.safetensors` file (atomically: temp file + rename).
+
+    metadata: extra header entries, e.g. {"vocabulary": [...], "training_data": {...}}; each
+    value must be JSON-serialisable. Returns the path written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: adapters are saved as .safetensors")
+    if not model.backbone or not model.backbone_sha256:
+        raise CheckpointError("cannot save an adapter whose backbone is unknown; build the model "
+                              "with segmote.build.load_model(adapter='new') or attach_adapter("
+                              "..., backbone=..., backbone_sha256=...)")
+    extra = dict(metadata or {})
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise InputError(f"metadata keys {', '.join(clash)} are reserved for the adapter format")
+    try:
+        header = {str(key): json.dumps(value, sort_keys=True) for key, value in extra.items()}
+    except TypeError as err:
+        raise InputError(f"adapter metadata must be JSON-serialisable ({err})") from None
+    header.update({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "segmote_version": __version__,
+        "backbone": model.backbone, "backbone_sha256": model.backbone_sha256,
+        "mote_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "embed_dim": str(model.embed_dim),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(adapter_state_dict(model), tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
+    """Header metadata of a `.safetensors` adapter, JSON values decoded.
+
+    Raises CheckpointError when the file is missing, unreadable or not a segmote adapter.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: adapter file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # safetensors raises several error types for bad headers
+        raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a segmote adapter (no format={FORMAT!r} in its "
+                              f"header)")
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = value if key in _PLAIN else json.loads(value)
+        except json.JSONDecodeError:
+            meta[key] = value
+    return meta
+
+
+def _check_backbone(path: Path, meta: dict[str, Any], backbone: str | None,
+                    sha256: str | None) -> None:
+    if backbone is None or sha256 is None:
+        raise CheckpointError(f"{path}: cannot check which backbone the adapter belongs to; load "
+                              f"it with segmote.build.load_model(backbone=..., adapter=...)")
+    if meta.get("backbone") != backbone:
+        raise CheckpointError(f"{path}: adapter was trained for backbone "
+                              f"{meta.get('backbone')!r}, not {backbone!r}")
+    want = str(meta.get("backbone_sha256", ""))
+    if want != sha256:
+        raise CheckpointError(f"{path}: adapter was trained on {backbone} weights with sha256 "
+                              f"{want[:12]}..., but the loaded weights are {sha256[:12]}...; "
+                              f"use the matching --checkpoint")
+
+
+def _config_from(path: Path, meta: dict[str, Any], config: MoTEConfig | None) -> MoTEConfig:
+    try:
+        stored = MoTEConfig.from_dict(meta["mote_config"])
+    except (KeyError, TypeError, SegmoteError) as err:
+        raise CheckpointError(f"{path}: bad or missing mote_config in the header ({err})") from None
+    if config is not None and config != stored:
+        raise CheckpointError(f"{path}: adapter was saved with {stored}, not the requested "
+                              f"{config}")
+    return stored
+
+
+def attach_adapter(base: Sam, adapter: str | Path | Literal["new"],
+                   config: MoTEConfig | None = None, *, backbone: str | None = None,
+                   backbone_sha256: str | None = None) -> SegMoTE:
+    """Wrap the frozen `base` in a SegMoTE with a fresh ("new") or saved adapter.
+
+    backbone, backbone_sha256: identity of the base weights (as `segmote.build.load_model` knows
+        it); kept on the model so `save_adapter` need not re-hash, and checked against a file.
+    Returns the model in eval mode; exactly the adapter parameters require grad.
+    """
+    if isinstance(adapter, str) and adapter == "new":
+        return SegMoTE(base, config, backbone=backbone, backbone_sha256=backbone_sha256).eval()
+    path = Path(adapter)
+    meta: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        meta = read_adapter_metadata(path)
+        _check_backbone(path, meta, backbone, backbone_sha256)
+        config = _config_from(path, meta, config)
+    elif not path.is_file():
+        raise CheckpointError(f"{path}: adapter file not found")
+    else:
+        warnings.warn(f"{path}: a pickled adapter carries no metadata; its backbone cannot be "
+                      f"verified (save adapters as .safetensors)", stacklevel=2)
+    state = read_state_dict(path)  # weights_only=True for pickles: code in a file never runs
+    model = SegMoTE(base, config, backbone=backbone, backbone_sha256=backbone_sha256)
+    load_strict(model.adapter, state, path)
+    model.adapter_metadata = meta
+    return model.eval()

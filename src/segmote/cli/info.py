@@ -1,0 +1,49 @@
+"""`segmote info`: the model's parts with trainable vs total parameters, and the adapter size.
+
+A thin argparse wrapper over :func:`segmote.build.load_model` and :mod:`segmote.summary`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``info`` sub-command."""
+    parser = subparsers.add_parser(
+        "info",
+        help="show the model's modules with trainable and total parameter counts",
+        description=("Build the backbone (and adapter), then print one line per module: "
+                     "trainable parameters, total parameters; then the totals and the adapter "
+                     "size in MB."),
+    )
+    parser.add_argument("-b", "--backbone", default="litemedsam", metavar="NAME",
+                        help="base model (default: litemedsam)")
+    parser.add_argument("-c", "--checkpoint", type=Path, metavar="FILE",
+                        help="weights of the backbone (required for the SAM / MedSAM ViTs)")
+    parser.add_argument("-a", "--adapter", default=None, metavar="PATH|new|none",
+                        help="adapter file, `new` (a freshly initialised adapter: what training "
+                             "starts from) or `none` (the base model); default: the shipped "
+                             "adapter, or `new` while none ships")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary; return the exit status."""
+    from segmote.build import DEFAULT_ADAPTER, load_model
+    from segmote.summary import format_summary, parameter_summary
+
+    choice = args.adapter if args.adapter is not None else (DEFAULT_ADAPTER or "new")
+    adapter = None if str(choice).lower() == "none" else choice
+    model = load_model(args.backbone, args.checkpoint, adapter=adapter)
+    label = {None: "none (base model)", "new": "new (freshly initialised)"}.get(adapter, adapter)
+    print(f"backbone: {args.backbone}    adapter: {label}")
+    meta = getattr(model, "adapter_metadata", None)
+    if meta:
+        shown = {k: meta[k] for k in ("segmote_version", "vocabulary", "training_data")
+                 if k in meta}
+        for key, value in shown.items():
+            print(f"  {key}: {value}")
+    print(format_summary(parameter_summary(model)))
+    return 0

@@ -1,0 +1,105 @@
+"""`segmote predict`: segment a 2-D image or a 3-D volume from box / point prompts.
+
+    segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --modality CT
+    segmote predict -i cells.png -o mask.png --box 416,350,446,374 --overlay check.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from segmote.errors import InputError
+
+
+def _numbers(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def parse_objects(boxes: list[str], points: list[str], labels: list[int], is_volume: bool,
+                  depth: int) -> list:
+    """Turn --box / --point / --label flags into ObjectPrompts (see `segmote predict --help`)."""
+    from segmote.inference import ObjectPrompt
+    nd = 3 if is_volume else 2
+    objects = []
+    for text in boxes:
+        v = _numbers(text, "--box")
+        if is_volume and len(v) == 4 and depth == 1:
+            v = v[:2] + [0.0] + v[2:] + [0.0]  # a single-slice volume accepts a 2-D box
+        if len(v) != 2 * nd:
+            raise InputError(f"--box {text!r}: expected {2 * nd} numbers "
+                             f"({'x0,y0,z0,x1,y1,z1' if is_volume else 'x0,y0,x1,y1'}), got {len(v)}")
+        objects.append(ObjectPrompt(box=tuple(v)))
+    pts, pl = [], []
+    for text in points:
+        v = _numbers(text, "--point")
+        if is_volume and len(v) in (2, 3) and depth == 1:
+            v = v[:2] + [0.0] + v[2:]
+        if len(v) not in (nd, nd + 1):
+            raise InputError(f"--point {text!r}: expected {'x,y,z' if is_volume else 'x,y'}"
+                             f"[,label], got {len(v)} numbers")
+        lab = int(v[nd]) if len(v) == nd + 1 else 1
+        if lab not in (0, 1):
+            raise InputError(f"--point {text!r}: label must be 1 (foreground) or 0 (background)")
+        pts.append(tuple(v[:nd]))
+        pl.append(lab)
+    if pts and len(objects) == 1:  # points refine the single box
+        objects[0].points, objects[0].point_labels = pts, pl
+    elif pts:
+        objects.append(ObjectPrompt(points=pts, point_labels=pl))
+    if not objects:
+        raise InputError("give at least one --box or --point")
+    if labels and len(labels) != len(objects):
+        raise InputError(f"{len(labels)} --label values for {len(objects)} objects "
+                         "(one per box, plus one for the points when there are several boxes)")
+    for n, obj in enumerate(objects):
+        obj.label = labels[n] if labels else n + 1
+        if not 0 < obj.label < 65536:
+            raise InputError(f"--label {obj.label}: must be between 1 and 65535")
+    return objects
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment an image or volume from prompts",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--input", required=True,
+                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (format from its extension) or folder")
+    p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
+    p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
+    p.add_argument("--adapter", default=None,
+                   help="SegMoTE adapter .safetensors, 'new', or 'none' (default: shipped one)")
+    p.add_argument("-b", "--box", action="append", default=[],
+                   help="x0,y0,x1,y1 (2-D) or x0,y0,z0,x1,y1,z1 voxel indices (3-D); repeatable")
+    p.add_argument("-p", "--point", action="append", default=[],
+                   help="x,y[,label] or x,y,z[,label]; label 1 = foreground (default), 0 = background")
+    p.add_argument("-l", "--label", action="append", type=int, default=[],
+                   help="output label value per object, in order (default 1, 2, ...)")
+    p.add_argument("-m", "--modality", help="CT, MR, ... (CT: HU window; MR: percentile clip)")
+    p.add_argument("-w", "--window", help="CT window: LEVEL,WIDTH or lung|soft_tissue|bone|brain")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
+                   help="volume axis to slice along (default 2 = k)")
+    p.add_argument("--overlay", help="write a PNG of the image with the mask contour")
+    p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segmote.api import predict_file
+    t0 = time.perf_counter()
+    result = predict_file(
+        args.input, args.output, boxes=args.box, points=args.point, labels=args.label,
+        backbone=args.backbone, checkpoint=args.checkpoint, adapter=args.adapter,
+        modality=args.modality, window=args.window, axis=args.axis, overlay=args.overlay,
+        device=args.device, progress=not args.quiet)
+    if not args.quiet:
+        dt = time.perf_counter() - t0
+        print(f"wrote {result.output} ({result.summary}) in {dt:.1f} s", file=sys.stderr)
+    print(result.output)
+    return 0

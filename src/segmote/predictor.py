@@ -1,0 +1,191 @@
+"""`Segmenter`: SAM-like predictor. Encode an image once, then decode many prompts against it.
+
+Coordinates are pixels of the image given to `set_image`: x = column, y = row (SAM's
+convention). The predictor owns preprocessing (per modality), the per-image cache (image
+embedding plus whatever else the model's `prepare_image` precomputes) and the mapping of
+low-resolution logits back to the original grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segmote.errors import InputError
+from segmote.transforms import ResizeGeometry, intensity_range, normalize_modality, to_input_tensor
+
+# A binary mask given as a prompt becomes logits of this magnitude (SAM expects logits).
+MASK_PROMPT_LOGIT = 8.0
+
+
+@dataclass
+class Prediction:
+    """Result of one `predict` call; unpacks as ``mask, score = prediction``.
+
+    mask: (H, W) bool for a single prompt, (N, H, W) for N batched prompts.
+    score: predicted IoU, float or (N,) array.
+    logits: mask logits on the original grid, same leading shape as mask (float32).
+    lowres_logits: (N, 1, s, s) tensor; pass back as `mask_input` to refine.
+    extras: model-specific outputs per prompt (e.g. SegMoTE routing), as tensors.
+    """
+
+    mask: np.ndarray
+    score: float | np.ndarray
+    logits: np.ndarray
+    lowres_logits: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.mask
+        yield self.score
+
+
+class Segmenter:
+    """SAM-style predictor over any model with `encode`, `prepare_image` and `decode`.
+
+    Example::
+
+        seg = Segmenter(segmote.load_model())
+        seg.set_image(ct_slice, modality="CT")
+        mask, score = seg.predict(box=(40, 60, 120, 150))
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        self.features: Any = None
+        self.geometry: ResizeGeometry | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray, modality: str | None = None,
+                  window: str | tuple[float, float] | None = None) -> None:
+        """Preprocess and encode one 2-D image (H, W) or (H, W, C); caches the features.
+
+        modality: "CT" (HU window, see `window`), "MR" (percentile clip) or None (min-max only).
+        """
+        image = np.asarray(image)
+        if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
+            raise InputError(f"expected a 2-D image (H, W) or (H, W, C), got shape {image.shape}")
+        modality = normalize_modality(modality)
+        self.geometry = ResizeGeometry.for_shape(image.shape[:2], self.model.img_size)
+        clip = intensity_range(image, modality, window)
+        x = to_input_tensor(image, self.geometry, clip)[None].to(self.device)
+        self.features = self.model.prepare_image(self.model.encode(x))
+
+    def set_features(self, features: Any, hw: tuple[int, int]) -> None:
+        """Reuse features computed earlier (e.g. a cached embedding) for an (H, W) image."""
+        self.features = features
+        self.geometry = ResizeGeometry.for_shape(hw, self.model.img_size)
+
+    def reset_image(self) -> None:
+        self.features, self.geometry = None, None
+
+    # -- prompts -------------------------------------------------------------------------
+    def _check_xy(self, xy: np.ndarray, what: str) -> None:
+        h, w = self.geometry.orig_hw
+        bad = (xy[..., 0] < 0) | (xy[..., 0] > w) | (xy[..., 1] < 0) | (xy[..., 1] > h)
+        if bad.any():
+            first = xy[np.argwhere(bad)[0][0]] if xy.ndim > 1 else xy
+            raise InputError(f"{what} {np.round(first, 1).tolist()} lies outside the image "
+                             f"(width {w}, height {h}; x is the column, y the row)")
+
+    def _boxes(self, box: Sequence[float] | None, boxes: np.ndarray | None) -> np.ndarray | None:
+        if box is None and boxes is None:
+            return None
+        b = np.asarray(boxes if boxes is not None else [box], dtype=np.float32)
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise InputError(f"a box needs 4 numbers x0, y0, x1, y1; got shape {b.shape}")
+        if ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
+            raise InputError(f"box {b[0].tolist()}: needs x0 <= x1 and y0 <= y1")
+        self._check_xy(b.reshape(-1, 2, 2), "box corner")
+        return b
+
+    def _points(self, points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        if points is None:
+            return None
+        p = np.asarray(points, dtype=np.float32)
+        if p.ndim == 2:
+            p = p[None]  # one prompt with K points
+        if p.ndim != 3 or p.shape[-1] != 2:
+            raise InputError(f"points need (x, y) pairs; got shape {np.asarray(points).shape}")
+        lab = np.ones(p.shape[:2], np.int64) if labels is None else np.asarray(labels, np.int64)
+        lab = lab.reshape(p.shape[:2]) if lab.size == p.shape[0] * p.shape[1] else lab
+        if lab.shape != p.shape[:2]:
+            raise InputError(f"{lab.size} point labels for {p.shape[0] * p.shape[1]} points")
+        if not np.isin(lab, (0, 1)).all():
+            raise InputError("point labels must be 1 (foreground) or 0 (background)")
+        self._check_xy(p, "point")
+        return p, lab
+
+    def _mask_input(self, mask_input: Any, n: int) -> Tensor | None:
+        if mask_input is None:
+            return None
+        if isinstance(mask_input, Tensor) and mask_input.ndim == 4:
+            t = mask_input  # low-res logits from an earlier Prediction
+        else:
+            m = np.asarray(mask_input)
+            if m.shape != self.geometry.orig_hw:
+                raise InputError(f"mask_input shape {m.shape} differs from the image "
+                                 f"{self.geometry.orig_hw}")
+            if m.dtype == bool or set(np.unique(m)) <= {0, 1}:
+                m = (m.astype(np.float32) * 2 - 1) * MASK_PROMPT_LOGIT
+            t = self.geometry.mask_to_lowres(m, self.model.mask_input_size)
+        t = t.to(self.device, torch.float32)
+        return t.expand(n, -1, -1, -1) if t.shape[0] == 1 and n > 1 else t
+
+    @torch.inference_mode()
+    def predict(self, box: Sequence[float] | None = None, points: Any = None, labels: Any = None,
+                mask_input: Any = None, boxes: np.ndarray | None = None,
+                **decode_kwargs: Any) -> Prediction:
+        """Segment with a box, points (+ labels), a mask, or a combination.
+
+        box: (x0, y0, x1, y1). boxes: (N, 4) for N prompts in one call.
+        points: [(x, y), ...] for one prompt, or (N, K, 2) with labels (N, K) for N prompts.
+        labels: 1 = foreground, 0 = background (default all 1).
+        mask_input: an earlier `Prediction.lowres_logits`, or an (H, W) mask / logit map.
+        decode_kwargs: passed to the model's decode (e.g. output="base" for SegMoTE).
+        """
+        if self.features is None:
+            raise InputError("call set_image() before predict()")
+        b = self._boxes(box, boxes)
+        p = self._points(points, labels)
+        n = max(len(b) if b is not None else 1, p[0].shape[0] if p is not None else 1)
+        if b is not None and p is not None and p[0].shape[0] not in (1, n) or \
+                b is not None and len(b) not in (1, n):
+            raise InputError("boxes and points describe different numbers of prompts")
+        g, dev = self.geometry, self.device
+        tb = torch.from_numpy(g.boxes_to_input(b)).to(dev) if b is not None else None
+        if tb is not None and len(tb) != n:
+            tb = tb.expand(n, -1)
+        tp = None
+        if p is not None:
+            coords = torch.from_numpy(g.coords_to_input(p[0])).to(dev)
+            lab = torch.from_numpy(p[1]).to(dev)
+            tp = (coords.expand(n, -1, -1), lab.expand(n, -1))
+        if tb is None and tp is None and mask_input is None and not decode_kwargs.get("auto"):
+            raise InputError("give a box, points or a mask prompt")
+        out = self.model.decode(self.features, points=tp, boxes=tb,
+                                masks=self._mask_input(mask_input, n), **decode_kwargs)
+        single = boxes is None and (points is None or np.asarray(points).ndim == 2)
+        return self._finish(out, single)
+
+    def _finish(self, out: Any, single: bool) -> Prediction:
+        # with several candidate masks per prompt (multimask_output=True) keep the best-scored
+        best = out.iou_pred.float().argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        lowres = out.masks[rows, best][:, None].float()
+        logits = self.geometry.logits_to_original(lowres)[:, 0].cpu().numpy()
+        score = out.iou_pred[rows, best].float().cpu().numpy()
+        extras = {k: v for k, v in out._asdict().items() if k not in ("masks", "iou_pred")}
+        mask = logits > 0
+        if single:
+            return Prediction(mask[0], float(score[0]), logits[0], lowres, extras)
+        return Prediction(mask, score, logits, lowres, extras)
