@@ -1,0 +1,111 @@
+"""Run the benchmark suite and write docs/benchmarks.md from benchmarks/results/*.json.
+
+    python benchmarks/run.py                 # run everything, then write the report
+    python benchmarks/run.py --report-only   # only rebuild docs/benchmarks.md
+    python benchmarks/run.py --only predict faithfulness
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",
+           "mote_decoder": "bench_mote_decoder.py", "evaluate": "bench_evaluate.py"}
+
+
+def _load(name: str) -> dict | None:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(m: dict | None) -> str:
+    if not m:
+        return "unknown machine"
+    return (f"{m.get('cores')}-core {m.get('cpu')} CPU, torch {m.get('torch')} "
+            f"({m.get('torch_threads')} threads), {m.get('date')}")
+
+
+def section_faithfulness(r: dict) -> list[str]:
+    out = ["## LiteMedSAM faithfulness (issue 2)", "",
+           "Tight ground-truth boxes, reference protocol of data.md "
+           "(`segmote.evaluation.reference`); Dice per instance, averaged. "
+           f"Machine: {_machine(r.get('machine'))}.", "",
+           "| set | n | our Dice | reference | difference |", "|---|---|---|---|---|"]
+    out += [f"| {x['set']} | {x['n']} | {x['dice']:.3f} | {x['reference']:.3f} | "
+            f"{x['diff']:+.3f} |" for x in r["rows"]]
+    return out + [""]
+
+
+def section_predict(r: dict) -> list[str]:
+    i, v = r["interactive"], r.get("volume")
+    out = ["## Interactive and volume inference (issue 2)", "",
+           f"Machine: {_machine(r.get('machine'))}. Ratios are against the encoder timed in the "
+           "same process.", "",
+           "| measure | value | target |", "|---|---|---|",
+           f"| encoder, one 256 x 256 input | {i['encoder_ms']:.0f} ms | baseline |",
+           f"| one box prompt after set_image | {i['prompt_ms']:.1f} ms = "
+           f"{100 * i['prompt_over_encoder']:.1f}% of the encoder | <= 6% |",
+           f"| set_image + 10 prompts | {i['set_image_plus_10_prompts_ms']:.0f} ms = "
+           f"{i['set_image_plus_10_prompts_over_encoder']:.2f} encoder passes | ~1 pass |",
+           f"| pre+post-processing, 256 x 256 slice | {i['pre_ms_256'] + i['post_ms_256']:.1f} ms"
+           f" = {100 * i['prepost_over_encoder_256']:.1f}% | <= 10% |",
+           f"| pre+post-processing, 512 x 512 slice | {i['pre_ms_512'] + i['post_ms_512']:.1f} ms"
+           f" = {100 * i['prepost_over_encoder_512']:.1f}% | <= 10% |"]
+    if v:
+        out += [f"| volume {' x '.join(map(str, v['shape']))} {v['dtype']} CT, full-range box: "
+                f"peak RSS | {v['peak_rss_mb']:.0f} MB | < 2048 MB |",
+                f"| same volume: throughput | {v['slices_per_second']:.2f} slices/s "
+                f"({v['seconds']:.0f} s) | report |"]
+    return out + [""]
+
+
+def section_evaluate(r: dict) -> list[str]:
+    return ["## `segmote evaluate` speed (issue 6)", "",
+            f"{r['n_cases']} volumes of {' x '.join(map(str, r['shape']))}, {r['n_classes']} "
+            f"classes, spacing {r['spacing_mm']} mm, on a {r['cpu_count']}-core {r['machine']} "
+            f"CPU: **{r['wall_s']:.1f} s** ({r['s_per_case']:.2f} s per case; target < 60 s).", ""]
+
+
+def section_mote(r: dict) -> list[str]:
+    lines = ["## SegMoTE decoder cost (issue 3)", "", "```", json.dumps(r, indent=2), "```", ""]
+    return lines
+
+
+SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
+            "mote_decoder": section_mote, "evaluate": section_evaluate}
+
+
+def write_report() -> Path:
+    lines = ["# Benchmarks", "",
+             "Produced by `python benchmarks/run.py` (raw numbers: `benchmarks/results/*.json`). "
+             "The machines are shared and noisy, so speed targets are ratios measured in one "
+             "process; n is given for every accuracy number.", ""]
+    for name, fn in SECTIONS.items():
+        r = _load(name)
+        lines += fn(r) if r else [f"## {name}", "", "not run yet", ""]
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text("\n".join(lines))
+    return DOC
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--only", nargs="*", choices=list(SCRIPTS))
+    args = ap.parse_args()
+    if not args.report_only:
+        for name in args.only or SCRIPTS:
+            if (HERE / SCRIPTS[name]).is_file():
+                print(f"== {name}", flush=True)
+                subprocess.run([sys.executable, str(HERE / SCRIPTS[name])], check=True)
+    print(write_report())
+
+
+if __name__ == "__main__":
+    main()
