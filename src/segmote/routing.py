@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,16 +22,28 @@ if TYPE_CHECKING:
     from segmote.transforms import ResizeGeometry
 
 
-def routing_table(output: SegMoTEOutput) -> list[dict[str, Any]]:
+Routing = SegMoTEOutput | Mapping[str, Any]
+
+
+def _field(output: Routing, name: str) -> Tensor:
+    value = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
+    if value is None:
+        raise InputError(f"no {name} in this output: routing needs a SegMoTE model")
+    return torch.as_tensor(value)
+
+
+def routing_table(output: Routing) -> list[dict[str, Any]]:
     """One dict per prompt, from the last decoder block's router.
+
+    output: a `SegMoTEOutput`, or `Prediction.extras` of the predictor (same field names).
 
     Keys: prompt (index), selected_token (the token whose mask is returned), confidence (its top
     router probability), experts (chosen expert per token, length T), router_probs (T x E
     softmax of the routing logits; noisy only if the model was in training mode).
     """
-    probs = output.router_logits[-1].detach().float().softmax(-1).cpu()  # B, T, E
-    experts = output.expert_index[-1].cpu()
-    selected = output.selected_token.cpu()
+    probs = _field(output, "router_logits")[-1].detach().float().softmax(-1).cpu()  # B, T, E
+    experts = _field(output, "expert_index")[-1].cpu()
+    selected = _field(output, "selected_token").cpu()
     rows = []
     for b in range(probs.shape[0]):
         t = int(selected[b])
@@ -51,14 +64,14 @@ def format_routing_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def expert_usage(output: SegMoTEOutput, num_experts: int | None = None) -> Tensor:
+def expert_usage(output: Routing, num_experts: int | None = None) -> Tensor:
     """Counts (num_blocks, T, E): how often token t was routed to expert e over the prompts.
 
     Summed over many images of one dataset, this shows the paper's specialisation claim (each
     modality mostly picks a different expert token / expert).
     """
-    index = output.expert_index.detach().cpu()  # blocks, B, T
-    e = num_experts or output.router_logits.shape[-1]
+    index = _field(output, "expert_index").detach().cpu()  # blocks, B, T
+    e = num_experts or _field(output, "router_logits").shape[-1]
     return F.one_hot(index, e).sum(1)
 
 

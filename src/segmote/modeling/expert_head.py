@@ -107,6 +107,7 @@ class ExpertMaskHead(nn.Module):
         early_dim: channels of the early encoder features.
         num_tokens: T expert tokens.
         head_dim: C (default D / 8, SAM's upscaled-feature width).
+    SAM's upscaled features have D / 8 channels (`MaskDecoder.output_upscaling`).
     """
 
     def __init__(self, embed_dim: int, early_dim: int, num_tokens: int,
@@ -115,8 +116,8 @@ class ExpertMaskHead(nn.Module):
         c = head_dim or embed_dim // 8
         self.fusion = ImageFusion(embed_dim, early_dim, c)
         mid = max(c // 4, 1)
-        self.feature_conv = nn.Sequential(nn.Conv2d(c, mid, 1), nn.Conv2d(mid, mid, 3, padding=1),
-                                          nn.GELU())
+        self.feature_conv = nn.Sequential(nn.Conv2d(embed_dim // 8, mid, 1),
+                                          nn.Conv2d(mid, mid, 3, padding=1), nn.GELU())
         self.feature_proj = nn.Linear(mid, c)  # the block's closing 1x1 conv (applied folded)
         self.hypernets = TokenHypernets(num_tokens, embed_dim, embed_dim, c, 3)
         self.iou_delta = _zero_last_layer(MLP(embed_dim, embed_dim // 4, 1, 3))

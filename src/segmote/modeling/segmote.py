@@ -3,17 +3,20 @@
 Written from the SegMoTE paper (method.md). The base `Sam` is passed in and frozen; the learnable
 parts live in one `MoTEAdapter` module, so `model.adapter.state_dict()` is the adapter checkpoint.
 
-Decoder token sequence: SAM's `[iou | mask x4 | sparse prompts]` followed by the T expert tokens.
-The paper writes `[iou | mask | expert | sparse]`; attention has no notion of order (each token
-carries its own positional term, its initial embedding), so the two layouts are the same model —
-keeping SAM's tokens as one contiguous prefix makes the read-only wiring below a plain slice:
+Decoder token sequence: SAM's `[iou | mask x4 | sparse prompts]` plus the T expert tokens. The
+paper writes `[iou | mask | expert | sparse]`; attention has no notion of order (each token carries
+its own positional term, its initial embedding), so keeping SAM's tokens as one group is the same
+model.
+The expert tokens are wired in read-only:
 
 - self-attention: expert tokens attend to every token; SAM's tokens do not see expert tokens;
 - token-to-image: every token reads the image;
 - token MLP: SAM's tokens take the frozen MLP, expert tokens take MoTE (then the frozen post-norm);
 - image-to-token: the image tokens attend to SAM's tokens only.
 
-So nothing SAM computes depends on the adapter, and `base_masks` are SAM's own logits.
+SAM's rows are computed with exactly the operations and shapes of the base decoder (the keys and
+values of each token-to-image attention are projected once and shared with the expert queries), so
+`base_masks` are bit-identical to `Sam.decode` and a fresh adapter reproduces the base model.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segmote.errors import InputError
 from segmote.modeling.encoder_output import EncoderOutput
 from segmote.modeling.expert_head import ExpertMaskHead
 from segmote.modeling.mask_decoder import expand_image
-from segmote.modeling.mote import MoTE, load_balance_loss
+from segmote.modeling.mote import MoTE, RouterOutput, load_balance_loss
 from segmote.modeling.sam import Sam
+from segmote.modeling.transformer import Attention, TwoWayAttentionBlock
 
 Output = Literal["expert", "base"]
 
@@ -104,7 +109,8 @@ class SegMoTEOutput(NamedTuple):
     expert_index: (num_blocks, B, T) chosen (top-1) expert per token per block.
     selected_token: (B,) expert token with the highest last-block routing logit.
     balance_loss: scalar, summed over blocks (unweighted).
-    attention: (B, T, h, w) expert tokens' final token-to-image attention, or None.
+    attention: (B, T, h, w) expert tokens' token-to-image attention in the last two-way block
+        (head-averaged), or None.
     """
 
     masks: Tensor
@@ -136,12 +142,38 @@ class MoTEAdapter(nn.Module):
 
 
 class _Decoded(NamedTuple):
-    tokens: Tensor  # (B, N, D) after the final attention
+    sam_tokens: Tensor  # (B, N_sam, D) after the final attention
+    expert_tokens: Tensor  # (B, T, D) after the final attention
     keys: Tensor  # (B, hw, D) image tokens
     router_logits: Tensor  # blocks, B, T, E
     expert_index: Tensor  # blocks, B, T
     balance_loss: Tensor
-    attention: Tensor | None
+    attention: Tensor | None  # B, T, hw
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def _project_kv(attn: Attention, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys and values of `attn` projected and split into heads once, for several query sets."""
+    return _heads(attn.k_proj(k), attn.num_heads), _heads(attn.v_proj(v), attn.num_heads)
+
+
+def _attend(attn: Attention, q: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+    """`Attention.forward` with keys / values from `_project_kv`: the same operations in the same
+    order, so SAM's rows come out bit-identical to the base decoder's."""
+    q = _heads(attn.q_proj(q), attn.num_heads)
+    out = F.scaled_dot_product_attention(q, *kv)
+    b, h, n, c = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+
+def _attention_map(attn: Attention, q: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+    """Head-averaged attention weights (B, Nq, Nk) of queries q over the projected keys."""
+    q = _heads(attn.q_proj(q), attn.num_heads)
+    return (q @ kv[0].transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1).mean(1)
 
 
 class SegMoTE(nn.Module):
@@ -175,6 +207,10 @@ class SegMoTE(nn.Module):
         return self.base.embed_dim
 
     @property
+    def mask_input_size(self) -> int:
+        return self.base.mask_input_size
+
+    @property
     def device(self) -> torch.device:
         return self.base.device
 
@@ -204,10 +240,10 @@ class SegMoTE(nn.Module):
         feats = self.adapter.head.image_features(encoded.image_embedding, encoded.early_features)
         return ImageFeatures(encoded.image_embedding, feats)
 
-    def decode(self, image: ImageFeatures | EncoderOutput, points: tuple[Tensor, Tensor] | None = None,
-               boxes: Tensor | None = None, masks: Tensor | None = None,
-               multimask_output: bool = False, output: Output = "expert",
-               return_attention: bool = False) -> SegMoTEOutput:
+    def decode(self, image: ImageFeatures | EncoderOutput,
+               points: tuple[Tensor, Tensor] | None = None, boxes: Tensor | None = None,
+               masks: Tensor | None = None, multimask_output: bool = False,
+               output: Output = "expert", return_attention: bool = False) -> SegMoTEOutput:
         """Decode B prompts against one image (batch 1, broadcast) or B images (batch B).
 
         image: `prepare_image` output (an EncoderOutput is prepared on the fly).
@@ -227,22 +263,18 @@ class SegMoTE(nn.Module):
         sparse, dense = self.base.prompt_encoder(points, boxes, masks)
         b = sparse.shape[0]
         sam_tokens = torch.cat([dec.output_tokens().unsqueeze(0).expand(b, -1, -1), sparse], 1)
-        tokens = torch.cat([sam_tokens,
-                            self.adapter.expert_tokens.weight.unsqueeze(0).expand(b, -1, -1)], 1)
+        expert_tokens = self.adapter.expert_tokens.weight.unsqueeze(0).expand(b, -1, -1)
         src = expand_image(image.image_embedding, b) + dense
         pe = expand_image(self.base.prompt_encoder.get_dense_pe(), b)
-        run = self._transformer(src, pe, tokens, sam_tokens.shape[1], return_attention)
+        run = self._transformer(src, pe, sam_tokens, expert_tokens, return_attention)
 
-        n_sam = sam_tokens.shape[1]
-        all_masks, upscaled = dec.masks_from_tokens(run.tokens[:, 1:1 + dec.num_mask_tokens],
+        all_masks, upscaled = dec.masks_from_tokens(run.sam_tokens[:, 1:1 + dec.num_mask_tokens],
                                                     run.keys, tuple(src.shape[-2:]))
-        base_iou = dec.iou_prediction_head(run.tokens[:, 0])
+        base_iou = dec.iou_prediction_head(run.sam_tokens[:, 0])
         expert_masks, expert_iou = self.adapter.head(
-            run.tokens[:, n_sam:], upscaled, image.head_features, all_masks[:, :1],
-            base_iou[:, :1])
-        router_logits = run.router_logits
+            run.expert_tokens, upscaled, image.head_features, all_masks[:, :1], base_iou[:, :1])
         # paper: output the expert token with the highest routing confidence (top logit)
-        selected = router_logits[-1].amax(-1).argmax(-1)
+        selected = run.router_logits[-1].amax(-1).argmax(-1)
         if multimask_output:
             out_masks, out_iou = all_masks[:, 1:], base_iou[:, 1:]
         elif output == "base":
@@ -251,40 +283,65 @@ class SegMoTE(nn.Module):
             rows = torch.arange(b, device=selected.device)
             out_masks = expert_masks[rows, selected].unsqueeze(1)
             out_iou = expert_iou[rows, selected].unsqueeze(1)
+        attention = None
+        if run.attention is not None:
+            attention = run.attention.view(b, -1, *src.shape[-2:])
         return SegMoTEOutput(out_masks, out_iou, all_masks[:, :1], expert_masks, expert_iou,
-                             router_logits, run.expert_index, selected,
-                             run.balance_loss, run.attention)
+                             run.router_logits, run.expert_index, selected, run.balance_loss,
+                             attention)
 
-    def _transformer(self, src: Tensor, pe: Tensor, tokens: Tensor, n_sam: int,
+    def _transformer(self, src: Tensor, pe: Tensor, sam: Tensor, experts: Tensor,
                      return_attention: bool) -> _Decoded:
-        """SAM's two-way transformer with the expert tokens wired in read-only (module doc).
+        """SAM's two-way transformer (`TwoWayTransformer.forward`) on SAM's tokens, with the
+        expert tokens beside them, read-only (module doc).
 
-        src, pe: (B, D, h, w); tokens: (B, N, D), SAM's first n_sam, then the T expert tokens.
+        src, pe: (B, D, h, w); sam: (B, N_sam, D) SAM's tokens; experts: (B, T, D).
         """
         transformer = self.base.mask_decoder.transformer
         keys, key_pe = src.flatten(2).transpose(1, 2), pe.flatten(2).transpose(1, 2)
-        n = tokens.shape[1]
-        token_mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device)
-        token_mask[:n_sam, n_sam:] = False  # SAM's tokens never read the expert tokens
-        queries, logits, gates, index = tokens, [], [], []
-        for layer, mote in zip(transformer.layers, self.adapter.mote):
-            queries = layer.attend(queries, keys, tokens, key_pe, token_mask)
-            sam_q, expert_q = queries[:, :n_sam], queries[:, n_sam:]
-            routed = mote(expert_q)
-            sam_q = layer.token_mlp(sam_q)
-            queries = torch.cat([sam_q, layer.norm3(expert_q + routed.tokens)], 1)
-            keys = layer.update_image(sam_q, keys, tokens[:, :n_sam], key_pe)
-            logits.append(routed.router.logits)
-            gates.append(routed.router.gates.flatten(0, 1))
-            index.append(routed.router.expert_index)
-        attention = None
-        if return_attention:  # a separate call so the outputs never depend on this flag
-            h, w = src.shape[-2:]
-            _, weights = transformer.final_attn_token_to_image(
-                queries[:, n_sam:] + tokens[:, n_sam:], keys + key_pe, keys, return_weights=True)
-            attention = weights.view(weights.shape[0], -1, h, w)
-        queries = transformer.final_attend(queries, keys, tokens, key_pe)
+        sam_pe, expert_pe = sam, experts  # each token's positional term: its initial value
+        logits, gates, index, attention = [], [], [], None
+        for i, (layer, mote) in enumerate(zip(transformer.layers, self.adapter.mote)):
+            want = return_attention and i == len(transformer.layers) - 1
+            sam, experts, keys, route, attention = self._block(
+                layer, mote, sam, experts, sam_pe, expert_pe, keys, key_pe, want)
+            logits.append(route.logits)
+            gates.append(route.gates.flatten(0, 1))
+            index.append(route.expert_index)
+        final = transformer.final_attn_token_to_image
+        kv = _project_kv(final, keys + key_pe, keys)
+        sam = transformer.norm_final_attn(sam + _attend(final, sam + sam_pe, kv))
+        experts = transformer.norm_final_attn(experts + _attend(final, experts + expert_pe, kv))
         index = torch.stack(index)  # blocks, B, T, k
         balance = load_balance_loss(torch.stack(gates), index.flatten(1, 2),
                                     self.config.num_experts)  # summed over blocks
-        return _Decoded(queries, keys, torch.stack(logits), index[..., 0], balance, attention)
+        return _Decoded(sam, experts, keys, torch.stack(logits), index[..., 0], balance,
+                        attention)
+
+    @staticmethod
+    def _block(layer: TwoWayAttentionBlock, mote: MoTE, sam: Tensor, experts: Tensor,
+               sam_pe: Tensor, expert_pe: Tensor, keys: Tensor, key_pe: Tensor,
+               want_attention: bool) -> tuple[Tensor, Tensor, Tensor, RouterOutput,
+                                              Tensor | None]:
+        """One two-way block: SAM's rows exactly as `TwoWayAttentionBlock.forward` computes
+        them; the expert rows read SAM's tokens and the image, and nothing reads them."""
+        both, both_pe = torch.cat([sam, experts], 1), torch.cat([sam_pe, expert_pe], 1)
+        if layer.skip_first_layer_pe:  # first block: the tokens are their positional term
+            sam = layer.self_attn(sam, sam, sam)
+            experts = layer.self_attn(experts, both, both)
+        else:
+            q = sam + sam_pe
+            sam = sam + layer.self_attn(q, q, sam)
+            experts = experts + layer.self_attn(experts + expert_pe, both + both_pe, both)
+        sam, experts = layer.norm1(sam), layer.norm1(experts)
+        cross = layer.cross_attn_token_to_image
+        kv = _project_kv(cross, keys + key_pe, keys)  # shared by SAM's and the expert queries
+        sam = layer.norm2(sam + _attend(cross, sam + sam_pe, kv))
+        expert_q = experts + expert_pe
+        attention = _attention_map(cross, expert_q, kv) if want_attention else None
+        experts = layer.norm2(experts + _attend(cross, expert_q, kv))
+        sam = layer.token_mlp(sam)
+        routed = mote(experts)  # instead of SAM's token MLP; SAM's post-norm kept
+        experts = layer.norm3(experts + routed.tokens)
+        keys = layer.update_image(sam, keys, sam_pe, key_pe)
+        return sam, experts, keys, routed.router, attention
