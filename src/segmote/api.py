@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,16 @@ from segmote.errors import InputError
 
 @dataclass
 class PredictResult:
+    """output: the label file written; label: the label map; summary: one line for the user;
+    routing: with routing=True, one `segmote.routing.routing_table` row per decoded prompt plus
+    "label" (the object's output label) and "slice" (volume slice index, None for 2-D);
+    attention: the expert-attention PNG written, if asked for."""
+
     output: Path
     label: np.ndarray
     summary: str
+    routing: list[dict] = field(default_factory=list)
+    attention: Path | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -39,17 +46,25 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
                  backbone: str = "litemedsam", checkpoint: str | Path | None = None,
                  adapter: str | Path | None = "default", modality: str | None = None,
                  window: str | None = None, axis: int = 2, overlay: str | Path | None = None,
-                 device: str = "cpu", progress: bool = False) -> PredictResult:
+                 device: str = "cpu", progress: bool = False, routing: bool = False,
+                 attention: str | Path | None = None) -> PredictResult:
     """Read an image or volume, segment every prompted object, write a label map with the input's
     geometry (and optionally an overlay PNG). All inputs are checked before any model work and
-    nothing is written unless everything succeeded."""
+    nothing is written unless everything succeeded.
+
+    routing: collect the SegMoTE router's choice for every prompt (`PredictResult.routing`).
+    attention: write the expert tokens' attention maps for the first object as a PNG (for a
+        volume: on the middle slice of its range, like the overlay). Both need an adapter.
+    """
     from segmote.build import load_model
     from segmote.cli.predict import parse_objects
     from segmote.inference import (check_prompts, guess_modality, segment_image, segment_volume,
                                    volume_slice)
     from segmote.io import output_path_for, read_image, write_label
     from segmote.overlay import save_overlay
+    from segmote.modeling.segmote import SegMoTE
     from segmote.predictor import Segmenter
+    from segmote.routing import routing_table, save_attention_png
     from segmote.transforms import normalize_modality, parse_window
 
     data = read_image(input_path)
@@ -59,26 +74,49 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     check_prompts(objects, data.array.shape, data.is_volume)
     modality = normalize_modality(modality) or guess_modality(data)
     parse_window(window)  # validate before the model loads
-    if overlay is not None and Path(overlay).suffix.lower() != ".png":
-        raise InputError(f"{overlay}: --overlay must be a .png file")
+    for flag, png in (("--overlay", overlay), ("--attention", attention)):
+        if png is not None and Path(png).suffix.lower() != ".png":
+            raise InputError(f"{png}: {flag} must be a .png file")
     dev = resolve_device(device)
     if adapter in ("none", "None"):
         adapter = None
-    seg = Segmenter(load_model(backbone, checkpoint, adapter=adapter, device=dev))
+    model = load_model(backbone, checkpoint, adapter=adapter, device=dev)
+    if (routing or attention is not None) and not isinstance(model, SegMoTE):
+        flag = "--routing" if routing else "--attention"
+        raise InputError(f"{flag} shows the SegMoTE router, but the model has no adapter "
+                         "(give --adapter PATH, or --adapter new for an untrained one)")
+    seg = Segmenter(model)
+    first = objects[0]
+    k_show = None  # the slice the overlay and attention figure show
+    if data.is_volume:
+        k_show = int(round((first.box[axis] + first.box[axis + 3]) / 2)) if first.box else \
+            int(round(first.points[0][axis]))
+    rows: list[dict] = []
+    shown: dict = {}
+
+    def record(n: int, k: int | None, pred) -> None:
+        if routing:
+            row = routing_table(pred.extras)[0]
+            rows.append({"label": objects[n].label, "slice": k, **row})
+        if attention is not None and n == 0 and k == k_show:
+            shown["attention"] = pred.extras["attention"][0].cpu()
+            shown["geometry"] = seg.geometry
+
+    kw = {"return_attention": True} if attention is not None else {}
+    rec = record if routing or attention is not None else None
     if data.is_volume:
         label = segment_volume(seg, data, objects, axis, modality, window,
-                               _tqdm("slices") if progress else None)
+                               _tqdm("slices") if progress else None, record=rec, **kw)
     else:
-        label = segment_image(seg, data, objects, modality, window)
+        label = segment_image(seg, data, objects, modality, window, record=rec, **kw)
     written = write_label(label, data, out_path)
+    image = volume_slice(data.array, k_show, axis) if data.is_volume else data.array
     if overlay is not None:
-        if data.is_volume:
-            first = next(o for o in objects)
-            k = int(round((first.box[axis] + first.box[axis + 3]) / 2)) if first.box else \
-                int(round(first.points[0][axis]))
-            save_overlay(volume_slice(data.array, k, axis), volume_slice(label, k, axis), overlay)
-        else:
-            save_overlay(data.array, label, overlay)
+        shown_label = volume_slice(label, k_show, axis) if data.is_volume else label
+        save_overlay(image, shown_label, overlay)
+    att_path = None
+    if attention is not None:
+        att_path = save_attention_png(image, shown["attention"], attention, shown["geometry"])
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
-    return PredictResult(written, label, summary)
+    return PredictResult(written, label, summary, rows, att_path)

@@ -134,14 +134,15 @@ DEFAULT_ADAPTER: str | None = None
 
 
 def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = None,
-               adapter: str | Path | None = None,
+               adapter: str | Path | None = "default",
                device: str | torch.device = "cpu") -> Sam | SegMoTE:
     """Public entry point: the model for `Segmenter`.
 
     Args:
         backbone: a key of `BACKBONES`.
         checkpoint: weights file for the backbone (required for the SAM / MedSAM ViTs).
-        adapter: None for the plain base model; "new" for a freshly initialised SegMoTE adapter
+        adapter: "default" (the default) for the adapter shipped with the package — the plain
+            base model while none ships (`DEFAULT_ADAPTER`); None or "none" for the base model; "new" for a freshly initialised SegMoTE adapter
             (what training starts from; its output equals the base model's); or the path of a
             saved adapter (`.safetensors`, checked against this backbone's weights).
         device: torch device string.

@@ -15,9 +15,12 @@ import numpy as np
 
 from segmote.errors import InputError
 from segmote.io import ImageData
-from segmote.predictor import Segmenter
+from segmote.predictor import Prediction, Segmenter
 
 Progress = Callable[[Iterable[int]], Iterable[int]]
+# Called once per decoded prompt with (object number, slice index or None for 2-D, prediction):
+# how `segmote predict --routing/--attention` sees the model's extras without keeping them all.
+Recorder = Callable[[int, "int | None", Prediction], None]
 
 
 @dataclass
@@ -121,26 +124,32 @@ def label_dtype(objects: list[ObjectPrompt]) -> np.dtype:
 
 
 def segment_image(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
-                  modality: str | None = None, window: str | None = None) -> np.ndarray:
-    """2-D image -> (H, W) label map."""
+                  modality: str | None = None, window: str | None = None,
+                  record: Recorder | None = None, **decode_kwargs) -> np.ndarray:
+    """2-D image -> (H, W) label map. decode_kwargs go to `Segmenter.predict`."""
     if not objects:
         raise InputError("give at least one --box or --point")
     seg.set_image(data.array, modality=modality, window=window)
     maps = []
-    for obj in objects:
-        kw: dict = {}
+    for n, obj in enumerate(objects):
+        kw: dict = dict(decode_kwargs)
         if obj.box is not None:
             kw["box"] = obj.box
         if obj.points:
             kw["points"], kw["labels"] = [p[:2] for p in obj.points], obj.point_labels
-        maps.append(seg.predict(**kw).logits)
+        pred = seg.predict(**kw)
+        if record is not None:
+            record(n, None, pred)
+        maps.append(pred.logits)
     return _combine(maps, [o.label for o in objects], label_dtype(objects))
 
 
 def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt], axis: int = 2,
                    modality: str | None = None, window: str | None = None,
-                   progress: Progress | None = None) -> np.ndarray:
-    """3-D volume (X, Y, Z) -> label map of the same shape; only prompted slices are encoded."""
+                   progress: Progress | None = None, record: Recorder | None = None,
+                   **decode_kwargs) -> np.ndarray:
+    """3-D volume (X, Y, Z) -> label map of the same shape; only prompted slices are encoded.
+    decode_kwargs go to `Segmenter.predict`."""
     if not objects:
         raise InputError("give at least one --box or --point")
     vol = data.array
@@ -149,7 +158,12 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
     ks = sorted(plan)
     for k in (progress(ks) if progress else ks):
         seg.set_image(volume_slice(vol, k, axis), modality=modality, window=window)
-        maps = [seg.predict(**kw).logits for _, kw in plan[k]]
+        maps = []
+        for n, kw in plan[k]:
+            pred = seg.predict(**kw, **decode_kwargs)
+            if record is not None:
+                record(n, k, pred)
+            maps.append(pred.logits)
         labels = [objects[n].label for n, _ in plan[k]]
         index = [slice(None)] * 3
         index[axis] = k

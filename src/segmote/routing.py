@@ -55,11 +55,21 @@ def routing_table(output: Routing) -> list[dict[str, Any]]:
 
 
 def format_routing_table(rows: list[dict[str, Any]]) -> str:
-    """Plain text for `segmote predict --routing`: one line per prompt."""
-    lines = ["PROMPT  TOKEN  CONF    EXPERTS (per token)  ROUTER PROBS (selected token)"]
+    """Plain text for `segmote predict --routing`: one line per prompt.
+
+    Rows may carry "label" (output label of the object) and "slice" (volume slice index) keys,
+    as `predict_file` adds; they become the first columns.
+    """
+    has_label = any("label" in r for r in rows)
+    has_slice = any(r.get("slice") is not None for r in rows)
+    head = ("LABEL  " if has_label else "PROMPT  ") + ("SLICE  " if has_slice else "")
+    lines = [head + "TOKEN  CONF    EXPERTS (per token)  ROUTER PROBS (selected token)"]
     for r in rows:
         probs = " ".join(f"{p:.2f}" for p in r["router_probs"][r["selected_token"]])
-        lines.append(f"{r['prompt']:>6}  {r['selected_token']:>5}  {r['confidence']:.3f}  "
+        first = f"{r['label']:>5}  " if has_label else f"{r['prompt']:>6}  "
+        if has_slice:
+            first += f"{r['slice']:>5}  "
+        lines.append(f"{first}{r['selected_token']:>5}  {r['confidence']:.3f}  "
                      f"{str(r['experts']):<19}  {probs}")
     return "\n".join(lines)
 

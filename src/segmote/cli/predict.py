@@ -72,8 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output file (format from its extension) or folder")
     p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
-    p.add_argument("--adapter", default=None,
-                   help="SegMoTE adapter .safetensors, 'new', or 'none' (default: shipped one)")
+    p.add_argument("--adapter", default="default",
+                   help="SegMoTE adapter .safetensors, 'new' (untrained), or 'none' (base model); "
+                        "default: the shipped adapter, the base model while none ships")
     p.add_argument("-b", "--box", action="append", default=[],
                    help="x0,y0,x1,y1 (2-D) or x0,y0,z0,x1,y1,z1 voxel indices (3-D); repeatable")
     p.add_argument("-p", "--point", action="append", default=[],
@@ -85,6 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
                    help="volume axis to slice along (default 2 = k)")
     p.add_argument("--overlay", help="write a PNG of the image with the mask contour")
+    p.add_argument("--routing", action="store_true",
+                   help="print the router's choice per prompt (chosen expert token, experts, "
+                        "probabilities); needs an adapter")
+    p.add_argument("--attention", metavar="PNG",
+                   help="write the expert tokens' attention maps for the first object as a PNG")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
     p.set_defaults(func=run)
@@ -97,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
         args.input, args.output, boxes=args.box, points=args.point, labels=args.label,
         backbone=args.backbone, checkpoint=args.checkpoint, adapter=args.adapter,
         modality=args.modality, window=args.window, axis=args.axis, overlay=args.overlay,
-        device=args.device, progress=not args.quiet)
+        device=args.device, progress=not args.quiet, routing=args.routing,
+        attention=args.attention)
+    if args.routing:
+        from segmote.routing import format_routing_table
+        print(format_routing_table(result.routing))
     if not args.quiet:
         dt = time.perf_counter() - t0
         print(f"wrote {result.output} ({result.summary}) in {dt:.1f} s", file=sys.stderr)
