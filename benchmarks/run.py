@@ -73,8 +73,22 @@ def section_evaluate(r: dict) -> list[str]:
 
 
 def section_mote(r: dict) -> list[str]:
-    lines = ["## SegMoTE decoder cost (issue 3)", "", "```", json.dumps(r, indent=2), "```", ""]
-    return lines
+    b, s, m = r["base_decoder_ms"], r["segmote_decoder_ms"], r["memory"]
+    return ["## SegMoTE decoder cost (issue 3)", "",
+            f"{r['benchmark']}; {r['runs']} timed runs after {r['warmup']} warm-up, median "
+            f"(p10..p90). Machine: {_machine(r.get('machine'))}.", "",
+            "| measure | value | target |", "|---|---|---|",
+            f"| base SAM decoder, one prompt | {b['median']:.1f} ms ({b['p10']:.1f}..{b['p90']:.1f})"
+            " | baseline |",
+            f"| SegMoTE decoder, one prompt | {s['median']:.1f} ms ({s['p10']:.1f}..{s['p90']:.1f})"
+            f" = **{r['ratio_median']:.3f} x** base | <= {r['target_ratio']} x |",
+            f"| per-image head features (once per image) | "
+            f"{r['prepare_image_ms_median_once_per_image']:.1f} ms | cached |",
+            f"| adapter parameters | {r['adapter_parameters']:,} | < 5M |",
+            f"| adapter memory at inference (weights {m['adapter_weights_mb']} MB + per-image "
+            f"cache {m['per_image_cache_mb']} MB + per-prompt allocations "
+            f"<= {m['per_prompt_extra_alloc_mb_upper_bound']} MB) | {m['total_mb']:.1f} MB | "
+            f"< {r['memory_target_mb']} MB |", ""]
 
 
 SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
