@@ -4,8 +4,11 @@ Measures LiteMedSAM tight-box Dice for each intensity handling (MR slice percent
 min-max, volume percentiles) and each reading of "structure" (left, left and right separately,
 both as one mask). Output: benchmarks/results/atlas_protocol.txt. Slow: ~500 encoder passes.
 """
-import os
-import numpy as np, nibabel as nib, json, itertools
+import json
+
+import nibabel as nib
+import numpy as np
+
 from segmote.build import load_model
 from segmote.predictor import Segmenter
 from segmote.samples import fetch_sample

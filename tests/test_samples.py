@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from segmote import samples
+from segmote.samples import _fetch as fetch_tools
+from segmote.samples import sources
 from segmote.cli.main import main
 from segmote.errors import InputError
 
@@ -122,10 +124,10 @@ def test_sample_path_unfetched_tells_fetch_command(home: Path) -> None:
 def test_registry_failure_is_one_line() -> None:
     fail = "import sys; sys.stderr.write('noise\\nERROR: No matching distribution\\nnote\\n'); sys.exit(1)"
     with pytest.raises(InputError) as err:
-        samples._run([sys.executable, "-c", fail], "download x from PyPI", "hint")
+        fetch_tools.run([sys.executable, "-c", fail], "download x from PyPI", "hint")
     assert str(err.value) == "cannot download x from PyPI: ERROR: No matching distribution"
     with pytest.raises(InputError, match="not found; install apt"):
-        samples._run(["segmote-no-such-tool"], "download y", "install apt")
+        fetch_tools.run(["segmote-no-such-tool"], "download y", "install apt")
 
 
 # --- fetch mechanics with a fake source -----------------------------------------------------------
@@ -194,9 +196,9 @@ def test_read_ar_member(tmp_path: Path) -> None:
     deb = tmp_path / "x.deb"
     deb.write_bytes(b"!<arch>\n" + member("debian-binary", b"2.0\n")
                     + member("control.tar.xz", b"abc") + member("data.tar.gz", b"payload"))
-    assert samples.read_ar_member(deb, "data.tar") == b"payload"
+    assert fetch_tools.read_ar_member(deb, "data.tar") == b"payload"
     with pytest.raises(InputError, match="no zz"):
-        samples.read_ar_member(deb, "zz")
+        fetch_tools.read_ar_member(deb, "zz")
 
 
 def test_aal_codes_are_mapped_to_consecutive_labels(tmp_path: Path) -> None:
@@ -207,7 +209,7 @@ def test_aal_codes_are_mapped_to_consecutive_labels(tmp_path: Path) -> None:
     affine[:3, 3] = (-90, -125, -71)
     codes = nib.Nifti1Image(np.array([[[0, 2001], [2002, 2001]]], np.int16), affine)
     nib.save(codes, tmp_path / "aal.nii.gz")
-    samples._write_aal_labels(codes, tmp_path / "aal.nii.gz", table, tmp_path / "out.nii.gz")
+    sources._write_aal_labels(codes, tmp_path / "aal.nii.gz", table, tmp_path / "out.nii.gz")
     out = nib.load(tmp_path / "out.nii.gz")
     assert np.asanyarray(out.dataobj).tolist() == [[[0, 1], [2, 1]]]
     assert np.array_equal(out.affine, affine)
