@@ -77,11 +77,21 @@ def make_volume(path: Path, slices: int) -> None:
 
 def volume_child(path: str, out: str, slices: int) -> None:
     from segmote.api import predict_file
+    from segmote.build import load_model
+    from segmote.io import read_image
+    from segmote.transforms import ResizeGeometry, to_input_tensor
+    # the encoder alone on one slice of this volume, timed in this process: the baseline for the
+    # per-slice overhead (reading, slicing, pre/post-processing, decoding, writing)
+    model = load_model(adapter=None)
+    img = read_image(path).array[:, :, 0].T.copy()  # a copy: the volume itself is freed
+    x = to_input_tensor(img, ResizeGeometry.for_shape(img.shape, 256))[None]
+    with torch.inference_mode():
+        t_enc = median_time(lambda: model.encode(x), 5)
     t = time.perf_counter()
     predict_file(path, out, boxes=[f"150,180,0,350,330,{slices - 1}"], adapter=None)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
-    print(f"RESULT {dt} {peak}")
+    print(f"RESULT {dt} {peak} {t_enc}")
 
 
 def volume(slices: int) -> dict:
@@ -91,9 +101,11 @@ def volume(slices: int) -> dict:
         proc = subprocess.run([sys.executable, __file__, "--child", str(src), str(out),
                                str(slices)], capture_output=True, text=True, check=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][0]
-        dt, peak = (float(v) for v in line.split()[1:])
+        dt, peak, t_enc = (float(v) for v in line.split()[1:])
     return {"shape": [512, 512, slices], "dtype": "int16", "seconds": dt,
-            "slices_per_second": slices / dt, "peak_rss_mb": peak}
+            "slices_per_second": slices / dt, "peak_rss_mb": peak,
+            "encoder_ms_same_process": 1e3 * t_enc,
+            "seconds_per_slice_over_encoder": dt / slices / t_enc}
 
 
 def main() -> None:

@@ -62,6 +62,10 @@ def section_predict(r: dict) -> list[str]:
                 f"peak RSS | {v['peak_rss_mb']:.0f} MB | < 2048 MB |",
                 f"| same volume: throughput | {v['slices_per_second']:.2f} slices/s "
                 f"({v['seconds']:.0f} s) | report |"]
+        if "seconds_per_slice_over_encoder" in v:
+            out += [f"| same volume: wall time per slice (read, slice, pre/post, encode, decode, "
+                    f"write) | {v['seconds_per_slice_over_encoder']:.2f} x the encoder alone "
+                    f"({v['encoder_ms_same_process']:.0f} ms) | ~1 x |"]
     return out + [""]
 
 

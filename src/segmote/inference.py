@@ -55,8 +55,13 @@ def _in_plane_axes(axis: int) -> tuple[int, int]:
 
 def volume_slice(volume: np.ndarray, index: int, axis: int) -> np.ndarray:
     """The 2-D image of one slice: rows follow the higher in-plane axis, columns the lower one
-    (for axis 2: `vol[:, :, k].T`, rows = j, cols = i, as viewers show an axial slice)."""
-    return np.take(volume, index, axis=axis).T
+    (for axis 2: `vol[:, :, k].T`, rows = j, cols = i, as viewers show an axial slice).
+
+    A view, not a copy: basic indexing. (`np.take` copies a non-contiguous volume whole on every
+    call — readers hand back transposed views — which cost more than the encoder per slice.)"""
+    index_tuple = [slice(None)] * volume.ndim
+    index_tuple[axis] = index
+    return volume[tuple(index_tuple)].T
 
 
 def check_prompts(objects: list[ObjectPrompt], shape: tuple[int, ...], is_volume: bool) -> None:

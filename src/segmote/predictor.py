@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from segmote.errors import InputError
-from segmote.transforms import ResizeGeometry, intensity_range, normalize_modality, to_input_tensor
+from segmote.transforms import ResizeGeometry, preprocess
 
 # A binary mask given as a prompt becomes logits of this magnitude (SAM expects logits).
 MASK_PROMPT_LOGIT = 8.0
@@ -71,13 +71,8 @@ class Segmenter:
 
         modality: "CT" (HU window, see `window`), "MR" (percentile clip) or None (min-max only).
         """
-        image = np.asarray(image)
-        if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
-            raise InputError(f"expected a 2-D image (H, W) or (H, W, C), got shape {image.shape}")
-        modality = normalize_modality(modality)
-        self.geometry = ResizeGeometry.for_shape(image.shape[:2], self.model.img_size)
-        clip = intensity_range(image, modality, window)
-        x = to_input_tensor(image, self.geometry, clip)[None].to(self.device)
+        x, self.geometry = preprocess(image, self.model.img_size, modality, window)
+        x = x[None].to(self.device)
         self.features = self.model.prepare_image(self.model.encode(x))
 
     def set_features(self, features: Any, hw: tuple[int, int]) -> None:

@@ -167,3 +167,19 @@ def to_input_tensor(image: np.ndarray, geometry: ResizeGeometry,
         raise InputError(f"expected 1, 3 or 4 channels, got {t.shape[1]}")
     s = geometry.target
     return F.pad(t, (0, s - w, 0, s - h))[0]
+
+
+def preprocess(image: np.ndarray, img_size: int, modality: str | None = None,
+               window: str | tuple[float, float] | None = None) -> tuple[Tensor, ResizeGeometry]:
+    """What the encoder sees for one 2-D image: intensity clip, resize, min-max, pad.
+
+    image: (H, W) or (H, W, C). Returns the (3, S, S) float tensor in [0, 1] (S = img_size) and
+    the geometry mapping it back. `Segmenter.set_image` and the training embedding cache both call
+    this, so training sees exactly the inputs inference does.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
+        raise InputError(f"expected a 2-D image (H, W) or (H, W, C), got shape {image.shape}")
+    geometry = ResizeGeometry.for_shape(image.shape[:2], img_size)
+    clip = intensity_range(image, normalize_modality(modality), window)
+    return to_input_tensor(image, geometry, clip), geometry
