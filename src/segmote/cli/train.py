@@ -1,0 +1,68 @@
+"""`segmote train`: fit a SegMoTE adapter on nnU-Net / MSD / 2-D dataset folders.
+
+    segmote train --data Dataset001_Liver Dataset002_Heart --out runs/liver_heart
+    segmote train --data DIR --out RUN --config my.yaml --epochs 20
+    segmote train --out RUN --resume          # continue a stopped run where it stopped
+    torchrun --nproc_per_node 4 -m segmote.cli.main train --data DIR --out RUN   # 4 GPUs
+
+Settings: defaults < RUN/config.yaml (with --resume) < --config YAML < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segmote.errors import InputError
+
+# flag -> config key, for the settings that have a flag of their own
+_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+          "backbone": "backbone", "checkpoint": "checkpoint", "num_workers": "num_workers",
+          "amp": "amp", "window": "window", "cache_dir": "cache_dir"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a SegMoTE adapter on your datasets",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", metavar="DIR",
+                   help="dataset folders (nnU-Net raw, MSD or images/ + labels/); with --resume "
+                        "the run's own folders by default")
+    p.add_argument("-o", "--out", required=True, metavar="RUN_DIR",
+                   help="run folder: config, split, metrics, logs, checkpoints")
+    p.add_argument("-c", "--config", metavar="YAML", help="training config (keys of TrainConfig)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("-e", "--epochs", type=int)
+    p.add_argument("-b", "--batch-size", type=int, help="global batch (over all processes)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backbone", help="base model (default litemedsam)")
+    p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="GPU autocast")
+    p.add_argument("-w", "--window", help="CT window for the cached images")
+    p.add_argument("--cache-dir", help="embedding cache folder (default RUN_DIR/cache)")
+    p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segmote.training.config import TrainConfig, load_config, merge, read_yaml
+    from segmote.training.trainer import train
+
+    out = Path(args.out)
+    base = TrainConfig()
+    if args.resume:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"{out}: nothing to resume (no config.yaml)")
+        base = merge(base, read_yaml(saved), str(saved))
+    cfg = load_config(args.config, {key: getattr(args, flag) for flag, key in _FLAGS.items()},
+                      base)
+    data = args.data or cfg.data
+    if not data:
+        raise InputError("give the dataset folders with --data DIR [DIR ...]")
+    result = train(cfg, data, out, resume=args.resume, device=args.device,
+                   progress=not args.quiet)
+    print(result.best_adapter or result.latest_adapter)
+    return 0

@@ -1,0 +1,219 @@
+"""`TrainConfig`: every training setting, from defaults, a YAML file and command-line flags.
+
+Later sources win: defaults < the run's saved config (on --resume) < --config YAML < flags.
+Unknown keys and bad values raise `InputError` naming the file and the keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segmote.errors import InputError
+from segmote.training.losses import LossWeights
+from segmote.training.prompts import PROMPT_KINDS
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (method.md, "Training recipe"; paper values where it has them).
+
+    Attributes:
+        backbone, checkpoint: base model (see `segmote.build.BACKBONES`).
+        epochs, batch_size: batch_size is the global batch (split evenly over DDP ranks).
+        lr, weight_decay: AdamW.
+        milestones, gamma: step schedule — lr x gamma at each milestone epoch (0-based; paper:
+            halved at epochs 7 and 12).
+        grad_clip: max global gradient norm (0 = off).
+        loss_weights: focal / dice / iou / balance (see `LossWeights`).
+        prompt_mix: probability of each first-prompt kind; "text" is a hook (no text encoder yet),
+            its share goes to the other kinds.
+        box_jitter: max shift of each box side, as a fraction of the box extent.
+        refine_rounds: refinement rounds after the first prompt (previous mask + new clicks).
+        refine_clicks: number of new clicks per round, drawn uniformly from this list.
+        seed: fixes the adapter init, the data order, every prompt and the router noise.
+        axis, min_foreground, val_fraction: slicing of 3-D volumes and the case split.
+        window: CT window for the cached images (None: the modality default).
+        amp: autocast dtype on GPU ("auto": bf16 where supported, else fp16); CPU runs in fp32.
+        num_workers: DataLoader workers reading cached embeddings.
+        cache_dir: embedding cache (None: RUN_DIR/cache).
+        mote: MoTEConfig fields except balance_weight (set by loss_weights.balance).
+        save_every: also write the resume state every N steps (0: at epoch ends only).
+        log_every: TensorBoard scalars every N steps.
+        data: the dataset folders (kept so `--resume` needs no --data).
+    """
+
+    backbone: str = "litemedsam"
+    checkpoint: str | None = None
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    milestones: list[int] = field(default_factory=lambda: [7, 12])
+    gamma: float = 0.5
+    grad_clip: float = 1.0
+    loss_weights: dict[str, float] = field(default_factory=LossWeights().to_dict)
+    prompt_mix: dict[str, float] = field(
+        default_factory=lambda: {"box": 0.4, "point": 0.3, "text": 0.3})
+    box_jitter: float = 0.1
+    refine_rounds: int = 2
+    refine_clicks: list[int] = field(default_factory=lambda: [1, 3, 4, 7])
+    seed: int = 0
+    axis: int = 2
+    min_foreground: int = 10
+    val_fraction: float = 0.2
+    window: str | None = None
+    amp: str = "auto"
+    num_workers: int = 0
+    cache_dir: str | None = None
+    mote: dict[str, Any] = field(default_factory=dict)
+    save_every: int = 100
+    log_every: int = 10
+    data: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def weights(self) -> LossWeights:
+        return LossWeights(**self.loss_weights)
+
+    def mote_config(self) -> Any:
+        from segmote.modeling.segmote import MoTEConfig
+        return MoTEConfig.from_dict({**self.mote, "balance_weight": self.weights.balance})
+
+    def lr_at(self, epoch: int) -> float:
+        """The step schedule: lr x gamma^(number of milestones <= epoch)."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _positive_int(name: str, value: Any, zero_ok: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
+        raise InputError(f"config {name}: expected an integer >= {0 if zero_ok else 1}, "
+                         f"got {value!r}")
+
+
+def _number(name: str, value: Any, lo: float = 0.0, hi: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or \
+            (hi is not None and value > hi):
+        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise InputError(f"config {name}: expected a number {bound}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every value; raises InputError naming the key. Returns cfg."""
+    for name in ("epochs", "batch_size", "log_every"):
+        _positive_int(name, getattr(cfg, name))
+    for name in ("refine_rounds", "num_workers", "save_every", "min_foreground", "seed"):
+        _positive_int(name, getattr(cfg, name), zero_ok=True)
+    for name in ("lr", "weight_decay", "grad_clip", "gamma"):
+        _number(name, getattr(cfg, name))
+    _number("box_jitter", cfg.box_jitter, 0.0, 1.0)
+    _number("val_fraction", cfg.val_fraction, 0.0, 0.9)
+    if not isinstance(cfg.milestones, list):
+        raise InputError(f"config milestones: expected a list of epochs, got {cfg.milestones!r}")
+    for m in cfg.milestones:
+        _positive_int("milestones", m)
+    if not isinstance(cfg.refine_clicks, list) or not cfg.refine_clicks:
+        raise InputError(f"config refine_clicks: expected a non-empty list, "
+                         f"got {cfg.refine_clicks!r}")
+    for k in cfg.refine_clicks:
+        _positive_int("refine_clicks", k)
+    if cfg.axis not in (0, 1, 2):
+        raise InputError(f"config axis: expected 0, 1 or 2, got {cfg.axis!r}")
+    if cfg.amp not in AMP_CHOICES:
+        raise InputError(f"config amp: expected one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
+    _check_mapping("loss_weights", cfg.loss_weights, [f.name for f in
+                                                       dataclasses.fields(LossWeights)])
+    _check_mapping("prompt_mix", cfg.prompt_mix, list(PROMPT_KINDS))
+    if sum(v for k, v in cfg.prompt_mix.items() if k != "text") <= 0:
+        raise InputError("config prompt_mix: box or point needs a positive probability "
+                         "(text prompts are not trainable yet)")
+    if not isinstance(cfg.mote, dict) or "balance_weight" in cfg.mote:
+        raise InputError("config mote: expected a mapping of MoTEConfig fields "
+                         "(set the balance weight with loss_weights.balance)")
+    cfg.mote_config()  # MoTEConfig validates its own fields with one-line InputErrors
+    return cfg
+
+
+def _check_mapping(name: str, value: Any, keys: list[str]) -> None:
+    if not isinstance(value, dict):
+        raise InputError(f"config {name}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise InputError(f"config {name}: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(keys)})")
+    for key, v in value.items():
+        _number(f"{name}.{key}", v)
+
+
+def merge(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
+    """cfg with `values` applied (mapping sections merged key by key); unknown keys -> InputError
+    naming `source`."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise InputError(f"{source}: unknown config key(s) {', '.join(unknown)}")
+    out = cfg.to_dict()
+    for key, value in values.items():
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return TrainConfig(**out)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path`; InputError when missing, malformed or not a mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "malformed"
+        raise InputError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of config keys at the top level")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                base: TrainConfig | None = None) -> TrainConfig:
+    """base (default: defaults) < YAML at `path` < overrides (None values are ignored)."""
+    cfg = base or TrainConfig()
+    if path is not None:
+        cfg = merge(cfg, read_yaml(path), str(path))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cfg = merge(cfg, flags, "command line")
+    return validate(cfg)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    import yaml
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

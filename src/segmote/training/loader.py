@@ -1,0 +1,81 @@
+"""Batches of cached slices: a deterministic epoch plan shared by all ranks, and a map-style
+dataset over the embedding cache (so DataLoader workers can prefetch from disk).
+
+The plan is a function of (seed, epoch) only: every rank computes the same global order and takes
+its own slice of each global batch, and a resumed run rebuilds it and skips the steps already done.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segmote.training.step import Batch
+
+
+def epoch_plan(num_samples: int, global_batch: int, seed: int,
+               epoch: int) -> list[list[tuple[int, int]]]:
+    """Global batches of one epoch as (position, sample index) pairs.
+
+    A fresh permutation per epoch; the last batch is filled up from the start of the order (as
+    `DistributedSampler` pads), so every step has exactly `global_batch` samples and the number of
+    steps, ceil(N / global_batch), does not depend on the number of ranks.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    steps = math.ceil(num_samples / global_batch)
+    padded = np.resize(order, steps * global_batch)  # np.resize repeats the array
+    return [[(s * global_batch + j, int(padded[s * global_batch + j]))
+             for j in range(global_batch)] for s in range(steps)]
+
+
+def rank_slice(batch: list[Any], rank: int, world_size: int) -> list[Any]:
+    """This rank's contiguous share of a global batch (global_batch % world_size == 0)."""
+    n = len(batch) // world_size
+    return batch[rank * n:(rank + 1) * n]
+
+
+class CachedSlices(Dataset):
+    """Cached training / validation slices; items are (position, sample index) pairs.
+
+    cache: an `EmbeddingCache` already built for `samples`. seed, epoch: for the prompt seeds.
+    """
+
+    def __init__(self, cache: Any, samples: list[Any], seed: int) -> None:
+        self.cache, self.samples, self.seed = cache, samples, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def key(self, i: int) -> str:
+        s = self.samples[i]
+        return f"{s.dataset}/{s.class_name}"
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        pos, i = item
+        s = self.samples[i]
+        cached = self.cache.get(s)
+        return {"emb": cached.image_embedding, "early": cached.early_features,
+                "target": (cached.label == int(s.class_value)).float()[None],
+                "seed": [self.seed, self.epoch, pos], "key": self.key(i),
+                "class_name": s.class_name}
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    return Batch(torch.stack([it["emb"] for it in items]).float(),
+                 torch.stack([it["early"] for it in items]).float(),
+                 torch.stack([it["target"] for it in items]),
+                 [it["seed"] for it in items], [it["key"] for it in items],
+                 [it["class_name"] for it in items])
+
+
+def make_loader(dataset: CachedSlices, batches: list[list[tuple[int, int]]],
+                num_workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader over the given (already rank-sliced) batches, in order."""
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False)

@@ -1,0 +1,217 @@
+"""One training step on cached image embeddings: simulated prompts, refinement rounds, loss,
+and the guarded optimiser update. The image encoder never runs here.
+
+`TrainStep` is an `nn.Module` whose `forward` does a whole step's forward pass (all prompt rounds)
+so that `DistributedDataParallel` can wrap it: DDP only all-reduces gradients of work done inside
+the wrapped module's `forward`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segmote.modeling.encoder_output import EncoderOutput
+from segmote.modeling.segmote import ImageFeatures, SegMoTE
+from segmote.training.config import TrainConfig
+from segmote.training.losses import segmote_loss
+from segmote.training.prompts import (Prompt, error_clicks, sample_prompt, tight_box,
+                                      to_model_coords)
+
+
+@dataclass
+class Batch:
+    """A batch of cached slices (B on this rank).
+
+    image_embedding: (B, D, h, w); early_features: (B, C, h', w');
+    target: (B, 1, H, W) float 0/1 at mask resolution (H = 4h) in the padded model-input frame;
+    seeds: one prompt seed per sample (from its position in the epoch, not in the batch, so the
+        prompts do not depend on the batch split over ranks); keys: "dataset/class" per sample;
+    class_names: per sample (for the text-prompt hook).
+    """
+
+    image_embedding: Tensor
+    early_features: Tensor
+    target: Tensor
+    seeds: list[list[int]]
+    keys: list[str]
+    class_names: list[str]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.image_embedding.to(device, non_blocking=True),
+                     self.early_features.to(device, non_blocking=True),
+                     self.target.to(device, non_blocking=True), self.seeds, self.keys,
+                     self.class_names)
+
+
+class _Out(NamedTuple):
+    """The parts of a SegMoTEOutput the loss uses, reassembled over prompt groups."""
+
+    masks: Tensor  # (B, 1, H, W)
+    iou_pred: Tensor  # (B, 1)
+    balance_loss: Tensor  # scalar
+
+
+class StepOutput(NamedTuple):
+    loss: Tensor  # scalar, mean over rounds
+    parts: dict[str, Tensor]  # unweighted loss terms, means over rounds (detached)
+
+
+def _points(prompts: list[Prompt], idx: list[int], k: int, scale: float,
+            device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """Points of prompts[idx] padded to k with SAM's not-a-point label -1 -> (n, k, 2), (n, k).
+    A fixed k (not the group's max) keeps each sample's tokens independent of its batch mates."""
+    if k == 0:
+        return None
+    coords = np.zeros((len(idx), k, 2), np.float32)
+    labels = np.full((len(idx), k), -1, np.int64)
+    for row, i in enumerate(idx):
+        n = len(prompts[i].labels)
+        coords[row, :n] = prompts[i].points * scale
+        labels[row, :n] = prompts[i].labels
+    return torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device)
+
+
+class TrainStep(nn.Module):
+    """The forward pass of one training step (see module doc).
+
+    Args:
+        model: SegMoTE in train mode (its frozen base stays in eval mode).
+        config: prompt mix, refinement rounds / clicks, loss weights.
+    """
+
+    def __init__(self, model: SegMoTE, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.weights = config.weights
+        self.max_clicks = max(config.refine_clicks)
+
+    def _decode(self, feats: ImageFeatures, prompts: list[Prompt], masks: Tensor | None,
+                round_: int, scale: float) -> _Out:
+        """Decode the batch in groups of the same prompt structure (box or not): `decode` takes
+        one box tensor for all rows, so box and point-only prompts cannot share a call."""
+        b = len(prompts)
+        device = feats.image_embedding.device
+        out_masks: list[Tensor | None] = [None] * b
+        out_iou: list[Tensor | None] = [None] * b
+        balance = feats.image_embedding.new_zeros((), dtype=torch.float32)
+        for has_box in (True, False):
+            idx = [i for i, p in enumerate(prompts) if (p.box is not None) == has_box]
+            if not idx:
+                continue
+            k = (0 if has_box else 1) + round_ * self.max_clicks
+            sel = torch.tensor(idx, device=device)
+            boxes = None
+            if has_box:
+                boxes = torch.from_numpy(np.stack([prompts[i].box for i in idx]) * scale)
+                boxes = boxes.to(device)
+            out = self.model.decode(
+                ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
+                points=_points(prompts, idx, k, scale, device), boxes=boxes,
+                masks=None if masks is None else masks[sel])
+            for row, i in enumerate(idx):
+                out_masks[i], out_iou[i] = out.masks[row], out.iou_pred[row]
+            # the balance loss is per decode call; weight each group by its share of the batch
+            balance = balance + out.balance_loss.float() * (len(idx) / b)
+        return _Out(torch.stack(out_masks), torch.stack(out_iou), balance)
+
+    def forward(self, batch: Batch) -> StepOutput:
+        cfg = self.config
+        feats = self.model.prepare_image(EncoderOutput(batch.image_embedding,
+                                                       batch.early_features))
+        mask_size = batch.target.shape[-1]
+        scale = self.model.img_size / mask_size
+        gt = batch.target[:, 0].detach().cpu().numpy() > 0.5
+        rngs = [np.random.default_rng(s) for s in batch.seeds]
+        prompts = [sample_prompt(gt[i], rngs[i], cfg.prompt_mix, cfg.box_jitter,
+                                 class_name=batch.class_names[i]) for i in range(len(gt))]
+        total: Tensor | float = 0.0
+        sums: dict[str, Tensor] = {}
+        mask_prompt = None
+        rounds = 1 + cfg.refine_rounds
+        for r in range(rounds):
+            out = self._decode(feats, prompts, mask_prompt, r, scale)
+            loss, parts = segmote_loss(out, batch.target, self.weights)
+            total = total + loss
+            sums = {k: sums.get(k, 0) + v for k, v in parts.items()}
+            if r + 1 < rounds:
+                # the next round sees the previous logits (no gradient through them, as in SAM)
+                mask_prompt = out.masks.detach().float()
+                pred = (mask_prompt[:, 0] > 0).cpu().numpy()
+                for i, rng in enumerate(rngs):
+                    k = int(rng.choice(cfg.refine_clicks))
+                    prompts[i].add_clicks(*error_clicks(pred[i], gt[i], k, rng))
+        return StepOutput(total / rounds, {k: v / rounds for k, v in sums.items()})
+
+
+class StepResult(NamedTuple):
+    loss: float
+    parts: dict[str, float]
+    grad_norm: float
+    skipped: bool
+
+
+def _all_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank only if `flag` is True on every rank (so all ranks skip together)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() == 0.0)
+
+
+def train_step(step: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+               params: list[nn.Parameter], grad_clip: float, autocast: Any,
+               scaler: torch.amp.GradScaler | None, device: torch.device) -> StepResult:
+    """Forward, backward, clip and update; a step whose loss or gradient is not finite is
+    skipped (no update; the grad scaler, if any, lowers its scale) and reported.
+
+    step: `TrainStep` or its DDP wrapper. params: the trainable parameters (clipped together).
+    autocast: a context manager factory (bf16 / fp16 autocast on GPU, a no-op on CPU).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        out = step(batch)
+    loss = out.loss
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    finite = bool(torch.isfinite(loss).item()) and bool(torch.isfinite(norm).item())
+    finite = _all_true(finite, device)
+    if finite:
+        if scaler is not None:
+            scaler.step(optimizer)  # unscale_ was called above: it only steps
+        else:
+            optimizer.step()
+    if scaler is not None:
+        scaler.update()  # after an inf gradient this halves the scale
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(float(loss.item()), {k: float(v.item()) for k, v in out.parts.items()},
+                      float(norm.item()), not finite)
+
+
+@torch.no_grad()
+def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any) -> np.ndarray:
+    """Validation prediction with the tight ground-truth box (deterministic: eval mode, no
+    jitter). Returns (B, H, W) bool masks at mask resolution."""
+    gt = batch.target[:, 0].cpu().numpy() > 0.5
+    boxes = np.stack([to_model_coords(tight_box(m), gt.shape[-1], model.img_size) for m in gt])
+    with autocast():
+        out = model.decode(model.prepare_image(EncoderOutput(batch.image_embedding,
+                                                             batch.early_features)),
+                           boxes=torch.from_numpy(boxes).to(batch.target.device))
+    return (out.masks[:, 0].float() > 0).cpu().numpy()
+
+
+def dice_scores(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-sample Dice of (B, H, W) bool masks; 1 when both are empty. -> (B,) float64."""
+    inter = (pred & gt).sum((1, 2))
+    total = pred.sum((1, 2)) + gt.sum((1, 2))
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)

@@ -1,0 +1,265 @@
+"""Training: one step, NaN guard, resume equivalence, DDP equivalence, the CLI end to end.
+
+Real weights (LiteMedSAM) and real data (the bundled lung CT crop) throughout; everything is kept
+tiny so the file runs in about a minute on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import segmote
+from segmote.training.config import TrainConfig, load_config
+from segmote.training.step import Batch, TrainStep, train_step
+from segmote.transforms import ResizeGeometry, intensity_range, to_input_tensor
+
+ASSETS = Path(segmote.__file__).parent / "assets" / "samples"
+CT, LABEL = ASSETS / "lung2_ct_crop.nii.gz", ASSETS / "lung2_ct_crop_label.nii.gz"
+TINY = dict(epochs=1, batch_size=2, refine_rounds=1, refine_clicks=[1, 3], log_every=1,
+            save_every=1, min_foreground=200, val_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def real_batch() -> tuple[Batch, Batch]:
+    """A real CT slice (k = 8) encoded by the real LiteMedSAM encoder, twice (two prompts), with
+    its tumour label."""
+    from segmote.build import load_model
+    from segmote.modeling.encoder_output import EncoderOutput
+
+    model = load_model(adapter=None)
+    ct = np.asarray(nib.load(CT).dataobj)
+    lab = np.asarray(nib.load(LABEL).dataobj)
+    geo = ResizeGeometry.for_shape(ct.shape[:2], model.img_size)
+    images = torch.stack([to_input_tensor(ct[..., k], geo, intensity_range(ct, "CT"))
+                          for k in (8,)])
+    with torch.no_grad():
+        enc: EncoderOutput = model.encode(images)
+    # 256 x 256 slice, 256 input: the mask-resolution frame is the slice itself
+    target = torch.from_numpy(lab[..., 8] > 0).float()[None, None]
+    two = Batch(enc.image_embedding.expand(2, -1, -1, -1), enc.early_features.expand(2, -1, -1, -1),
+                target.expand(2, -1, -1, -1), [[0, 0, 0], [0, 0, 1]], ["lung/tumour"] * 2,
+                ["tumour"] * 2)
+    return two, Batch(enc.image_embedding, enc.early_features, target, [[0, 0, 0]],
+                      ["lung/tumour"], ["tumour"])
+
+
+def _model(cfg: TrainConfig):
+    from segmote.training.trainer import build_model
+    return build_model(cfg, torch.device("cpu")).train()
+
+
+def _adapter(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.adapter.state_dict().items()}
+
+
+def test_step_trains_adapter_only_and_loss_decreases(real_batch):
+    two, one = real_batch
+    cfg = load_config(overrides=dict(lr=1e-3, refine_rounds=1, prompt_mix={"box": 0.5,
+                                                                            "point": 0.5}))
+    model = _model(cfg)
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    # every adapter parameter gets a gradient, no frozen one does (2 prompts, 2 rounds)
+    torch.manual_seed(0)
+    TrainStep(model, cfg).forward(two).loss.backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad == name.startswith("adapter."), name
+    model.zero_grad(set_to_none=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    step = TrainStep(model, dataclasses.replace(cfg, refine_rounds=0, prompt_mix={"box": 1.0}))
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(0)  # same router noise and prompts every step: a fixed objective
+        res = train_step(step, one, opt, params, 1.0, contextlib.nullcontext, None,
+                         torch.device("cpu"))
+        assert not res.skipped
+        losses.append(res.loss)
+    # discrete routing (top-1 expert, most confident token) makes the curve jumpy, not monotone
+    assert min(losses[-4:]) < 0.7 * losses[0], losses
+    assert np.mean(losses[-4:]) < np.mean(losses[:3]), losses
+    for k, v in model.base.state_dict().items():
+        assert torch.equal(v, base_before[k]), k
+
+
+def test_non_finite_step_is_skipped(real_batch):
+    _, batch = real_batch
+    cfg = load_config(overrides=dict(refine_rounds=0))
+    model = _model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    before = _adapter(model)
+    emb = batch.image_embedding.clone()
+    emb[0, :, 3, 3] = float("nan")  # a corrupt cache entry
+    bad = dataclasses.replace(batch, image_embedding=emb)
+    res = train_step(TrainStep(model, cfg), bad, opt, params, 1.0, contextlib.nullcontext, None,
+                     torch.device("cpu"))
+    assert res.skipped and not np.isfinite(res.loss)
+    for k, v in _adapter(model).items():
+        assert torch.equal(v, before[k]), k
+    assert not opt.state  # AdamW moments untouched
+    res = train_step(TrainStep(model, cfg), batch, opt, params, 1.0, contextlib.nullcontext,
+                     None, torch.device("cpu"))
+    assert not res.skipped
+
+
+# --- end to end on a tiny nnU-Net raw dataset -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lung_dataset(tmp_path_factory) -> Path:
+    """Dataset001_Lung in nnU-Net raw layout: three 'cases', each a 2-slice slab of the bundled
+    CT whose second slice has its label cleared (so each case gives exactly one training slice:
+    three slices to encode in all, which keeps the CPU test short)."""
+    root = tmp_path_factory.mktemp("raw") / "Dataset001_Lung"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    ct_img, lab_img = nib.load(CT), nib.load(LABEL)
+    ct, lab = np.asarray(ct_img.dataobj), np.asarray(lab_img.dataobj)
+    for n, k in enumerate((5, 8, 10)):
+        slab_lab = lab[..., k:k + 2].copy()
+        slab_lab[..., 1] = 0
+        nib.save(nib.Nifti1Image(ct[..., k:k + 2], ct_img.affine),
+                 root / "imagesTr" / f"lung_{n:03d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(slab_lab, lab_img.affine),
+                 root / "labelsTr" / f"lung_{n:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "tumour": 1},
+        "numTraining": 3, "file_ending": ".nii.gz"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One embedding cache shared by the runs below (each slice is encoded once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _cfg(cache_dir: Path, **kw) -> TrainConfig:
+    return load_config(overrides={**TINY, "val_fraction": 0.34, "cache_dir": str(cache_dir),
+                                  **kw})
+
+
+def test_resume_after_kill_matches_a_straight_run(lung_dataset, cache_dir, tmp_path):
+    from segmote.training.trainer import train
+
+    cfg = _cfg(cache_dir, epochs=2, batch_size=1, refine_rounds=0)
+    straight = train(cfg, [lung_dataset], tmp_path / "straight", progress=False)
+    steps = straight.global_step
+    assert straight.epochs_done == 2 and steps == 4  # 2 training slices, batch 1
+
+    class Killed(Exception):
+        pass
+
+    def kill(step: int) -> None:
+        if step == 3:  # mid-way through epoch 2, right after the state was saved
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, [lung_dataset], tmp_path / "resumed", progress=False, on_step=kill)
+    with pytest.raises(segmote.errors.InputError, match="--resume"):
+        train(cfg, [lung_dataset], tmp_path / "resumed", progress=False)
+    resumed = train(cfg, [lung_dataset], tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.global_step == steps and resumed.epochs_done == 2
+    a = load_file(straight.latest_adapter)
+    b = load_file(resumed.latest_adapter)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.history == straight.history  # metrics too (sums carried across the kill)
+    # the state file is tensors + JSON: it loads with weights-only semantics (no pickle)
+    from segmote.training.state import load_state
+    state = load_state(tmp_path / "resumed" / "state.safetensors")
+    assert state["run"]["global_step"] == steps and state["optimizer"]["state"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_match_one_process(lung_dataset, cache_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo), global batch 2 = 1 per rank, trains the same adapter
+    as one process with batch 2. Router noise and the (per-rank) balance loss are switched off:
+    they are the only batch-composition-dependent parts."""
+    from segmote.training.trainer import train
+
+    extra = {"mote": {"noisy_gating": False},
+             "loss_weights": {"balance": 0.0}, "epochs": 2, "batch_size": 2}
+    cfg_file = tmp_path / "ddp.yaml"
+    import yaml
+    cfg_file.write_text(yaml.safe_dump({**TINY, "val_fraction": 0.34,
+                                        "cache_dir": str(cache_dir), **extra}))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "segmote.cli.main", "train", "--data", str(lung_dataset), "--out",
+         str(tmp_path / "ddp"), "--config", str(cfg_file), "--device", "cpu", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = train(load_config(cfg_file), [lung_dataset], tmp_path / "single", progress=False)
+    assert single.global_step == 2
+    a = load_file(tmp_path / "ddp" / "adapter_latest.safetensors")
+    b = load_file(single.latest_adapter)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp_metrics[-1]["val"]["mean_dice"] == pytest.approx(
+        single.history[-1]["val"]["mean_dice"], abs=1e-4)
+
+
+def test_cli_end_to_end_writes_every_output(lung_dataset, cache_dir, tmp_path, capsys):
+    from segmote.cli.main import main
+
+    out = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(f"refine_rounds: 1\nsave_every: 1\nval_fraction: 0.34\n"
+                        f"min_foreground: 200\nbatch_size: 2\ncache_dir: {cache_dir}\n")
+    rc = main(["train", "--data", str(lung_dataset), "--out", str(out), "--config",
+               str(cfg_file), "--epochs", "1", "--device", "cpu", "--quiet"])
+    assert rc == 0
+    for name in ("config.yaml", "split.json", "metrics.json", "curves.png",
+                 "adapter_latest.safetensors", "adapter_best.safetensors", "state.safetensors"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    import yaml
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["epochs"] == 1 and resolved["refine_rounds"] == 1  # flag and YAML applied
+    metrics = json.loads((out / "metrics.json").read_text())
+    val = metrics[0]["val"]
+    assert 0 <= val["mean_dice"] <= 1 and list(val["per_class"])[0].endswith("/tumour")
+    # the best adapter loads as a SegMoTE adapter and segments
+    from segmote.adapter import read_adapter_metadata
+    from segmote.build import load_model
+    meta = read_adapter_metadata(out / "adapter_best.safetensors")
+    assert meta["training"]["epoch"] == 1 and meta["vocabulary"] == ["tumour"]
+    load_model(adapter=str(out / "adapter_best.safetensors"))
+    capsys.readouterr()
+
+    # a second epoch by resuming with a larger --epochs
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())) == 2
+    capsys.readouterr()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    rc = main(["train", "--data", str(lung_dataset), "--out", str(tmp_path / "bad"),
+               "--config", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "learning_rate" in err and str(bad) in err
+    assert not (tmp_path / "bad").exists()  # nothing written for a bad config
