@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from segmote.adapter import (
     adapter_state_dict,
@@ -22,45 +21,13 @@ from segmote.adapter import (
 from segmote.cli.main import main
 from segmote.errors import CheckpointError, InputError
 from segmote.modeling.encoder_output import EncoderOutput
-from segmote.modeling.mask_decoder import MaskDecoder
-from segmote.modeling.prompt_encoder import PromptEncoder
 from segmote.modeling.sam import Sam
 from segmote.modeling.segmote import MoTEConfig, SegMoTE
-from segmote.modeling.transformer import TwoWayTransformer
 from segmote.summary import adapter_size_mb, format_summary, parameter_summary
+from tiny_models import one_thread, tiny_sam  # noqa: F401 (one_thread: autouse fixture)
 
 SHA = "ab" * 32
 IDENTITY = {"backbone": "tiny", "backbone_sha256": SHA}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: one intra-op thread avoids thread wake-up latency (which
-    dominates on busy shared CPUs) and keeps the file well under a minute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class _TinyEncoder(nn.Module):
-    img_size, early_dim = 64, 8
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.early = nn.Conv2d(3, self.early_dim, 16, 16)
-        self.neck = nn.Conv2d(self.early_dim, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> EncoderOutput:
-        early = self.early(x)
-        return EncoderOutput(self.neck(early), early)
-
-
-def tiny_sam(dim: int = 32) -> Sam:
-    torch.manual_seed(0)
-    dec = MaskDecoder(dim, TwoWayTransformer(2, dim, 4, 64), iou_head_hidden_dim=dim)
-    sam = Sam(_TinyEncoder(dim), PromptEncoder(dim, (4, 4), (64, 64), 8), dec)
-    return sam.requires_grad_(False).eval()
 
 
 def _trained_like(config: MoTEConfig | None = None) -> SegMoTE:
