@@ -1,0 +1,133 @@
+"""Every (plane, class) mask of the dataset folders, scored, with the rule it breaks (if any).
+
+Unlike `segmote.data.datasets.slice_samples`, which silently drops empty and tiny masks, this
+enumeration keeps them, so the curator can report them with a reason:
+- a (slice, class) with at least one pixel is a candidate, scored by `scores`;
+- a declared class with no pixel anywhere in a case (or a 2-D image) is one "empty" rejection for
+  that case (slice None): listing every empty (slice, class) of a volume would bury the report.
+Planes are cut by `segmote.inference.volume_slice`, as inference and training cut them.
+Instance-labelled datasets (`DatasetInfo.instance_labels`) give one candidate per instance id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from segmote.curation.scores import (ImageScores, QualityThresholds, image_reason, image_scores,
+                                     mask_reason, mask_scores, score_dict)
+from segmote.data.datasets import Case, DatasetInfo, SliceSample
+from segmote.data.files import read_label
+from segmote.errors import InputError
+from segmote.inference import volume_slice
+from segmote.io import read_image
+
+
+@dataclass
+class Candidate:
+    """One scored (plane, class) sample. reason: the first rule broken (None: accepted so far);
+    duplicate_of: index of the kept sample it duplicates (set by redundancy removal)."""
+
+    sample: SliceSample
+    scores: dict[str, float]
+    reason: str | None
+    duplicate_of: int | None = None
+
+    @property
+    def quality(self) -> float:
+        return float(self.scores.get("quality", 0.0))
+
+
+@dataclass
+class CandidateSet:
+    """All candidates, and how many planes were skipped as degenerate (a side < 2 pixels)."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    degenerate_planes: int = 0
+
+
+def _planes(image: np.ndarray, label: np.ndarray, is_3d: bool, axis: int,
+            ) -> Iterator[tuple[int | None, np.ndarray, np.ndarray]]:
+    if not is_3d:
+        yield None, image, label
+        return
+    if image.ndim != 3 or label.ndim != 3:
+        raise InputError(f"expected 3-D image and label volumes, got shapes {image.shape} and "
+                         f"{label.shape}")
+    for k in range(label.shape[axis]):
+        yield k, volume_slice(image, k, axis), volume_slice(label, k, axis)
+
+
+def instances(d: DatasetInfo) -> bool:
+    """Whether the label maps hold instance ids (`DatasetInfo.instance_labels`; False for
+    versions of `DatasetInfo` without that field)."""
+    return bool(getattr(d, "instance_labels", False))
+
+
+def _plane_values(plane: np.ndarray, d: DatasetInfo) -> list[tuple[int, str]]:
+    """(value, class name) of every class / instance present on the plane."""
+    present = np.unique(plane)
+    if instances(d):
+        (name,) = d.labels.values()
+        return [(int(v), name) for v in present.tolist() if v > 0]
+    return [(int(v), d.labels[int(v)]) for v in present.tolist() if int(v) in d.labels]
+
+
+def score_case(d: DatasetInfo, case: Case, axis: int, thresholds: QualityThresholds,
+               window: str | None, out: CandidateSet) -> None:
+    """Append the candidates of one case to `out` (each file read once)."""
+    image = np.asarray(read_image(case.image).array)
+    label = read_label(case.label)
+    seen: set[int] = set()
+    for k, img_plane, lab_plane in _planes(image, label, d.is_3d, axis):
+        if min(lab_plane.shape) < 2:
+            out.degenerate_planes += 1
+            continue
+        values = _plane_values(lab_plane, d)
+        if not values:
+            continue
+        img: ImageScores = image_scores(img_plane, d.modality, window)
+        img_bad = image_reason(img, thresholds)
+        boxes = ndimage.find_objects(lab_plane.astype(np.int64, copy=False),
+                                     max_label=max(v for v, _ in values))
+        for value, name in values:
+            mask = lab_plane == value
+            m = mask_scores(mask, boxes[value - 1])
+            seen.add(value)
+            sample = SliceSample(d.name, case.case_id, case.image, case.label, k, axis, value,
+                                 name, d.modality, m.pixels)
+            out.candidates.append(Candidate(sample, score_dict(img, m),
+                                            img_bad or mask_reason(m, thresholds)))
+    if instances(d):
+        if not seen:  # an instance map with no instance at all
+            (value, name), = d.labels.items()
+            out.candidates.append(_empty(d, case, axis, value, name))
+        return
+    for value, name in sorted(d.labels.items()):
+        if value not in seen:
+            out.candidates.append(_empty(d, case, axis, value, name))
+
+
+def _empty(d: DatasetInfo, case: Case, axis: int, value: int, name: str) -> Candidate:
+    sample = SliceSample(d.name, case.case_id, case.image, case.label, None, axis, value, name,
+                         d.modality, 0)
+    return Candidate(sample, {"pixels": 0}, "empty")
+
+
+def enumerate_candidates(datasets: list[DatasetInfo], axis: int = 2,
+                         thresholds: QualityThresholds | None = None,
+                         window: str | None = None, progress: bool = False) -> CandidateSet:
+    """Score every (plane, class) of every case of `datasets` (volumes cut along `axis`)."""
+    from tqdm.auto import tqdm
+
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    thresholds = thresholds or QualityThresholds()
+    out = CandidateSet()
+    cases = [(d, c) for d in datasets for c in d.cases]
+    for d, case in tqdm(cases, desc="scoring", unit="case", disable=not progress):
+        score_case(d, case, axis, thresholds, window, out)
+    return out
