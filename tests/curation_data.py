@@ -80,7 +80,8 @@ def planted_dataset(root: Path, n_clean: int = 8) -> tuple[Path, dict[str, str]]
     })
     no_lesion = pairs["clean_1"][1].copy()
     no_lesion[no_lesion == 2] = 1
-    pairs["no_lesion"] = (texture(104), no_lesion)  # lesion class empty
+    pairs["no_lesion"] = (texture(104), no_lesion)  # a missing class is normal: not rejected
+    pairs["empty"] = (texture(105), np.zeros((64, 64), np.uint8))
     expected = {"blank": "blank_image", "single_pixel": "tiny", "shredded": "fragmented",
-                "full_frame": "fills_frame", "no_lesion": "empty"}
+                "full_frame": "fills_frame", "empty": "empty"}
     return write_2d(root, pairs), expected

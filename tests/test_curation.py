@@ -55,9 +55,10 @@ def test_planted_defects_rejected_with_reason(planted):
     assert got["single_pixel"]["lesion"] == "tiny"
     assert got["shredded"]["organ"] == "fragmented"
     assert got["full_frame"]["organ"] == "fills_frame"
-    assert got["no_lesion"]["lesion"] == "empty"
-    empty = [c for c in cands if c.reason == "empty"]
-    assert len(empty) == 1 and empty[0].sample.foreground == 0
+    assert got["no_lesion"] == {"organ": None}  # a class missing from a case is no defect
+    assert got["empty"] == {"*": "empty"}
+    (empty,) = [c for c in cands if c.reason == "empty"]
+    assert (empty.sample.foreground, empty.sample.class_value) == (0, 0)
     # every clean mask passes (the defects above are the only rejections)
     for case, classes in got.items():
         if case.startswith("clean") or case.startswith("dup"):
@@ -234,8 +235,9 @@ def test_volume_dataset_slices_and_empty_case(tmp_path):
     label = np.zeros((48, 48, 6), np.uint8)
     for k in (1, 2, 3):
         label[..., k] = clean_label(k, 48) == 1  # organ on slices 1-3; class 2 never present
-    nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / "v1_0000.nii.gz")
-    nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / "v1.nii.gz")
+    for case, lab in (("v1", label), ("v2", np.zeros_like(label))):  # v2: no foreground
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "labelsTr" / f"{case}.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MR"}, "labels": {"background": 0, "organ": 1, "cyst": 2},
         "file_ending": ".nii.gz"}))
@@ -245,7 +247,8 @@ def test_volume_dataset_slices_and_empty_case(tmp_path):
     assert sorted(e["slice"] for e in data["selected"]) == [1, 2, 3]
     assert all(e["axis"] == 2 for e in data["selected"])
     (empty,) = data["rejected"]
-    assert (empty["class"], empty["reason"], empty["slice"]) == ("cyst", "empty", None)
+    assert (empty["case"], empty["class"], empty["reason"], empty["slice"]) == \
+        ("v2", "*", "empty", None)
     _, samples = manifest_samples(path)
     assert [s.slice_index for s in samples] == [1, 2, 3]
     bad = _edit(path, tmp_path / "bad.json", lambda d: d["selected"][0].update(slice=6))

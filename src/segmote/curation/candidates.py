@@ -3,8 +3,10 @@
 Unlike `segmote.data.datasets.slice_samples`, which silently drops empty and tiny masks, this
 enumeration keeps them, so the curator can report them with a reason:
 - a (slice, class) with at least one pixel is a candidate, scored by `scores`;
-- a declared class with no pixel anywhere in a case (or a 2-D image) is one "empty" rejection for
-  that case (slice None): listing every empty (slice, class) of a volume would bury the report.
+- a case (a volume or a 2-D image) whose label map holds no pixel of any class is one "empty"
+  rejection (class "*", value 0, slice None). A case lacking some of the classes is normal (not
+  every scan shows every organ or a tumour) and is not reported; nor is every empty slice of a
+  volume, which would bury the report.
 Planes are cut by `segmote.inference.volume_slice`, as inference and training cut them.
 Instance-labelled datasets (`DatasetInfo.instance_labels`) give one candidate per instance id.
 """
@@ -24,6 +26,8 @@ from segmote.data.files import read_label
 from segmote.errors import InputError
 from segmote.inference import volume_slice
 from segmote.io import read_image
+
+EMPTY_CLASS = "*"  # the class of an "empty" rejection: the case has no foreground at all
 
 
 @dataclass
@@ -101,19 +105,13 @@ def score_case(d: DatasetInfo, case: Case, axis: int, thresholds: QualityThresho
                                  name, d.modality, m.pixels)
             out.candidates.append(Candidate(sample, score_dict(img, m),
                                             img_bad or mask_reason(m, thresholds)))
-    if instances(d):
-        if not seen:  # an instance map with no instance at all
-            (value, name), = d.labels.items()
-            out.candidates.append(_empty(d, case, axis, value, name))
-        return
-    for value, name in sorted(d.labels.items()):
-        if value not in seen:
-            out.candidates.append(_empty(d, case, axis, value, name))
+    if not seen:
+        out.candidates.append(_empty(d, case, axis))
 
 
-def _empty(d: DatasetInfo, case: Case, axis: int, value: int, name: str) -> Candidate:
-    sample = SliceSample(d.name, case.case_id, case.image, case.label, None, axis, value, name,
-                         d.modality, 0)
+def _empty(d: DatasetInfo, case: Case, axis: int) -> Candidate:
+    sample = SliceSample(d.name, case.case_id, case.image, case.label, None, axis, 0,
+                         EMPTY_CLASS, d.modality, 0)
     return Candidate(sample, {"pixels": 0}, "empty")
 
 

@@ -8,8 +8,8 @@
                    "slice", "axis", "scores": {...}}, ...],
      "rejected": [{... same keys ..., "reason", "duplicate_of": {"image", "slice", "class"}}]}
 
-"slice" and "axis" are given for volumes only ("slice": null in a rejected entry means the whole
-case, e.g. a class that has no pixel in it). Paths are absolute when written; relative paths are
+"slice" and "axis" are given for volumes only; a rejected entry with "slice": null is a whole case
+(an "empty" one: class "*", value 0, no foreground at all). Paths are absolute when written; relative paths are
 read relative to the manifest's folder. `manifest_samples` turns a manifest back into the
 `DatasetInfo` / `SliceSample` objects `segmote train` uses.
 """

@@ -108,7 +108,8 @@ def _rejections(result: CurationResult) -> str:
                 :THUMBS_PER_REASON]:
             s = cands[i].sample
             image, label = planes.plane(cands[i])
-            src = _thumbnail(image, label == s.class_value, s.modality)
+            mask = label == s.class_value if s.class_value > 0 else np.zeros(label.shape, bool)
+            src = _thumbnail(image, mask, s.modality)
             where = f"{s.case_id}" + ("" if s.slice_index is None else f" slice {s.slice_index}")
             extra = ""
             if cands[i].duplicate_of is not None:
