@@ -254,3 +254,32 @@ def test_volume_dataset_slices_and_empty_case(tmp_path):
     bad = _edit(path, tmp_path / "bad.json", lambda d: d["selected"][0].update(slice=6))
     with pytest.raises(InputError, match="slice 6 is outside v1.nii.gz"):
         manifest_samples(bad)
+
+
+def test_several_axes_and_include_filter(tmp_path):
+    root = tmp_path / "Dataset010_Cube"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    image = np.stack([texture(k, 40) for k in range(40)], axis=2).astype(np.int16)
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[10:30, 12:28, 15:25] = 1  # a box: 10 axial, 20 sagittal, 16 coronal slices
+    nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / "c_0000.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / "c.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "box": 1},
+        "file_ending": ".nii.gz"}))
+    datasets = discover([root])
+    result = curate(datasets, CurationConfig(dedup=False, axes=[2, 0, 1]))
+    axes = [result.candidates[i].sample.axis for i in result.selected]
+    assert (axes.count(2), axes.count(0), axes.count(1)) == (10, 20, 16)
+    path = tmp_path / "m.json"
+    write_manifest(result, path)
+    _, samples = manifest_samples(path)
+    assert sorted({(s.axis, s.slice_index) for s in samples}) == sorted(
+        {(s.axis, s.slice_index) for s in (result.candidates[i].sample for i in result.selected)})
+    held = curate(datasets, CurationConfig(dedup=False),
+                  include=lambda s: s.slice_index is not None and s.slice_index < 20)
+    assert sorted(held.candidates[i].sample.slice_index for i in held.selected) == list(
+        range(15, 20))
+    with pytest.raises(InputError, match="axes must be distinct"):
+        curate(datasets, CurationConfig(axes=[2, 2]))

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="HTML", help="also write an HTML report")
     p.add_argument("-c", "--config", metavar="YAML", help="curation settings (CurationConfig)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of volumes")
+    p.add_argument("--axis", type=int, nargs="+", choices=(0, 1, 2), dest="axes",
+                   help="slice axis of volumes (default 2); several: every orientation")
     p.add_argument("--weight", action="append", metavar="MODALITY/CLASS=W",
                    help="balance weight of matching cells (wildcards; repeatable; default 1)")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
@@ -80,7 +81,7 @@ def load_curation_config(args: argparse.Namespace):
             raise InputError(f"{args.config}: 'thresholds' must be a mapping and 'weights' a "
                              "list of MODALITY/CLASS=W")
         cfg = dataclasses.replace(cfg, **values)
-    flags = {"budget": args.budget, "seed": args.seed, "axis": args.axis,
+    flags = {"budget": args.budget, "seed": args.seed, "axes": args.axes,
              "dup_threshold": args.dup_threshold, "window": args.window}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     cfg.weights = list(cfg.weights) + list(args.weight or [])

@@ -13,7 +13,7 @@ Instance-labelled datasets (`DatasetInfo.instance_labels`) give one candidate pe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,13 +80,16 @@ def _plane_values(plane: np.ndarray, d: DatasetInfo) -> list[tuple[int, str]]:
     return [(int(v), d.labels[int(v)]) for v in present.tolist() if int(v) in d.labels]
 
 
-def score_case(d: DatasetInfo, case: Case, axis: int, thresholds: QualityThresholds,
+def score_case(d: DatasetInfo, case: Case, axes: Sequence[int], thresholds: QualityThresholds,
                window: str | None, out: CandidateSet) -> None:
-    """Append the candidates of one case to `out` (each file read once)."""
+    """Append the candidates of one case to `out`: volumes cut along each of `axes` (2-D
+    images have one plane); each file is read once."""
     image = np.asarray(read_image(case.image).array)
     label = read_label(case.label)
     seen: set[int] = set()
-    for k, img_plane, lab_plane in _planes(image, label, d.is_3d, axis):
+    planes = (((axis, *p) for axis in axes for p in _planes(image, label, True, axis))
+              if d.is_3d else ((axes[0], *p) for p in _planes(image, label, False, axes[0])))
+    for axis, k, img_plane, lab_plane in planes:
         if min(lab_plane.shape) < 2:
             out.degenerate_planes += 1
             continue
@@ -106,7 +109,7 @@ def score_case(d: DatasetInfo, case: Case, axis: int, thresholds: QualityThresho
             out.candidates.append(Candidate(sample, score_dict(img, m),
                                             img_bad or mask_reason(m, thresholds)))
     if not seen:
-        out.candidates.append(_empty(d, case, axis))
+        out.candidates.append(_empty(d, case, axes[0]))
 
 
 def _empty(d: DatasetInfo, case: Case, axis: int) -> Candidate:
@@ -115,17 +118,18 @@ def _empty(d: DatasetInfo, case: Case, axis: int) -> Candidate:
     return Candidate(sample, {"pixels": 0}, "empty")
 
 
-def enumerate_candidates(datasets: list[DatasetInfo], axis: int = 2,
+def enumerate_candidates(datasets: list[DatasetInfo], axes: Sequence[int] = (2,),
                          thresholds: QualityThresholds | None = None,
                          window: str | None = None, progress: bool = False) -> CandidateSet:
-    """Score every (plane, class) of every case of `datasets` (volumes cut along `axis`)."""
+    """Score every (plane, class) of every case of `datasets` (volumes cut along each of
+    `axes`: (2,) is what `segmote train` uses; (0, 1, 2) adds the other two orientations)."""
     from tqdm.auto import tqdm
 
-    if axis not in (0, 1, 2):
-        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise InputError(f"axes must be distinct values of 0, 1, 2, got {list(axes)}")
     thresholds = thresholds or QualityThresholds()
     out = CandidateSet()
     cases = [(d, c) for d in datasets for c in d.cases]
     for d, case in tqdm(cases, desc="scoring", unit="case", disable=not progress):
-        score_case(d, case, axis, thresholds, window, out)
+        score_case(d, case, axes, thresholds, window, out)
     return out

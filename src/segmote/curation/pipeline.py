@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from segmote.curation.redundancy import near_duplicates, sample_vectors
 from segmote.curation.scores import QualityThresholds
 from segmote.curation.select import (UNKNOWN_MODALITY, Cell, parse_budget, parse_weights,
                                      select_balanced)
-from segmote.data.datasets import DatasetInfo
+from segmote.data.datasets import DatasetInfo, SliceSample
 from segmote.errors import InputError
 
 
@@ -28,7 +29,8 @@ class CurationConfig:
 
     budget: "5000" (samples) or "1%" (of all enumerated masks, rejected ones included).
     seed: the within-cell draw (and the LSH planes for very large classes).
-    axis: volumes are cut along it (as `segmote train --axis`; 2 = axial for RAS volumes).
+    axes: volumes are cut along each of these axes (2 = axial for RAS volumes, what `segmote
+        train` uses; [0, 1, 2] adds sagittal and coronal planes; a manifest entry names its axis).
     weights: ["MODALITY/CLASS=W", ...] cell weights (shell wildcards; default 1 each).
     thresholds: overrides of `QualityThresholds` fields.
     dedup: remove near-duplicates (needs the encoder's embeddings).
@@ -41,7 +43,7 @@ class CurationConfig:
 
     budget: str = "100%"
     seed: int = 0
-    axis: int = 2
+    axes: list[int] = field(default_factory=lambda: [2])
     weights: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     dedup: bool = True
@@ -51,8 +53,9 @@ class CurationConfig:
     def validate(self) -> CurationConfig:
         if not 0 < self.dup_threshold <= 1:
             raise InputError(f"dup_threshold must be in (0, 1], got {self.dup_threshold}")
-        if self.axis not in (0, 1, 2):
-            raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
+        if not self.axes or any(a not in (0, 1, 2) for a in self.axes) \
+                or len(set(self.axes)) != len(self.axes):
+            raise InputError(f"axes must be distinct values of 0, 1, 2, got {self.axes}")
         parse_weights(self.weights)
         QualityThresholds.from_dict(self.thresholds, "thresholds")
         return self
@@ -105,15 +108,18 @@ def cell_of(c: Candidate) -> Cell:
 
 
 def curate(datasets: list[DatasetInfo], config: CurationConfig, cache: Any = None,
-           progress: bool = False) -> CurationResult:
+           progress: bool = False,
+           include: Callable[[SliceSample], bool] | None = None) -> CurationResult:
     """Run the curation on discovered datasets; `cache` (an `EmbeddingCache`) is required when
-    config.dedup is set. Returns every candidate with its decision."""
+    config.dedup is set. include: keep only the candidates it accepts (e.g. the training cases
+    of a split, so that nothing of the held-out patients is curated or selected).
+    Returns every candidate with its decision."""
     config.validate()
     timings: dict[str, float] = {}
     t = time.perf_counter()
     thresholds = QualityThresholds.from_dict(config.thresholds, "thresholds")
-    found = enumerate_candidates(datasets, config.axis, thresholds, config.window, progress)
-    cands = found.candidates
+    found = enumerate_candidates(datasets, config.axes, thresholds, config.window, progress)
+    cands = [c for c in found.candidates if include is None or include(c.sample)]
     timings["score"] = time.perf_counter() - t
     if not cands:
         raise InputError("the dataset folders hold no labelled mask to curate")
