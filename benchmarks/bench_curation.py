@@ -1,0 +1,365 @@
+"""Curation benchmarks (issue 7), on real data (Colin27 T1 + AAL atlas) with the real LiteMedSAM
+encoder; writes benchmarks/results/curation.json (each part updates its own key).
+
+    python benchmarks/bench_curation.py planted   # planted bad samples: rejected? clean kept?
+    python benchmarks/bench_curation.py speed     # >= 10,000 masks, embeddings cached
+    python benchmarks/bench_curation.py subset    # adapter on curated vs random subset, same size
+
+planted: a 2-D PNG dataset cut from AAL axial slices (MR, 8-bit, volume 0.5/99.5 percentiles).
+    Clean: CLEAN_SLICES slices 8 mm apart with every AAL region of >= 10 px (smaller regions are
+    not training samples for `segmote train` either). Planted, PER_KIND of each kind, one mask
+    each, on real slice images: empty label map, a single pixel, a region shredded by a 1-px
+    grid every 3 px, salt noise (2 % of the plane), an inverted region, a real region on a blank
+    (constant) image. Duplicates: DUP_SLICES clean slices again as an exact copy, a copy 2 grey
+    levels brighter and a copy with Gaussian noise (sigma 2 grey levels), same labels; every
+    (slice, region) is a group of 4 of which at most one may be selected.
+speed: AAL (--axes, default axial + coronal; --copies N: N cases linking the one volume, so
+    they share cached entries) + the planted set: scored, de-duplicated and selected (budget
+    10 %) in one run, embeddings already cached; the uncached time adds the measured encoder
+    time per slice of the cache build (`EmbeddingCache.build`, same machine) x the slices.
+subset: AAL axial; every 4th block of 10 slices is held out (with a 2-slice gap on each side);
+    from the other slices a curated subset and a uniformly random subset (masks of >= 10 px, the
+    trainer's own rule) of the same size are drawn with the same seed; an adapter is trained on
+    each with the same config and steps; held-out box-prompt Dice (mask resolution) is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, write_result  # noqa: E402
+
+AAL = "colin27/Dataset003_Colin27AAL"
+CACHE = Path.home() / ".cache" / "segmote" / "curation-bench" / "cache"
+CLEAN_SLICES = list(range(40, 136, 8))  # 12 axial slices, 8 mm apart
+PER_KIND = 10
+DUP_SLICES = CLEAN_SLICES[:5]
+KINDS = ("empty", "single_pixel", "shredded", "salt_noise", "inverted", "blank_image")
+
+
+def _cache(model=None):
+    from segmote.build import build_base, resolve_weights
+    from segmote.data.cache import EmbeddingCache
+
+    _, sha = resolve_weights("litemedsam", None)
+    return EmbeddingCache(CACHE, model if model is not None else build_base(),
+                          f"litemedsam-{sha[:16]}")
+
+
+def _aal_root() -> Path:
+    from segmote.samples import fetch_sample, sample_path
+    fetch_sample("colin27")
+    return sample_path("colin27") / AAL.split("/")[1]
+
+
+# ------------------------------------------------------------------ planted
+
+def _aal_axial() -> tuple[np.ndarray, np.ndarray, dict]:
+    """(uint8 axial image planes (H, W, Z), label planes, dataset.json labels) of AAL."""
+    from segmote.data.files import read_label
+    from segmote.io import read_image
+
+    root = _aal_root()
+    img = np.asarray(read_image(root / "imagesTr" / "colin27_0000.nii.gz").array, np.float32)
+    lab = read_label(root / "labelsTr" / "colin27.nii.gz")
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    img8 = np.clip((img - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
+    # volume_slice(axis 2) = vol[:, :, k].T: rows j, cols i, as inference cuts it
+    planes_i = np.stack([img8[:, :, k].T for k in range(img8.shape[2])], -1)
+    planes_l = np.stack([lab[:, :, k].T for k in range(lab.shape[2])], -1).astype(np.uint8)
+    labels = json.loads((root / "dataset.json").read_text())["labels"]
+    return planes_i, planes_l, labels
+
+
+def _drop_small(label: np.ndarray, min_px: int = 10) -> np.ndarray:
+    counts = np.bincount(label.ravel())
+    small = np.flatnonzero((counts > 0) & (counts < min_px))
+    return np.where(np.isin(label, small), 0, label).astype(np.uint8)
+
+
+def _largest_region(label: np.ndarray) -> int:
+    counts = np.bincount(label.ravel())
+    counts[0] = 0
+    return int(counts.argmax())
+
+
+def write_planted(root: Path) -> dict[str, dict]:
+    """Write the planted 2-D dataset; returns case -> {"kind", "value"} for the planted cases."""
+    images, labels, names = _aal_axial()
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    truth: dict[str, dict] = {}
+
+    def save(case: str, image: np.ndarray, label: np.ndarray) -> None:
+        Image.fromarray(image).save(root / "images" / f"{case}.png")
+        Image.fromarray(label).save(root / "labels" / f"{case}.png")
+
+    for z in CLEAN_SLICES:
+        save(f"clean_z{z:03d}", images[..., z], _drop_small(labels[..., z]))
+    for z in DUP_SLICES:
+        img, lab = images[..., z], _drop_small(labels[..., z])
+        noisy = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+        for tag, copy in (("exact", img), ("plus2", np.clip(img.astype(int) + 2, 0, 255)
+                                            .astype(np.uint8)), ("noise2", noisy)):
+            save(f"dup_z{z:03d}_{tag}", copy, lab)
+            truth[f"dup_z{z:03d}_{tag}"] = {"kind": "duplicate", "of": f"clean_z{z:03d}"}
+    bad_slices = [z + 4 for z in CLEAN_SLICES][:PER_KIND]
+    yy, xx = np.mgrid[:images.shape[0], :images.shape[1]]
+    for kind in KINDS:
+        for n, z in enumerate(bad_slices):
+            img, lab = images[..., z], _drop_small(labels[..., z])
+            v = _largest_region(lab) if kind != "single_pixel" else int(lab[lab > 0][n * 7])
+            region = lab == v
+            out = np.zeros_like(lab)
+            if kind == "single_pixel":
+                r, c = np.argwhere(region)[len(np.argwhere(region)) // 2]
+                out[r, c] = v
+            elif kind == "shredded":
+                out[region & (yy % 3 != 0) & (xx % 3 != 0)] = v
+            elif kind == "salt_noise":
+                out[rng.random(lab.shape) < 0.02] = v
+            elif kind == "inverted":
+                out[~region] = v
+            elif kind == "blank_image":
+                out[region] = v
+                img = np.full_like(img, int(img.mean()))
+            case = f"bad_{kind}_{n}"
+            save(case, img, out)
+            truth[case] = {"kind": kind, "value": v if kind != "empty" else 0}
+    meta = {"labels": names, "channel_names": {"0": "MR"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return truth
+
+
+def bench_planted(workdir: Path) -> dict:
+    from segmote.curation.pipeline import CurationConfig, curate
+    from segmote.data.datasets import discover
+
+    root = workdir / "AALPlanted"
+    truth = write_planted(root)
+    t = time.perf_counter()
+    result = curate(discover([root]), CurationConfig(budget="100%"), _cache())
+    wall = time.perf_counter() - t
+    cands = result.candidates
+    selected = set(result.selected)
+    per_kind: dict[str, dict] = {k: {"planted": 0, "rejected": 0, "reasons": {}} for k in KINDS}
+    clean = {"masks": 0, "rejected": 0, "reasons": {}}
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, c in enumerate(cands):
+        case = c.sample.case_id
+        if case.startswith("bad_"):
+            kind = truth[case]["kind"]
+            if c.sample.class_value not in (0, truth[case]["value"]):
+                continue
+            per_kind[kind]["planted"] += 1
+            if c.reason is not None:
+                per_kind[kind]["rejected"] += 1
+                per_kind[kind]["reasons"][c.reason] = per_kind[kind]["reasons"].get(c.reason,
+                                                                                    0) + 1
+        elif case.startswith("clean_") or case.startswith("dup_"):
+            z = int(case.split("_z")[1][:3])
+            if z in DUP_SLICES:
+                groups.setdefault((z, c.sample.class_name), []).append(i)
+            if case.startswith("clean_"):
+                clean["masks"] += 1
+                # dropping a clean mask as a copy of its own planted duplicate is expected
+                own_copy = c.reason == "duplicate" and z in DUP_SLICES and \
+                    f"_z{z:03d}" in cands[c.duplicate_of].sample.case_id
+                if c.reason is not None and not own_copy:
+                    clean["rejected"] += 1
+                    clean["reasons"][c.reason] = clean["reasons"].get(c.reason, 0) + 1
+    planted = sum(k["planted"] for k in per_kind.values())
+    rejected = sum(k["rejected"] for k in per_kind.values())
+    multi = sum(len([i for i in g if i in selected]) > 1 for g in groups.values())
+    return {"clean_slices": CLEAN_SLICES, "per_kind": per_kind,
+            "planted_masks": planted, "planted_rejected": rejected,
+            "planted_rejected_pct": round(100 * rejected / planted, 2),
+            "clean_masks": clean["masks"], "clean_rejected": clean["rejected"],
+            "clean_rejected_pct": round(100 * clean["rejected"] / clean["masks"], 2),
+            "clean_rejected_reasons": clean["reasons"],
+            "duplicate_groups": len(groups), "groups_with_more_than_one_selected": multi,
+            "duplicates_rejected": sum(c.reason == "duplicate" for c in cands),
+            "wall_s": round(wall, 1), "timings_s": result.summary()["timings_s"]}
+
+
+# ------------------------------------------------------------------ speed
+
+def _aal_copies(root: Path, copies: int) -> Path:
+    """An nnU-Net folder whose `copies` cases all link to the AAL image and label: identical
+    content, so they share the cached embeddings (the cache is keyed by content)."""
+    src = _aal_root()
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for n in range(copies):
+        (root / "imagesTr" / f"copy{n}_0000.nii.gz").symlink_to(
+            src / "imagesTr" / "colin27_0000.nii.gz")
+        (root / "labelsTr" / f"copy{n}.nii.gz").symlink_to(src / "labelsTr" / "colin27.nii.gz")
+    meta = json.loads((src / "dataset.json").read_text())
+    meta.pop("patient_of_case", None)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def bench_speed(workdir: Path, axes: list[int], copies: int) -> dict:
+    from segmote.curation.pipeline import CurationConfig, curate
+    from segmote.data.datasets import discover
+
+    planted = workdir / "AALPlanted"
+    if not planted.is_dir():
+        write_planted(planted)
+    aal = _aal_root() if copies <= 1 else _aal_copies(workdir / "AALCopies", copies)
+    datasets = discover([aal, planted])
+    cache = _cache()
+    t = time.perf_counter()
+    result = curate(datasets, CurationConfig(budget="10%", axes=axes), cache)
+    wall = time.perf_counter() - t
+    s = result.summary()
+    new = s["timings_s"].get("embed_new_slices", 0)
+    slices = len({(str(Path(c.sample.image).resolve()), c.sample.slice_index, c.sample.axis)
+                  for c in result.candidates if c.reason is None or c.reason == "duplicate"})
+    builds = [json.loads(p.read_text()) for p in sorted(CACHE.parent.glob("aal_build*.json"))]
+    enc_s = sum(b["seconds"] for b in builds) / max(1, sum(b["built"] for b in builds))
+    return {"masks": s["candidates"], "aal_axes": axes, "aal_copies": copies,
+            "embedded_slices": slices,
+            "slices_encoded_during_run": new, "cached_wall_s": round(wall, 1),
+            "timings_s": s["timings_s"], "selected": s["selected"],
+            "rejected_by_reason": s["rejected_by_reason"],
+            "encoder_s_per_slice_measured": round(enc_s, 2),
+            "uncached_wall_s_estimate": round(wall + slices * enc_s, 1),
+            "note": "uncached = this cached run + the measured per-slice encoder time of the "
+                    "cache build (EmbeddingCache.build on this machine, niced, while another "
+                    "training job ran) x the slices embedded"}
+
+
+# ------------------------------------------------------------------ curated vs random
+
+def _held_out(z: int) -> bool:
+    return (z // 10) % 4 == 3
+
+
+def _train_pool(z: int) -> bool:
+    return not any(_held_out(z + d) for d in range(-2, 3))
+
+
+def _train_and_eval(samples, held, cfg, seed: int) -> dict:
+    from segmote.training import distributed as ddp
+    from segmote.training.loader import CachedSlices, epoch_plan, make_loader
+    from segmote.training.step import TrainStep, train_step
+    from segmote.training.trainer import autocast_for, build_model, validate
+
+    device = torch.device("cpu")
+    info = ddp.setup("cpu")
+    model = build_model(cfg, device)
+    cache = _cache(model)
+    autocast, _ = autocast_for("none", device)
+    held_data = CachedSlices(cache, held, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = TrainStep(model, cfg)
+    data = CachedSlices(cache, samples, seed)
+    t = time.perf_counter()
+    steps = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        data.epoch = epoch
+        for batch in make_loader(data, epoch_plan(len(samples), cfg.batch_size, seed, epoch),
+                                 0, False):
+            torch.manual_seed(seed * 100003 + steps)
+            train_step(step, batch, opt, params, cfg.grad_clip, autocast, None, device)
+            steps += 1
+    train_s = time.perf_counter() - t
+    val = validate(model, held_data, 16, info, autocast)
+    dices = list(val["per_class"].values())
+    return {"steps": steps, "train_s": round(train_s, 1),
+            "held_out_class_mean_dice": round(float(np.mean(dices)), 4),
+            "per_class": val["per_class"]}
+
+
+def bench_subset(budget: int, epochs: int, seed: int) -> dict:
+    from segmote.curation.pipeline import CurationConfig, curate
+    from segmote.data.datasets import discover, slice_samples
+    from segmote.training.config import TrainConfig
+    from segmote.training import distributed as ddp
+    from segmote.training.loader import CachedSlices
+    from segmote.training.trainer import autocast_for, build_model, validate
+
+    (d,) = discover([_aal_root()])
+    every = slice_samples([d], {d.name: {"train": ["colin27"], "val": []}}, axis=2,
+                          min_foreground=10).samples
+    held = [s for s in every if _held_out(s.slice_index)]
+    pool = [s for s in every if _train_pool(s.slice_index)]
+    result = curate([d], CurationConfig(budget=str(budget), seed=seed), _cache(),
+                    include=lambda s: s.slice_index is not None and _train_pool(s.slice_index))
+    curated = [result.candidates[i].sample for i in result.selected]
+    rng = np.random.default_rng(seed)
+    random_subset = [pool[i] for i in sorted(rng.choice(len(pool), len(curated), replace=False))]
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, refine_rounds=1, seed=seed,
+                      milestones=[])
+    info = ddp.setup("cpu")
+    base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
+    base_val = validate(base, CachedSlices(_cache(base), held, seed), 16, info,
+                        autocast_for("none", torch.device("cpu"))[0])
+    out = {"held_out_masks": len(held), "held_out_classes": len(base_val["per_class"]),
+           "pool_masks_ge10px": len(pool), "subset_size": len(curated),
+           "config": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "refine_rounds": 1,
+                      "seed": seed},
+           "base_model_class_mean_dice": round(float(np.mean(list(
+               base_val["per_class"].values()))), 4),
+           "curated_classes": len({s.class_name for s in curated}),
+           "random_classes": len({s.class_name for s in random_subset})}
+    for name, subset in (("curated", curated), ("random", random_subset)):
+        r = _train_and_eval(subset, held, cfg, seed)
+        out[name] = {k: v for k, v in r.items() if k != "per_class"}
+        out[f"{name}_per_class"] = r["per_class"]
+    c, r = out["curated_per_class"], out["random_per_class"]
+    common = sorted(set(c) & set(r))
+    diff = np.array([c[k] - r[k] for k in common])
+    out["paired_classes"] = len(common)
+    out["curated_minus_random_mean"] = round(float(diff.mean()), 4)
+    out["curated_minus_random_se"] = round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("parts", nargs="+", choices=("planted", "speed", "subset"))
+    ap.add_argument("--budget", type=int, default=320)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--axes", type=int, nargs="+", default=[2, 1], help="speed: AAL axes")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="speed: AAL cases, all links to the one volume (shared cache entries)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    path = RESULTS / "curation.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    with tempfile.TemporaryDirectory(prefix="segmote-curation-") as tmp:
+        for part in args.parts:
+            t = time.perf_counter()
+            if part == "planted":
+                results["planted"] = bench_planted(Path(tmp))
+            elif part == "speed":
+                results["speed"] = bench_speed(Path(tmp), args.axes, args.copies)
+            else:
+                results["subset"] = bench_subset(args.budget, args.epochs, args.seed)
+            results[part]["machine"] = machine()
+            print(part, json.dumps({k: v for k, v in results[part].items()
+                                    if not k.endswith("per_class")}, indent=1),
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+            write_result("curation", results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
