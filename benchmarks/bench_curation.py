@@ -343,20 +343,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     path = RESULTS / "curation.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="segmote-curation-") as tmp:
         for part in args.parts:
             t = time.perf_counter()
             if part == "planted":
-                results["planted"] = bench_planted(Path(tmp))
+                out = bench_planted(Path(tmp))
             elif part == "speed":
-                results["speed"] = bench_speed(Path(tmp), args.axes, args.copies)
+                out = bench_speed(Path(tmp), args.axes, args.copies)
             else:
-                results["subset"] = bench_subset(args.budget, args.epochs, args.seed)
-            results[part]["machine"] = machine()
-            print(part, json.dumps({k: v for k, v in results[part].items()
+                out = bench_subset(args.budget, args.epochs, args.seed)
+            out["machine"] = machine()
+            print(part, json.dumps({k: v for k, v in out.items()
                                     if not k.endswith("per_class")}, indent=1),
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
+            # read just before writing: parts may run in parallel processes
+            results = json.loads(path.read_text()) if path.is_file() else {}
+            results[part] = out
             write_result("curation", results)
     return 0
 

@@ -283,3 +283,19 @@ def test_several_axes_and_include_filter(tmp_path):
         range(15, 20))
     with pytest.raises(InputError, match="axes must be distinct"):
         curate(datasets, CurationConfig(axes=[2, 2]))
+
+
+def test_mask_gate_keeps_same_looking_images_with_other_masks():
+    rng = np.random.default_rng(2)
+    image = rng.standard_normal(64)
+    k1, k2 = np.zeros(256), np.zeros(256)
+    k1[:40], k2[20:60] = 1, 1  # overlapping masks: occupancy cosine 0.5
+    rows = [np.r_[image, k1], np.r_[image, k1], np.r_[image + 0.01, k2]]
+    v = np.array([r / np.linalg.norm(r) for r in rows], np.float32)
+    assert v[0] @ v[2] > 0.6  # image parts dominate the overall cosine
+    dup = near_duplicates(v, ["x"] * 3, [1, 0.5, 0.9], threshold=0.6, mask_dims=256,
+                          mask_threshold=0.99)
+    assert dup.tolist() == [-1, 0, -1]
+    assert near_duplicates(v, ["x"] * 3, [1, 0.5, 0.9], threshold=0.6).tolist() == [-1, 0, 0]
+    assert near_duplicates(v, ["x"] * 3, [1, 0.5, 0.9], threshold=0.6, mask_dims=256,
+                           exact_limit=0).tolist() == [-1, 0, -1]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segmote.curation.candidates import Candidate, enumerate_candidates
-from segmote.curation.redundancy import near_duplicates, sample_vectors
+from segmote.curation.redundancy import MASK_DIMS, near_duplicates, sample_vectors
 from segmote.curation.scores import QualityThresholds
 from segmote.curation.select import (UNKNOWN_MODALITY, Cell, parse_budget, parse_weights,
                                      select_balanced)
@@ -34,13 +34,14 @@ class CurationConfig:
     weights: ["MODALITY/CLASS=W", ...] cell weights (shell wildcards; default 1 each).
     thresholds: overrides of `QualityThresholds` fields.
     dedup: remove near-duplicates (needs the encoder's embeddings).
-    dup_threshold: cosine similarity of the sample vectors (`redundancy`) at and above which
-        two samples of a class are duplicates. Measured with LiteMedSAM on Colin27/AAL masks:
-        1 mm neighbouring axial slices of a region score median 0.992, 3 mm apart 0.964, 5 mm
-        0.934; a copy of a slice with Gaussian noise (sigma 2 grey levels) and the same mask
-        scores >= 0.99, a re-saved or uniformly brightened copy 1.0 (min-max scaling removes
-        the shift). 0.97 thus drops re-saved and noisy copies and thins 1 mm stacks to about
-        one slice in three per structure, while slices >= 5 mm apart are mostly kept.
+    dup_threshold, mask_threshold: two samples of a class are duplicates when the cosine of
+        their vectors (`redundancy`) is >= dup_threshold and that of their mask-occupancy parts
+        >= mask_threshold. Measured with LiteMedSAM on Colin27/AAL (benchmarks/bench_curation):
+        copies of a slice re-saved, brightened or with Gaussian noise (sigma 2 grey levels) and
+        the same mask score >= 0.9716 (mask part 1.0); slices 8 mm apart score up to 0.9875 but
+        their mask parts <= 0.984; 1 mm neighbouring slices median 0.992 (mask part 0.996).
+        0.96 / 0.99 drop the copies with margin, keep slices 8 mm apart, and thin 1 mm stacks
+        where a structure barely changes from slice to slice (the redundancy a volume adds).
     window: CT window for scoring and encoding (None: the modality default).
     """
 
@@ -50,12 +51,14 @@ class CurationConfig:
     weights: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     dedup: bool = True
-    dup_threshold: float = 0.97
+    dup_threshold: float = 0.96
+    mask_threshold: float = 0.99
     window: str | None = None
 
     def validate(self) -> CurationConfig:
-        if not 0 < self.dup_threshold <= 1:
-            raise InputError(f"dup_threshold must be in (0, 1], got {self.dup_threshold}")
+        for name in ("dup_threshold", "mask_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                raise InputError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not self.axes or any(a not in (0, 1, 2) for a in self.axes) \
                 or len(set(self.axes)) != len(self.axes):
             raise InputError(f"axes must be distinct values of 0, 1, 2, got {self.axes}")
@@ -155,7 +158,8 @@ def _remove_duplicates(cands: list[Candidate], cache: Any, config: CurationConfi
     t = time.perf_counter()
     dup_of = near_duplicates(vectors, [s.class_name for s in samples],
                              [cands[i].quality for i in ok], config.dup_threshold,
-                             seed=config.seed)
+                             seed=config.seed, mask_dims=MASK_DIMS,
+                             mask_threshold=config.mask_threshold)
     for j, d in enumerate(dup_of.tolist()):
         if d >= 0:
             cands[ok[j]].reason = "duplicate"
