@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="balance weight of matching cells (wildcards; repeatable; default 1)")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="override a quality threshold (repeatable), e.g. min_pixels=20")
-    p.add_argument("--dup-threshold", type=float, help="cosine similarity of near-duplicates")
+    p.add_argument("--dup-threshold", type=float,
+                   help="cosine similarity of near-duplicates' vectors (default 0.96)")
+    p.add_argument("--mask-threshold", type=float,
+                   help="cosine similarity their mask parts must also reach (default 0.99)")
     p.add_argument("--no-dedup", action="store_true",
                    help="skip near-duplicate removal (no model, no embeddings)")
     p.add_argument("-w", "--window", help="CT window for scoring and encoding")
@@ -82,7 +85,8 @@ def load_curation_config(args: argparse.Namespace):
                              "list of MODALITY/CLASS=W")
         cfg = dataclasses.replace(cfg, **values)
     flags = {"budget": args.budget, "seed": args.seed, "axes": args.axes,
-             "dup_threshold": args.dup_threshold, "window": args.window}
+             "dup_threshold": args.dup_threshold, "mask_threshold": args.mask_threshold,
+             "window": args.window}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     cfg.weights = list(cfg.weights) + list(args.weight or [])
     cfg.thresholds = {**cfg.thresholds, **_pairs(args.threshold, "--threshold")}
