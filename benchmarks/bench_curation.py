@@ -230,7 +230,15 @@ def bench_speed(workdir: Path, axes: list[int], copies: int) -> dict:
                   for c in result.candidates if c.reason is None or c.reason == "duplicate"})
     builds = [json.loads(p.read_text()) for p in sorted(CACHE.parent.glob("aal_build*.json"))]
     enc_s = sum(b["seconds"] for b in builds) / max(1, sum(b["built"] for b in builds))
+    predict = RESULTS / "predict.json"  # the idle-machine encoder time of bench_predict
+    idle_s = None
+    if predict.is_file():
+        idle_s = _find(json.loads(predict.read_text()), "encoder_ms")
+        idle_s = idle_s / 1000 if idle_s is not None else None
     return {"masks": s["candidates"], "aal_axes": axes, "aal_copies": copies,
+            "encoder_s_per_slice_idle": idle_s,
+            "uncached_wall_s_idle_estimate": None if idle_s is None else
+            round(wall + slices * idle_s, 1),
             "embedded_slices": slices,
             "slices_encoded_during_run": new, "cached_wall_s": round(wall, 1),
             "timings_s": s["timings_s"], "selected": s["selected"],
@@ -240,6 +248,18 @@ def bench_speed(workdir: Path, axes: list[int], copies: int) -> dict:
             "note": "uncached = this cached run + the measured per-slice encoder time of the "
                     "cache build (EmbeddingCache.build on this machine, niced, while another "
                     "training job ran) x the slices embedded"}
+
+
+def _find(obj, key: str):
+    """The first value of `key` in nested dicts (depth first), or None."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        for v in obj.values():
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
 
 
 # ------------------------------------------------------------------ curated vs random
@@ -286,7 +306,8 @@ def _train_and_eval(samples, held, cfg, seed: int) -> dict:
             "per_class": val["per_class"]}
 
 
-def bench_subset(budget: int, epochs: int, seed: int) -> dict:
+def bench_subset(budget: int, epochs: int, seed: int, batch: int, refine: int,
+                 held_max: int) -> dict:
     from segmote.curation.pipeline import CurationConfig, curate
     from segmote.data.datasets import discover, slice_samples
     from segmote.training.config import TrainConfig
@@ -298,13 +319,15 @@ def bench_subset(budget: int, epochs: int, seed: int) -> dict:
     every = slice_samples([d], {d.name: {"train": ["colin27"], "val": []}}, axis=2,
                           min_foreground=10).samples
     held = [s for s in every if _held_out(s.slice_index)]
+    if len(held) > held_max:  # evenly spaced: every held-out slice region stays represented
+        held = [held[i] for i in np.linspace(0, len(held) - 1, held_max).round().astype(int)]
     pool = [s for s in every if _train_pool(s.slice_index)]
     result = curate([d], CurationConfig(budget=str(budget), seed=seed), _cache(),
                     include=lambda s: s.slice_index is not None and _train_pool(s.slice_index))
     curated = [result.candidates[i].sample for i in result.selected]
     rng = np.random.default_rng(seed)
     random_subset = [pool[i] for i in sorted(rng.choice(len(pool), len(curated), replace=False))]
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, refine_rounds=1, seed=seed,
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
                       milestones=[])
     info = ddp.setup("cpu")
     base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
@@ -312,14 +335,18 @@ def bench_subset(budget: int, epochs: int, seed: int) -> dict:
                         autocast_for("none", torch.device("cpu"))[0])
     out = {"held_out_masks": len(held), "held_out_classes": len(base_val["per_class"]),
            "pool_masks_ge10px": len(pool), "subset_size": len(curated),
-           "config": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "refine_rounds": 1,
-                      "seed": seed},
+           "config": {"epochs": epochs, "batch_size": batch, "lr": 1e-3,
+                      "refine_rounds": refine, "seed": seed},
            "base_model_class_mean_dice": round(float(np.mean(list(
                base_val["per_class"].values()))), 4),
            "curated_classes": len({s.class_name for s in curated}),
            "random_classes": len({s.class_name for s in random_subset})}
+    print(f"subset: {len(curated)} masks; base model held-out Dice "
+          f"{out['base_model_class_mean_dice']} on {len(held)} masks", flush=True)
     for name, subset in (("curated", curated), ("random", random_subset)):
         r = _train_and_eval(subset, held, cfg, seed)
+        print(f"{name}: {r['steps']} steps in {r['train_s']} s, held-out class-mean Dice "
+              f"{r['held_out_class_mean_dice']}", flush=True)
         out[name] = {k: v for k, v in r.items() if k != "per_class"}
         out[f"{name}_per_class"] = r["per_class"]
     c, r = out["curated_per_class"], out["random_per_class"]
@@ -334,8 +361,11 @@ def bench_subset(budget: int, epochs: int, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="+", choices=("planted", "speed", "subset"))
-    ap.add_argument("--budget", type=int, default=320)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--budget", type=int, default=320, help="subset: masks per subset")
+    ap.add_argument("--epochs", type=int, default=2, help="subset: training epochs")
+    ap.add_argument("--batch", type=int, default=8, help="subset: batch size")
+    ap.add_argument("--refine", type=int, default=1, help="subset: refinement rounds")
+    ap.add_argument("--held-max", type=int, default=1000, help="subset: held-out masks cap")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--axes", type=int, nargs="+", default=[2, 1], help="speed: AAL axes")
     ap.add_argument("--copies", type=int, default=1,
@@ -351,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             elif part == "speed":
                 out = bench_speed(Path(tmp), args.axes, args.copies)
             else:
-                out = bench_subset(args.budget, args.epochs, args.seed)
+                out = bench_subset(args.budget, args.epochs, args.seed, args.batch, args.refine,
+                                   args.held_max)
             out["machine"] = machine()
             print(part, json.dumps({k: v for k, v in out.items()
                                     if not k.endswith("per_class")}, indent=1),
