@@ -18,8 +18,6 @@ such a file has no metadata, so its backbone cannot be verified and a warning sa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +25,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from segmote import __version__
+from segmote.atomic import atomic_path
 from segmote.checkpoint import load_strict, read_state_dict
 from segmote.errors import CheckpointError, InputError, SegmoteError
 from segmote.modeling.sam import Sam
@@ -72,15 +71,8 @@ def save_adapter(model: SegMoTE, path: str | Path, metadata: dict[str, Any] | No
         "mote_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "embed_dim": str(model.embed_dim),
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(adapter_state_dict(model), tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(adapter_state_dict(model), str(tmp), metadata=header)
     return path
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from segmote.atomic import atomic_path
 from segmote.errors import InputError
 
 _COLOURS = np.array([[255, 64, 64], [64, 255, 64], [64, 128, 255], [255, 224, 32],
@@ -38,12 +37,6 @@ def save_overlay(image: np.ndarray, label: np.ndarray, path: str | Path) -> Path
         raise InputError(f"{path}: --overlay must be a .png file")
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".png") as tmp:
         Image.fromarray(render_overlay(image, label)).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

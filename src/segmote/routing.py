@@ -4,8 +4,6 @@ router probabilities, and the expert tokens' attention maps as a PNG (the paper'
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segmote.atomic import atomic_path
 from segmote.errors import InputError
 from segmote.modeling.segmote import SegMoTEOutput
 
@@ -143,13 +142,6 @@ def save_attention_png(image: np.ndarray, attention: Tensor | np.ndarray, path: 
         ax.set_axis_off()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

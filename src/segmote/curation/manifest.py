@@ -27,7 +27,7 @@ from segmote.curation.scores import QualityThresholds
 from segmote.data.datasets import Case, DatasetInfo, SliceSample
 from segmote.data.files import image_shape
 from segmote.errors import InputError
-from segmote.training.config import atomic_write_text
+from segmote.atomic import atomic_write_text
 
 FORMAT = "segmote-curation-manifest"
 VERSION = 1

@@ -19,7 +19,7 @@ from segmote.curation.scores import REASONS, normalized_plane
 from segmote.data.files import read_label
 from segmote.inference import volume_slice
 from segmote.io import read_image
-from segmote.training.config import atomic_write_text
+from segmote.atomic import atomic_write_text
 
 HIST_SCORES = ("quality", "sharpness", "contrast", "entropy", "foreground_ratio", "components",
                "isolated_fraction", "pixels")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from segmote.atomic import atomic_write_text
 from segmote.errors import InputError
 from segmote.evaluation.metrics import EMPTY_BOTH, EMPTY_GT, EMPTY_NONE, EMPTY_PRED
 from segmote.evaluation.metrics import case_metrics, image_diagonal_mm
@@ -331,20 +330,8 @@ def _write_outputs(rows: list[dict], summary: Summary) -> None:
     writer.writeheader()
     writer.writerows(rows)
     text_json = json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n"
-    _write_atomic(summary.csv_path, buffer.getvalue())
-    _write_atomic(summary.json_path, text_json)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(summary.csv_path, buffer.getvalue(), newline="")
+    atomic_write_text(summary.json_path, text_json, newline="")
 
 
 def _present_labels(array: np.ndarray) -> set[int]:

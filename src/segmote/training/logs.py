@@ -4,12 +4,10 @@ and a loss / Dice plot (PNG). Only rank 0 creates a `RunLog`."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from segmote.training.config import atomic_write_text
+from segmote.atomic import atomic_path, atomic_write_text
 
 
 class RunLog:
@@ -66,12 +64,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -10,14 +10,13 @@ mappings with non-string keys (the optimiser's per-parameter state is keyed by i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from segmote.atomic import atomic_path
 from segmote.errors import CheckpointError
 
 STATE_FORMAT = "segmote-train-state"
@@ -63,15 +62,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     tree = split_tensors(state, "", tensors)
     header = {"format": STATE_FORMAT, "format_version": STATE_VERSION,
               "state": json.dumps(tree)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
 
 
 def load_state(path: Path) -> dict[str, Any]:

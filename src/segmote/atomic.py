@@ -1,0 +1,56 @@
+"""Atomic file writes: readers (and a killed run) never see a half-written file.
+
+Every output of segmote (label maps aside, see `segmote.io.writers`) is written to a temporary
+file in the destination folder and renamed over the destination, which is atomic on POSIX and
+Windows file systems. `tempfile.mkstemp` creates files readable by the owner only; the finished
+file gets the permissions an ordinary `open(path, "w")` would give (0666 minus the umask), so
+adapters, configs and reports can be shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a unique temporary path next to `path` (its parent is created); when the block
+    ends normally the temporary file replaces `path`, otherwise it is removed.
+
+    suffix: the temporary file's ending, for writers that pick a format by extension (".png").
+    Unique names let several processes (DDP ranks) write the same destination at once.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str, newline: str | None = None) -> None:
+    """Write `text` (UTF-8) to `path` atomically; newline as in `open` ("" keeps "\\r\\n")."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as handle:
+            handle.write(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
