@@ -18,6 +18,7 @@ from segmote.data.cache import EmbeddingCache, label_to_frame
 from segmote.data.datasets import discover, slice_samples
 from segmote.inference import volume_slice
 from segmote.io import read_image
+from segmote.io.writers import write_label
 from segmote.modeling.encoder_output import EncoderOutput
 from segmote.transforms import preprocess
 
@@ -199,3 +200,39 @@ def test_ranks_cover_all_pairs_once(breast, tmp_path):
     assert again.build(samples, progress=False).reused == len(pairs)
     got = again.get(samples[0])
     assert got.image_embedding.shape == (256, 4, 4) and got.label.shape == (16, 16)
+
+
+def test_label_sets_on_one_image_share_an_encoder_pass(samples_home, tmp_path):
+    """Two datasets drawing different labels on the same image file (as Colin27's AAL and
+    brain-mask sets do) get separate entries but one encoder pass per slice."""
+    src = Path(samples_home) / "samples" / MR
+    roots = []
+    for name, transform in (("DatasetA", lambda lab: lab), ("DatasetB", lambda lab: 1 - lab)):
+        root = tmp_path / name
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        shutil.copy(src / "imagesTr" / "breast1_0000.nrrd", root / "imagesTr")
+        label = read_image(src / "labelsTr" / "breast1.nrrd")
+        write_label(transform(label.array.astype(np.uint8)), label,
+                    root / "labelsTr" / "breast1.nrrd")
+        meta = json.loads((src / "dataset.json").read_text())
+        meta["patient_of_case"] = {}
+        (root / "dataset.json").write_text(json.dumps(meta))
+        roots.append(root)
+    datasets = discover(roots)
+    split = {d.name: {"train": ["breast1"], "val": []} for d in datasets}
+    samples = slice_samples(datasets, split).samples
+    slices = {s.slice_index for s in samples}
+    assert {s.dataset for s in samples} == {"DatasetA", "DatasetB"}
+    model = TinyEncoderModel()
+    cache = EmbeddingCache(tmp_path / "cache", model, "tiny")
+    stats = cache.build(samples, progress=False)
+    per_dataset = {s.dataset: {x.slice_index for x in samples if x.dataset == s.dataset}
+                   for s in samples}
+    assert stats.built == sum(len(v) for v in per_dataset.values())
+    assert len(model.encoded) == len(slices) < stats.built  # shared passes
+    a = next(s for s in samples if s.dataset == "DatasetA")
+    b = next(s for s in samples if s.dataset == "DatasetB" and s.slice_index == a.slice_index)
+    ga, gb = cache.get(a), cache.get(b)
+    assert torch.equal(ga.image_embedding, gb.image_embedding)
+    assert not torch.equal(ga.label, gb.label)

@@ -230,3 +230,36 @@ def test_high_min_foreground_counts_everything_dropped(home):
     assert got.samples == []
     total = sum(read_image(c.label).shape[2] for c in d.cases)
     assert got.skipped["empty_slices"] + got.skipped["below_min_foreground"] == total
+
+
+def test_instance_labels_give_one_sample_per_instance(home, tmp_path):
+    """"instance_labels": true -> each nucleus of the real instance map is its own sample."""
+    root = tmp_path / "nuclei_instances"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    shutil.copy(home / "nuclei/images/nuclei_000.png", root / "images")
+    shutil.copy(home / "nuclei/instances/nuclei_000.png", root / "labels")
+    meta = {"channel_names": {"0": "fluorescence microscopy"},
+            "labels": {"background": 0, "nuclei": 1}, "instance_labels": True}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    (d,) = discover([root])
+    assert d.instance_labels and d.labels == {1: "nuclei"}
+    split = {d.name: {"train": ["nuclei_000"], "val": []}}
+    got = slice_samples([d], split, min_foreground=30)
+    inst = np.asarray(Image.open(home / "nuclei/instances/nuclei_000.png"))
+    ids, counts = np.unique(inst[inst > 0], return_counts=True)
+    assert [s.class_value for s in got.samples] == ids[counts >= 30].tolist()
+    assert {s.class_name for s in got.samples} == {"nuclei"}
+    assert [s.foreground for s in got.samples] == counts[counts >= 30].tolist()
+    assert got.skipped["below_min_foreground"] == int((counts < 30).sum())
+
+    meta["labels"] = {"background": 0, "nuclei": 1, "debris": 2}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError) as e:
+        discover([root])
+    assert_one_line(e, "instance_labels")
+    meta["instance_labels"] = "yes"
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError) as e:
+        discover([root])
+    assert_one_line(e, "instance_labels")

@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segmote.atomic import atomic_write_bytes
 from segmote.checkpoint import sha256_file
 from segmote.data.datasets import SliceSample
 from segmote.data.files import read_label
@@ -87,10 +86,8 @@ def _pair(sample: SliceSample) -> _Pair:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    # unique temporary name: several ranks may rebuild the same entry at once
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # unique temporary names (mkstemp): several ranks may rebuild the same entry at once
+    atomic_write_bytes(path, data)
 
 
 def label_to_frame(label: np.ndarray, geometry: ResizeGeometry, side: int) -> np.ndarray:
@@ -233,9 +230,12 @@ class EmbeddingCache:
         return emb, early, geometry
 
     def _write_entry(self, d: Path, fields: dict[str, Any], image: np.ndarray,
-                     label: np.ndarray) -> dict[str, Any]:
-        """Encode one slice and write its entry; returns the arrays as `_load` would."""
-        emb, early, geometry = self._encode(image, fields["modality"])
+                     label: np.ndarray,
+                     encoded: tuple[np.ndarray, np.ndarray, ResizeGeometry] | None = None,
+                     ) -> dict[str, Any]:
+        """Encode one slice (unless `encoded` is given) and write its entry; returns the
+        arrays as `_load` would."""
+        emb, early, geometry = encoded or self._encode(image, fields["modality"])
         side = 4 * emb.shape[-1]  # the decoder's low-res mask grid
         arrays = {"embedding": emb, "early": early,
                   "label": label_to_frame(label, geometry, side)}
@@ -257,8 +257,10 @@ class EmbeddingCache:
               progress: bool = True) -> CacheStats:
         """Encode every (image, slice) of `samples` not cached yet.
 
-        Unique pairs are sharded as ``pairs[rank::world_size]`` so DDP ranks split the work
-        (call a barrier before reading other ranks' entries). Encodes one slice at a time.
+        Entries that differ only in their label file (e.g. two label sets drawn on one image)
+        share one encoder pass. Image slices are sharded as ``slices[rank::world_size]`` so DDP
+        ranks split the work (call a barrier before reading other ranks' entries). Encodes one
+        slice at a time.
         """
         from tqdm.auto import tqdm
 
@@ -266,36 +268,52 @@ class EmbeddingCache:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         start = time.perf_counter()
         stats = CacheStats()
-        pairs = list(dict.fromkeys(_pair(s) for s in samples))[rank::world_size]
-        files = _LastFile()
-        for pair in tqdm(pairs, desc="embedding cache", unit="slice", disable=not progress):
+        groups: dict[str, list[_Pair]] = {}  # image-side key -> pairs (label files) on it
+        for pair in dict.fromkeys(_pair(s) for s in samples):
             fields = self.key_fields(pair)
-            d = self._dir(fields)
-            if self._load(d, fields) is not None:
-                stats.reused += 1
-                continue
-            existed = d.exists()
-            image, label = _read_plane(pair, files.image(pair.image), files.label(pair.label))
-            self._write_entry(d, fields, image, label)
-            if existed:
-                stats.rebuilt += 1
-            else:
-                stats.built += 1
+            image_key = json.dumps({k: v for k, v in fields.items() if k != "label_sha256"},
+                                   sort_keys=True)
+            groups.setdefault(image_key, []).append(pair)
+        files = _LastFile()
+        for pairs in tqdm(list(groups.values())[rank::world_size], desc="embedding cache",
+                          unit="slice", disable=not progress):
+            encoded = None
+            for pair in pairs:
+                fields = self.key_fields(pair)
+                d = self._dir(fields)
+                if self._load(d, fields) is not None:
+                    stats.reused += 1
+                    continue
+                existed = d.exists()
+                image, label = _read_plane(pair, files.image(pair.image),
+                                           files.label(pair.label))
+                if encoded is None:
+                    encoded = self._encode(image, fields["modality"])
+                self._write_entry(d, fields, image, label, encoded)
+                if existed:
+                    stats.rebuilt += 1
+                else:
+                    stats.built += 1
         stats.seconds = time.perf_counter() - start
         return stats
 
 
 class _LastFile:
-    """Keeps the last image and label read: pairs of one case come together, so each file is
-    read (and made contiguous) once per run of its slices."""
+    """Keeps the last few images and labels read: the slices of one case come together (and
+    label sets drawn on one image alternate), so each file is read once per run of its slices."""
+
+    KEEP = 4
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[Path, np.ndarray]] = {}
+        self._cache: dict[str, dict[Path, np.ndarray]] = {"image": {}, "label": {}}
 
     def _get(self, kind: str, path: Path, read) -> np.ndarray:
-        if kind not in self._cache or self._cache[kind][0] != path:
-            self._cache[kind] = (path, read(path))
-        return self._cache[kind][1]
+        held = self._cache[kind]
+        if path not in held:
+            if len(held) >= self.KEEP:
+                del held[next(iter(held))]  # the oldest
+            held[path] = read(path)
+        return held[path]
 
     def image(self, path: Path) -> np.ndarray:
         return self._get("image", path, lambda p: np.ascontiguousarray(read_image(p).array))

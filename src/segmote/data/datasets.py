@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segmote.atomic import atomic_write_text
 from segmote.data.files import (channel0, channel_modality, image_shape, parse_labels, read_json,
                                 read_label)
 from segmote.errors import InputError
@@ -54,6 +54,9 @@ class DatasetInfo:
     modality: canonical name of channel 0 (`segmote.transforms.MODALITIES`) or None if unknown.
     patient_of_case: case id -> patient id, where dataset.json says; other cases are their own
         patient.
+    instance_labels: dataset.json's ``"instance_labels": true`` (a segmote extension): the label
+        maps hold instance ids (1, 2, ... e.g. one per nucleus) of the one class `labels` names,
+        and each instance is its own training sample.
     """
 
     name: str
@@ -63,6 +66,7 @@ class DatasetInfo:
     cases: list[Case]
     is_3d: bool
     patient_of_case: dict[str, str] = field(default_factory=dict)
+    instance_labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,8 +199,14 @@ def discover_one(root: Path) -> DatasetInfo:
     patients = (meta or {}).get("patient_of_case") or {}
     if not isinstance(patients, dict):
         raise InputError(f"{json_path}: 'patient_of_case' must map case ids to patient ids")
+    instances = (meta or {}).get("instance_labels", False)
+    if not isinstance(instances, bool):
+        raise InputError(f"{json_path}: 'instance_labels' must be true or false")
+    if instances and len(labels) != 1:
+        raise InputError(f"{json_path}: 'instance_labels' needs exactly one class in 'labels' "
+                         f"(the class every instance belongs to), got {len(labels)}")
     return DatasetInfo(name, root, channel_modality(channel), labels, cases, is_3d,
-                       {str(k): str(v) for k, v in patients.items()})
+                       {str(k): str(v) for k, v in patients.items()}, instances)
 
 
 def _check_shapes(cases: list[Case]) -> bool:
@@ -269,10 +279,7 @@ def make_split(datasets: list[DatasetInfo], val_fraction: float = 0.2, seed: int
 
 def save_split(split: Split, path: Path) -> None:
     """Write the split as JSON (temporary file + rename: never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(split, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(split, indent=2, sort_keys=True) + "\n")
 
 
 def load_split(path: Path) -> Split:
@@ -345,6 +352,10 @@ def slice_samples(datasets: list[DatasetInfo], split: Split,
                 if min(plane.shape) < 2:
                     _bump(skipped, "degenerate_slices")
                     continue
+                if d.instance_labels:
+                    samples += _instance_samples(d, case, k, axis, plane, min_foreground,
+                                                 skipped)
+                    continue
                 full = np.bincount(plane.ravel(), minlength=int(values.max()) + 1)
                 counts = full[values]
                 # values dataset.json does not name (e.g. nnU-Net's ignore label) are no class
@@ -360,3 +371,17 @@ def slice_samples(datasets: list[DatasetInfo], split: Split,
                         samples.append(SliceSample(d.name, case_id, case.image, case.label, k,
                                                    axis, value, d.labels[value], d.modality, n))
     return SampleList(samples, skipped)
+
+
+def _instance_samples(d: DatasetInfo, case: Case, k: int | None, axis: int, plane: np.ndarray,
+                      min_foreground: int, skipped: dict[str, int]) -> list[SliceSample]:
+    """One sample per instance id on the plane (instance-labelled datasets)."""
+    ids, counts = np.unique(plane[plane > 0], return_counts=True)
+    if not len(ids):
+        _bump(skipped, "empty_slices")
+        return []
+    _bump(skipped, "below_min_foreground", int((counts < min_foreground).sum()))
+    (name,) = d.labels.values()
+    return [SliceSample(d.name, case.case_id, case.image, case.label, k, axis, int(i), name,
+                        d.modality, int(n))
+            for i, n in zip(ids.tolist(), counts.tolist()) if n >= min_foreground]
