@@ -263,3 +263,87 @@ def test_cli_end_to_end_writes_every_output(lung_dataset, cache_dir, tmp_path, c
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "learning_rate" in err and str(bad) in err
     assert not (tmp_path / "bad").exists()  # nothing written for a bad config
+
+
+def test_given_split_balance_and_samples_per_epoch(lung_dataset, cache_dir, tmp_path, capsys):
+    """--split fixes the held-out cases, --samples-per-epoch the number of steps, and the run
+    records both; a split naming an unknown case fails with one line."""
+    from segmote.cli.main import main
+
+    split = tmp_path / "held_out.json"
+    split.write_text(json.dumps({lung_dataset.name: {"train": ["lung_000", "lung_002"],
+                                                      "val": ["lung_001"]}}))
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(lung_dataset), "--out", str(out), "--split", str(split),
+               "--balance", "dataset_class", "--samples-per-epoch", "6", "--epochs", "1",
+               "--batch-size", "2", "--cache-dir", str(cache_dir), "--device", "cpu",
+               "--quiet"])
+    assert rc == 0
+    saved = json.loads((out / "split.json").read_text())
+    assert saved[lung_dataset.name]["val"] == ["lung_001"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics[0]["step"] == 3  # 6 samples / batch 2
+    import yaml
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["balance"] == "dataset_class" and resolved["split"] == str(split)
+    capsys.readouterr()
+
+    split.write_text(json.dumps({lung_dataset.name: {"train": ["lung_009"], "val": []}}))
+    rc = main(["train", "--data", str(lung_dataset), "--out", str(tmp_path / "bad"),
+               "--split", str(split), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "lung_009" in err
+    assert not (tmp_path / "bad").exists()  # a refused run leaves no folder behind
+
+
+def _manifest(lung_dataset: Path, path: Path, picks: list[tuple[int, int]]) -> Path:
+    """A curation manifest selecting (case n, slice k) tumour samples of the lung dataset."""
+    entries = [{"dataset": lung_dataset.name, "case": f"lung_{n:03d}",
+                "image": str(lung_dataset / "imagesTr" / f"lung_{n:03d}_0000.nii.gz"),
+                "label": str(lung_dataset / "labelsTr" / f"lung_{n:03d}.nii.gz"),
+                "class": "tumour", "value": 1, "modality": "CT", "slice": k, "axis": 2,
+                "scores": {"pixels": 300}} for n, k in picks]
+    path.write_text(json.dumps({
+        "format": "segmote-curation-manifest", "version": 1,
+        "datasets": {lung_dataset.name: {"root": str(lung_dataset), "modality": "CT",
+                                         "labels": {"1": "tumour"}, "is_3d": True}},
+        "selected": entries, "rejected": []}))
+    return path
+
+
+def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_path, capsys):
+    """--manifest replaces the folder scan by the curated selection (split by case as usual);
+    a malformed manifest or --data with --manifest fails with one line and writes nothing."""
+    from segmote.cli.main import main
+    from segmote.training.distributed import DistInfo
+    from segmote.training.trainer import _load_data
+
+    manifest = _manifest(lung_dataset, tmp_path / "m.json", [(0, 0), (2, 0)])
+    cfg = _cfg(cache_dir, manifest=str(manifest), val_fraction=0.0)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    _, split, train, val = _load_data(cfg, [], tmp_path / "probe", False, info)
+    assert [(s.case_id, s.slice_index) for s in train] == [("lung_000", 0), ("lung_002", 0)]
+    assert val == [] and split[lung_dataset.name]["train"] == ["lung_000", "lung_002"]
+
+    # three selected cases, default val_fraction 0.2: one case held out, two trained on
+    manifest = _manifest(lung_dataset, tmp_path / "m3.json", [(0, 0), (1, 0), (2, 0)])
+    out = tmp_path / "run"
+    rc = main(["train", "--manifest", str(manifest), "--out", str(out), "--epochs", "1",
+               "--batch-size", "2", "--cache-dir", str(cache_dir), "--device", "cpu",
+               "--quiet"])
+    assert rc == 0
+    saved = json.loads((out / "split.json").read_text())[lung_dataset.name]
+    assert len(saved["train"]) == 2 and len(saved["val"]) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics[0]["step"] == 1  # 2 training samples / batch 2
+    import yaml
+    assert yaml.safe_load((out / "config.yaml").read_text())["manifest"] == str(manifest)
+    capsys.readouterr()
+
+    for argv, needle in [(["--manifest", str(manifest), "--data", str(lung_dataset)],
+                          "not both"),
+                         (["--manifest", str(tmp_path / "nope.json")], "nope.json")]:
+        rc = main(["train", *argv, "--out", str(tmp_path / "bad"), "--device", "cpu", "-q"])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and needle in err
+        assert not (tmp_path / "bad").exists()

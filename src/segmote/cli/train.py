@@ -2,6 +2,8 @@
 
     segmote train --data Dataset001_Liver Dataset002_Heart --out runs/liver_heart
     segmote train --data DIR --out RUN --config my.yaml --epochs 20
+    segmote train --data A B --out RUN --balance dataset_class --split held_out.json
+    segmote train --manifest manifest.json --out RUN   # exactly what `segmote curate` selected
     segmote train --out RUN --resume          # continue a stopped run where it stopped
     torchrun --nproc_per_node 4 -m segmote.cli.main train --data DIR --out RUN   # 4 GPUs
 
@@ -18,7 +20,8 @@ from segmote.errors import InputError
 # flag -> config key, for the settings that have a flag of their own
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
           "backbone": "backbone", "checkpoint": "checkpoint", "num_workers": "num_workers",
-          "amp": "amp", "window": "window", "cache_dir": "cache_dir"}
+          "amp": "amp", "window": "window", "cache_dir": "cache_dir", "split": "split",
+          "balance": "balance", "samples_per_epoch": "samples_per_epoch", "manifest": "manifest"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="GPU autocast")
+    p.add_argument("--split", metavar="JSON",
+                   help="fixed train/val case split (as RUN_DIR/split.json) instead of a drawn one")
+    p.add_argument("--manifest", metavar="JSON",
+                   help="train on exactly the samples a `segmote curate` manifest selected "
+                        "(instead of --data)")
+    p.add_argument("--balance", choices=("none", "dataset", "dataset_class"),
+                   help="draw samples so every dataset (and class) is seen equally often")
+    p.add_argument("--samples-per-epoch", type=int, help="samples drawn per epoch")
     p.add_argument("-w", "--window", help="CT window for the cached images")
     p.add_argument("--cache-dir", help="embedding cache folder (default RUN_DIR/cache)")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -60,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {key: getattr(args, flag) for flag, key in _FLAGS.items()},
                       base)
     data = args.data or cfg.data
-    if not data:
-        raise InputError("give the dataset folders with --data DIR [DIR ...]")
+    if args.data and cfg.manifest:
+        raise InputError("give either --data or --manifest, not both")
+    if not data and not cfg.manifest:
+        raise InputError("give the dataset folders with --data DIR [DIR ...] or a curation "
+                         "manifest with --manifest JSON")
+    if cfg.manifest:
+        data = []
     result = train(cfg, data, out, resume=args.resume, device=args.device,
                    progress=not args.quiet)
     print(result.best_adapter or result.latest_adapter)

@@ -111,6 +111,7 @@ class SegMoTEOutput(NamedTuple):
     balance_loss: scalar, summed over blocks (unweighted).
     attention: (B, T, h, w) expert tokens' token-to-image attention in the last two-way block
         (head-averaged), or None.
+    base_iou: (B, 1) SAM's predicted IoU of base_masks.
     """
 
     masks: Tensor
@@ -123,6 +124,7 @@ class SegMoTEOutput(NamedTuple):
     selected_token: Tensor
     balance_loss: Tensor
     attention: Tensor | None = None
+    base_iou: Tensor | None = None
 
 
 class MoTEAdapter(nn.Module):
@@ -288,7 +290,7 @@ class SegMoTE(nn.Module):
             attention = run.attention.view(b, -1, *src.shape[-2:])
         return SegMoTEOutput(out_masks, out_iou, all_masks[:, :1], expert_masks, expert_iou,
                              run.router_logits, run.expert_index, selected, run.balance_loss,
-                             attention)
+                             attention, base_iou[:, :1])
 
     def _transformer(self, src: Tensor, pe: Tensor, sam: Tensor, experts: Tensor,
                      return_attention: bool) -> _Decoded:

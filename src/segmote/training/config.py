@@ -7,17 +7,17 @@ Unknown keys and bad values raise `InputError` naming the file and the keys.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segmote.atomic import atomic_write_text  # noqa: F401  (re-exported)
 from segmote.errors import InputError
 from segmote.training.losses import LossWeights
 from segmote.training.prompts import PROMPT_KINDS
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+BALANCE_CHOICES = ("none", "dataset", "dataset_class")
 
 
 @dataclass
@@ -39,6 +39,21 @@ class TrainConfig:
         refine_clicks: number of new clicks per round, drawn uniformly from this list.
         seed: fixes the adapter init, the data order, every prompt and the router noise.
         axis, min_foreground, val_fraction: slicing of 3-D volumes and the case split.
+        split: a split JSON (`segmote.data.datasets.save_split` format) to use instead of
+            drawing one from val_fraction and seed (e.g. the same held-out patients across runs).
+        manifest: a curation manifest (`segmote curate`): train on exactly its selected
+            (slice, class) samples instead of every slice of the dataset folders; the selection
+            is still split by patient into train / val (val_fraction: 0 trains on all of it).
+        balance: how an epoch draws training samples: "none" (each sample once, shuffled),
+            "dataset" (every dataset equally often) or "dataset_class" (every dataset equally,
+            and within it every class equally) — the latter two draw with replacement, so a
+            small dataset is not drowned by a large one.
+        balance_power: dataset shares proportional to (samples of the dataset) ** balance_power
+            (0: equal shares; 0.5: square-root "temperature" sampling; see
+            `segmote.training.loader.sample_weights`).
+        samples_per_epoch: samples drawn per epoch (None: the number of training samples).
+        val_per_class: at most this many validation samples per dataset/class, evenly spaced
+            (None: all); keeps per-epoch validation cheap on atlases with many classes.
         window: CT window for the cached images (None: the modality default).
         amp: autocast dtype on GPU ("auto": bf16 where supported, else fp16); CPU runs in fp32.
         num_workers: DataLoader workers reading cached embeddings.
@@ -68,6 +83,12 @@ class TrainConfig:
     axis: int = 2
     min_foreground: int = 10
     val_fraction: float = 0.2
+    split: str | None = None
+    manifest: str | None = None
+    balance: str = "none"
+    balance_power: float = 0.0
+    samples_per_epoch: int | None = None
+    val_per_class: int | None = None
     window: str | None = None
     amp: str = "auto"
     num_workers: int = 0
@@ -118,6 +139,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("lr", "weight_decay", "grad_clip", "gamma"):
         _number(name, getattr(cfg, name))
     _number("box_jitter", cfg.box_jitter, 0.0, 1.0)
+    _number("balance_power", cfg.balance_power, 0.0, 1.0)
     _number("val_fraction", cfg.val_fraction, 0.0, 0.9)
     if not isinstance(cfg.milestones, list):
         raise InputError(f"config milestones: expected a list of epochs, got {cfg.milestones!r}")
@@ -130,6 +152,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _positive_int("refine_clicks", k)
     if cfg.axis not in (0, 1, 2):
         raise InputError(f"config axis: expected 0, 1 or 2, got {cfg.axis!r}")
+    for name in ("samples_per_epoch", "val_per_class"):
+        if getattr(cfg, name) is not None:
+            _positive_int(name, getattr(cfg, name))
+    if cfg.balance not in BALANCE_CHOICES:
+        raise InputError(f"config balance: expected one of {', '.join(BALANCE_CHOICES)}, "
+                         f"got {cfg.balance!r}")
+    for name in ("split", "manifest"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"config {name}: expected the path of a JSON file, got {value!r}")
     if cfg.amp not in AMP_CHOICES:
         raise InputError(f"config amp: expected one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
     _check_mapping("loss_weights", cfg.loss_weights, [f.name for f in
@@ -206,14 +238,3 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -17,16 +17,57 @@ from torch.utils.data import DataLoader, Dataset
 from segmote.training.step import Batch
 
 
-def epoch_plan(num_samples: int, global_batch: int, seed: int,
-               epoch: int) -> list[list[tuple[int, int]]]:
+def sample_weights(groups: list[tuple[str, str]], balance: str,
+                   power: float = 0.0) -> np.ndarray | None:
+    """Drawing probabilities for `balance` ("none" -> None) from each sample's (dataset, class).
+
+    "dataset": dataset d gets a share proportional to n_d ** power (power 0: every dataset the
+    same share; 0.5: "temperature" sampling, which eases the overfitting of a tiny dataset drawn
+    as often as a large one; 1: proportional, i.e. no balancing); "dataset_class": the same
+    shares, split equally between each dataset's classes. Within a group every sample is equally
+    likely.
+    """
+    if balance == "none":
+        return None
+    if balance not in ("dataset", "dataset_class"):
+        raise ValueError(f"unknown balance {balance!r}")
+    key = [g if balance == "dataset_class" else (g[0], "") for g in groups]
+    size: dict[tuple[str, str], int] = {}
+    for k in key:
+        size[k] = size.get(k, 0) + 1
+    groups_in: dict[str, int] = {}  # dataset -> number of its groups
+    n_in: dict[str, int] = {}  # dataset -> number of its samples
+    for (dataset, _), n in size.items():
+        groups_in[dataset] = groups_in.get(dataset, 0) + 1
+        n_in[dataset] = n_in.get(dataset, 0) + n
+    share = {d: n ** power for d, n in n_in.items()}
+    total = sum(share.values())
+    w = np.array([share[k[0]] / (total * groups_in[k[0]] * size[k]) for k in key])
+    return w / w.sum()
+
+
+def epoch_plan(num_samples: int, global_batch: int, seed: int, epoch: int,
+               weights: np.ndarray | None = None,
+               samples_per_epoch: int | None = None) -> list[list[tuple[int, int]]]:
     """Global batches of one epoch as (position, sample index) pairs.
 
-    A fresh permutation per epoch; the last batch is filled up from the start of the order (as
+    Without weights: a fresh permutation per epoch (the first samples_per_epoch of it, or all);
+    with weights (`sample_weights`): samples_per_epoch (default num_samples) draws with
+    replacement. The last batch is filled up from the start of the order (as
     `DistributedSampler` pads), so every step has exactly `global_batch` samples and the number of
     steps, ceil(N / global_batch), does not depend on the number of ranks.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
-    steps = math.ceil(num_samples / global_batch)
+    rng = np.random.default_rng([seed, epoch])
+    n = samples_per_epoch or num_samples
+    if weights is None:
+        order = rng.permutation(num_samples)
+        if n > num_samples:  # more than one pass: fresh permutations back to back
+            order = np.concatenate([order] + [rng.permutation(num_samples)
+                                              for _ in range(math.ceil(n / num_samples) - 1)])
+        order = order[:n]
+    else:
+        order = rng.choice(num_samples, size=n, replace=True, p=weights)
+    steps = math.ceil(n / global_batch)
     padded = np.resize(order, steps * global_batch)  # np.resize repeats the array
     return [[(s * global_batch + j, int(padded[s * global_batch + j]))
              for j in range(global_batch)] for s in range(steps)]

@@ -32,7 +32,8 @@ from segmote.errors import InputError
 from segmote.modeling.segmote import SegMoTE
 from segmote.training import distributed as ddp
 from segmote.training.config import TrainConfig, save_config
-from segmote.training.loader import CachedSlices, epoch_plan, make_loader, rank_slice
+from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
+                                     sample_weights)
 from segmote.training.state import load_state, rng_state, save_state, set_rng_state
 from segmote.training.step import TrainStep, dice_scores, predict_boxes, train_step
 
@@ -90,29 +91,67 @@ def _load_data(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: b
     from segmote.data.datasets import discover, load_split, make_split, save_split, \
         slice_samples
 
-    datasets = discover(data_dirs)
+    selection = None
+    if cfg.manifest is not None:
+        from segmote.curation.manifest import manifest_samples
+
+        datasets, selection = manifest_samples(cfg.manifest)
+        source = cfg.manifest
+    else:
+        datasets = discover(data_dirs)
+        source = ", ".join(map(str, data_dirs))
     split_path = out_dir / "split.json"
-    out_dir.mkdir(parents=True, exist_ok=True)
     if resume and split_path.is_file():
         split = load_split(split_path)  # never re-split a run: val cases must stay val
+    elif cfg.split is not None:
+        split = load_split(Path(cfg.split))
     else:
         split = make_split(datasets, val_fraction=cfg.val_fraction, seed=cfg.seed)
-        if info.is_main:
-            save_split(split, split_path)
-    kw = dict(axis=cfg.axis, min_foreground=cfg.min_foreground)
-    train = slice_samples(datasets, split, part="train", **kw)
-    val = slice_samples(datasets, split, part="val", **kw)
-    if not train.samples:
-        raise InputError(f"{', '.join(map(str, data_dirs))}: no training slice has "
-                         f">= {cfg.min_foreground} foreground pixels")
-    return datasets, split, train.samples, val.samples
+    if selection is not None:
+        train_samples = _in_split(selection, split, "train")
+        val_samples = _in_split(selection, split, "val")
+    else:
+        kw = dict(axis=cfg.axis, min_foreground=cfg.min_foreground)
+        train_samples = slice_samples(datasets, split, part="train", **kw).samples
+        val_samples = slice_samples(datasets, split, part="val", **kw).samples
+    val_samples = cap_per_class(val_samples, cfg.val_per_class)
+    if not train_samples:
+        what = "selected sample" if selection is not None else \
+            f"slice with >= {cfg.min_foreground} foreground pixels"
+        raise InputError(f"{source}: no training {what} (check the split)")
+    # written only once the data checks passed: a refused run leaves no folder behind
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main and not (resume and split_path.is_file()):
+        save_split(split, split_path)
+    return datasets, split, train_samples, val_samples
+
+
+def _in_split(samples: list[Any], split: dict[str, Any], part: str) -> list[Any]:
+    """The samples whose case is in `part` ("train" / "val") of their dataset's split."""
+    cases = {name: set(entry.get(part, [])) for name, entry in split.items()}
+    return [s for s in samples if s.case_id in cases.get(s.dataset, ())]
+
+
+def cap_per_class(samples: list[Any], cap: int | None) -> list[Any]:
+    """At most `cap` samples per dataset/class, evenly spaced in their order (None: all)."""
+    if cap is None:
+        return samples
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for s in samples:
+        groups.setdefault((s.dataset, s.class_name), []).append(s)
+    keep = set()
+    for group in groups.values():
+        picks = np.linspace(0, len(group) - 1, min(cap, len(group))).round().astype(int)
+        keep.update(id(group[i]) for i in picks)
+    return [s for s in samples if id(s) in keep]
 
 
 @torch.no_grad()
 def validate(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.DistInfo,
              autocast: Callable[[], Any]) -> dict[str, Any]:
     """Box-prompt Dice per dataset and class (mask resolution, deterministic), sharded over
-    ranks. mean_dice: mean over dataset/class pairs (None without validation slices)."""
+    ranks. mean_dice: mean over datasets of their class-mean Dice (None without validation
+    slices)."""
     keys = sorted({data.key(i) for i in range(len(data))})
     sums = torch.zeros(2, len(keys), dtype=torch.float64)
     was_training = model.training
@@ -132,8 +171,10 @@ def validate(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.Dist
     per_dataset: dict[str, list[float]] = {}
     for key, d in per_class.items():
         per_dataset.setdefault(key.split("/", 1)[0], []).append(d)
-    return {"mean_dice": float(np.mean(list(per_class.values()))) if per_class else None,
-            "per_dataset": {k: float(np.mean(v)) for k, v in per_dataset.items()},
+    means = {k: float(np.mean(v)) for k, v in per_dataset.items()}
+    # every dataset counts equally (an atlas with 116 classes must not outvote a tumour set)
+    return {"mean_dice": float(np.mean(list(means.values()))) if means else None,
+            "per_dataset": means,
             "per_class": per_class}
 
 
@@ -212,7 +253,8 @@ def train(config: TrainConfig, data_dirs: list[str | Path], out_dir: str | Path,
     """Train a SegMoTE adapter (see the module doc for what RUN_DIR holds).
 
     config: a validated `TrainConfig` (see `segmote.training.config.load_config`).
-    data_dirs: nnU-Net / MSD / 2-D dataset folders (`segmote.data.datasets.discover`).
+    data_dirs: nnU-Net / MSD / 2-D dataset folders (`segmote.data.datasets.discover`); ignored
+        (may be empty) when config.manifest names a curation manifest.
     resume: continue from RUN_DIR/state.safetensors: same step, optimiser, schedule and RNG.
     device: "cpu", "cuda", "cuda:N" or None (GPU when available); under torchrun every rank
         uses the GPU of its LOCAL_RANK.
@@ -220,6 +262,8 @@ def train(config: TrainConfig, data_dirs: list[str | Path], out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     cfg = dataclasses.replace(config, data=[str(Path(d).resolve()) for d in data_dirs])
+    if cfg.manifest is not None:  # absolute, so the saved config resumes from anywhere
+        cfg = dataclasses.replace(cfg, manifest=str(Path(cfg.manifest).resolve()))
     info = ddp.setup(device)
     try:
         return _train(cfg, [Path(d) for d in data_dirs], out_dir, resume, info, progress,
@@ -269,12 +313,15 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     log = RunLog(out_dir, purge_step=run.global_step if resume else None) \
         if info.is_main else None
     local_batch = cfg.batch_size // info.world_size
+    weights = sample_weights([(s.dataset, s.class_name) for s in train_samples], cfg.balance,
+                             cfg.balance_power)
     try:
         while run.epoch < cfg.epochs:
             lr = cfg.lr_at(run.epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            plan = epoch_plan(len(train_samples), cfg.batch_size, cfg.seed, run.epoch)
+            plan = epoch_plan(len(train_samples), cfg.batch_size, cfg.seed, run.epoch,
+                              weights, cfg.samples_per_epoch)
             train_data.epoch = run.epoch
             mine = [rank_slice(b, info.rank, info.world_size)
                     for b in plan[run.step_in_epoch:]]
