@@ -1,0 +1,167 @@
+"""`evaluate_models`: run models on a dataset's held-out split under fixed prompt protocols and
+compare them in one table (the engine of `segmote evaluate-model`).
+
+Models are named "base" (the backbone alone), "default" (the shipped adapter), "new" (a fresh
+adapter) or an adapter file. A SegMoTE model also returns the frozen base decoder's mask from the
+same decode (bit-identical to the base model), so "base" costs no extra pass when an adapter is
+evaluated too. Results carry what is needed to reproduce them: package version, backbone and
+adapter sha256, the split's cases, the protocols and their seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segmote.atomic import atomic_write_text
+from segmote.errors import InputError
+from segmote.evaluation.prompted import PROMPTS, Protocol, evaluate_samples, summarize_results
+
+NOT_YET = {"text": "text prompts need a text-prompt adapter, which this version does not ship",
+           "auto": "automatic (prompt-free) segmentation needs a PPT adapter, which this "
+                   "version does not ship"}
+
+
+@dataclass
+class ModelEvaluation:
+    """What `evaluate_models` measured: per-sample rows and the summary per model."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]  # model -> prompt -> {"mean", "datasets": {...}}
+    info: dict[str, Any]  # reproducibility metadata
+
+    def to_json(self) -> str:
+        return json.dumps({"info": self.info, "summary": self.summary}, indent=2) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        fields = ["model", "prompt", "dataset", "case", "slice", "class", "dice"]
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buf.getvalue()
+
+    def format_table(self) -> str:
+        """Rows: dataset (n) per prompt; columns: models; last row the mean over datasets."""
+        models = list(self.summary)
+        lines = []
+        for prompt in self.summary[models[0]]:
+            head = f"{'prompt ' + prompt:40s} {'n':>6s} " + " ".join(f"{m[:14]:>14s}"
+                                                                     for m in models)
+            lines += [head, "-" * len(head)]
+            datasets = self.summary[models[0]][prompt]["datasets"]
+            for d, entry in datasets.items():
+                lines.append(f"{d[:40]:40s} {entry['n']:6d} " + " ".join(
+                    f"{self.summary[m][prompt]['datasets'][d]['dice']:14.4f}" for m in models))
+            lines.append(f"{'mean over datasets':40s} {'':6s} " + " ".join(
+                f"{self.summary[m][prompt]['mean']:14.4f}" for m in models))
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _parse_prompts(prompts: list[str], seed: int, clicks: int, jitter: float) -> list[Protocol]:
+    out = []
+    for p in prompts:
+        if p in NOT_YET:
+            raise InputError(f"--prompt {p}: {NOT_YET[p]}")
+        if p not in PROMPTS:
+            raise InputError(f"--prompt {p}: unknown; expected one of {', '.join(PROMPTS)}")
+        out.append(Protocol(p, seed=seed, clicks=clicks, jitter=jitter))
+    return out
+
+
+def _load(name: str, backbone: str, checkpoint: str | None) -> Any:
+    from segmote.build import load_model
+
+    if name == "base":
+        return load_model(backbone, checkpoint, adapter=None)
+    if name not in ("default", "new") and not Path(name).is_file():
+        raise InputError(f"{name}: adapter file not found (or use base, default, new)")
+    return load_model(backbone, checkpoint, adapter=name)
+
+
+def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: list[str],
+                    split_path: str | Path | None = None, part: str = "val",
+                    val_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
+                    clicks: int = 3, jitter: float = 0.1, axis: int = 2,
+                    min_foreground: int = 20, backbone: str = "litemedsam",
+                    checkpoint: str | None = None, cache_dir: str | Path | None = None,
+                    ) -> ModelEvaluation:
+    """Evaluate `models` on the `part` ("val", "train" or "all") of the datasets' split.
+
+    split_path: a split JSON (e.g. a training run's split.json); None draws the same split
+        `segmote train` draws from val_fraction and split_seed.
+    cache_dir: an embedding cache to read and fill (e.g. a training run's RUN/cache).
+    """
+    from segmote import __version__
+    from segmote.build import DEFAULT_ADAPTER, resolve_weights
+    from segmote.checkpoint import sha256_file
+    from segmote.data.cache import EmbeddingCache
+    from segmote.data.datasets import discover, load_split, make_split, slice_samples
+
+    if not models:
+        raise InputError("give at least one --model (base, default, new or an adapter file)")
+    if len(set(models)) != len(models):
+        raise InputError("a --model is named twice")
+    if part not in ("val", "train", "all"):
+        raise InputError(f"part must be val, train or all, got {part!r}")
+    protocols = _parse_prompts(prompts, seed, clicks, jitter)
+    datasets = discover([Path(d) for d in data_dirs])
+    split = load_split(Path(split_path)) if split_path else \
+        make_split(datasets, val_fraction=val_fraction, seed=split_seed)
+    parts = ("train", "val") if part == "all" else (part,)
+    samples = [s for p in parts for s in slice_samples(datasets, split, part=p, axis=axis,
+                                                        min_foreground=min_foreground).samples]
+    if not samples:
+        raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
+                         f"{', '.join(map(str, data_dirs))}")
+    weights, expected = resolve_weights(backbone, checkpoint)
+    info: dict[str, Any] = {
+        "segmote_version": __version__, "backbone": backbone,
+        "backbone_sha256": expected or sha256_file(weights),
+        "protocols": [p.to_dict() for p in protocols], "part": part,
+        "split": {d: {k: v for k, v in e.items() if k in ("train", "val", "note")}
+                  for d, e in split.items()},
+        "axis": axis, "min_foreground": min_foreground, "n_samples": len(samples),
+        "models": {}}
+    adapters = [m for m in models if m != "base"]
+    results: dict[str, list] = {}
+    for name in adapters or ["base"]:
+        model = _load(name, backbone, checkpoint)
+        if name != "base":
+            path = DEFAULT_ADAPTER if name == "default" else name
+            info["models"][name] = {"adapter_sha256": None if name == "new"
+                                    else sha256_file(Path(path))}
+        cache = None
+        if cache_dir is not None:
+            cache = EmbeddingCache(Path(cache_dir), model,
+                                   f"{backbone}-{info['backbone_sha256'][:16]}")
+        results[name] = list(evaluate_samples(model, samples, protocols, cache=cache))
+    summary: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    sources = [(m, "adapter") for m in adapters]
+    if "base" in models:
+        # a SegMoTE's base output is the base model's mask, from the same decode
+        sources.insert(models.index("base"), (adapters[0] if adapters else "base", "base"))
+    for source, output in sources:
+        name = "base" if output == "base" else source
+        picked = results[source]
+        summary[name] = {p: s[output] for p, s in summarize_results(picked).items()}
+        rows += [{"model": name, "prompt": r.prompt, "dataset": r.dataset, "case": r.case_id,
+                  "slice": "" if r.slice_index is None else r.slice_index,
+                  "class": r.class_name, "dice": f"{r.dice[output]:.6f}"} for r in picked]
+    summary = {m: summary[m] for m in models}
+    return ModelEvaluation(rows, summary, info)
+
+
+def write_outputs(evaluation: ModelEvaluation, out: Path) -> tuple[Path, Path]:
+    """OUT.json (summary + metadata) and OUT.csv (per sample), each written atomically."""
+    out = Path(out)
+    json_path, csv_path = out.with_suffix(".json"), out.with_suffix(".csv")
+    for path, text in ((json_path, evaluation.to_json()), (csv_path, evaluation.to_csv())):
+        atomic_write_text(path, text, newline="" if path is csv_path else None)
+    return json_path, csv_path
