@@ -194,9 +194,17 @@ def test_parameter_summary_counts() -> None:
 def test_load_model_adapter_modes(tmp_path: Path) -> None:
     from segmote.build import DEFAULT_ADAPTER, LITEMEDSAM_SHA256, load_model
 
-    assert DEFAULT_ADAPTER is None
-    base = load_model()
+    base = load_model(adapter="none")
     assert isinstance(base, Sam) and not any(p.requires_grad for p in base.parameters())
+    assert isinstance(load_model(adapter=None), Sam)
+    # the default is the adapter shipped inside the package, trained on the real sample data
+    default = load_model()
+    assert isinstance(default, SegMoTE) and Path(DEFAULT_ADAPTER).is_file()
+    assert Path(DEFAULT_ADAPTER).stat().st_size < 10_000_000  # a few MB
+    meta = default.adapter_metadata
+    assert {"Dataset001_PyradiomicsCT", "Dataset005_NucleiQuadrants",
+            "Dataset006_Colin27AALSlabs"} <= set(meta["training_data"])
+    assert "nuclei" in meta["vocabulary"] and "Hippocampus_L" in meta["vocabulary"]
     fresh = load_model(adapter="new")
     assert isinstance(fresh, SegMoTE) and fresh.backbone_sha256 == LITEMEDSAM_SHA256
     n_adapter = sum(p.numel() for p in fresh.parameters() if p.requires_grad)

@@ -17,7 +17,7 @@ def test_litemedsam_weights_are_the_published_file():
 
 
 def test_litemedsam_loads_strictly_and_frozen():
-    model = load_model()
+    model = load_model(adapter=None)
     sd = torch.load(litemedsam_weights_path(), weights_only=True)
     own = model.state_dict()
     assert set(own) == set(sd)

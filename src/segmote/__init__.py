@@ -1,7 +1,7 @@
 """segmote: SegMoTE on frozen SAM-family backbones for medical image segmentation.
 
     import segmote
-    model = segmote.load_model()            # LiteMedSAM (+ the default adapter once shipped)
+    model = segmote.load_model()            # LiteMedSAM + the shipped default adapter
     seg = segmote.Segmenter(model)
     seg.set_image(image, modality="CT")
     mask, score = seg.predict(box=(x0, y0, x1, y1))

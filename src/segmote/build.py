@@ -128,9 +128,10 @@ def build_base(backbone: str = "litemedsam", checkpoint: str | Path | None = Non
     return model.eval()
 
 
-# Adapter `load_model` attaches when none is named: None (the base model) until the training
-# issue ships a trained SegMoTE adapter with the package.
-DEFAULT_ADAPTER: str | None = None
+# Adapter `load_model` attaches to LiteMedSAM when none is named: trained on the real sample data
+# by scripts/train_default_adapter.sh (held-out report: docs/default_adapter.md).
+DEFAULT_ADAPTER: str = str(Path(__file__).resolve().parent / "assets" / "adapters"
+                           / "default.safetensors")
 
 
 def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = None,
@@ -141,8 +142,9 @@ def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = Non
     Args:
         backbone: a key of `BACKBONES`.
         checkpoint: weights file for the backbone (required for the SAM / MedSAM ViTs).
-        adapter: "default" (the default) for the adapter shipped with the package — the plain
-            base model while none ships (`DEFAULT_ADAPTER`); None or "none" for the base model; "new" for a freshly initialised SegMoTE adapter
+        adapter: "default" (the default) for the adapter shipped with the package
+            (`DEFAULT_ADAPTER`; LiteMedSAM only — other backbones get their base model);
+            None or "none" for the base model; "new" for a freshly initialised SegMoTE adapter
             (what training starts from; its output equals the base model's); or the path of a
             saved adapter (`.safetensors`, checked against this backbone's weights).
         device: torch device string.

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-a", "--adapter", default=None, metavar="PATH|new|none",
                         help="adapter file, `new` (a freshly initialised adapter: what training "
                              "starts from) or `none` (the base model); default: the shipped "
-                             "adapter, or `new` while none ships")
+                             "adapter (LiteMedSAM), `new` for other backbones")
     parser.set_defaults(func=run)
 
 
@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from segmote.build import DEFAULT_ADAPTER, load_model
     from segmote.summary import format_summary, parameter_summary
 
-    choice = args.adapter if args.adapter is not None else (DEFAULT_ADAPTER or "new")
+    default = DEFAULT_ADAPTER if args.backbone == "litemedsam" else "new"
+    choice = args.adapter if args.adapter is not None else default
     adapter = None if str(choice).lower() == "none" else choice
     model = load_model(args.backbone, args.checkpoint, adapter=adapter)
     label = {None: "none (base model)", "new": "new (freshly initialised)"}.get(adapter, adapter)

@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--adapter", default="default",
                    help="SegMoTE adapter .safetensors, 'new' (untrained), or 'none' (base model); "
-                        "default: the shipped adapter, the base model while none ships")
+                        "default: the shipped adapter (LiteMedSAM; other backbones: none)")
     p.add_argument("-b", "--box", action="append", default=[],
                    help="x0,y0,x1,y1 (2-D) or x0,y0,z0,x1,y1,z1 voxel indices (3-D); repeatable")
     p.add_argument("-p", "--point", action="append", default=[],
