@@ -150,6 +150,17 @@ class ExpertMaskHead(nn.Module):
         masks = base_mask + delta.view(b, t, *upscaled.shape[-2:])
         return masks, base_iou + self.iou_delta(tokens).squeeze(-1)
 
+    def text_bias(self, vector: Tensor, image_features: Tensor) -> Tensor:
+        """Spatial text bias: vector (B, C) . image_features (1 or B, C, 4h, 4w) ->
+        (B, 1, 4h, 4w), added to every expert mask (method.md, text prompts)."""
+        b, c = vector.shape
+        g = image_features.flatten(2)  # (1|B, C, HW)
+        if g.shape[0] == 1 and b > 1:
+            bias = vector @ g[0]  # (B, HW): one matmul, no copy of the map
+        else:
+            bias = (vector.unsqueeze(1) @ g).squeeze(1)
+        return bias.view(b, 1, *image_features.shape[-2:])
+
     def fused_map(self, upscaled: Tensor, image_features: Tensor) -> Tensor:
         """The fused map itself, (B, C, 4h, 4w), for inspection and tests (`forward` never builds
         it: it folds the closing 1x1 conv into the hypernet vectors)."""

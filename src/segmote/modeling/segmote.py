@@ -34,6 +34,7 @@ from segmote.modeling.encoder_output import EncoderOutput
 from segmote.modeling.expert_head import ExpertMaskHead
 from segmote.modeling.mask_decoder import expand_image
 from segmote.modeling.mote import MoTE, RouterOutput, load_balance_loss
+from segmote.modeling.ppt import PromptTokenizer, TextPrompt
 from segmote.modeling.sam import Sam
 from segmote.modeling.transformer import Attention, TwoWayAttentionBlock
 
@@ -52,6 +53,9 @@ class MoTEConfig:
         noisy_gating: noisy router logits in training mode (never at eval).
         balance_weight: weight of the load-balance loss (applied by the trainer).
         head_dim: channels C of the fused mask-head map; None -> D // 8 (SAM's upscaled width).
+        text_dim: width of the text embeddings the adapter takes (384: all-MiniLM-L6-v2); None ->
+            no text prompt (adapters trained before text prompts existed).
+        ppt_queries: Q queries of progressive prompt tokenization; 0 -> no PPT.
     """
 
     num_expert_tokens: int = 4
@@ -61,6 +65,8 @@ class MoTEConfig:
     noisy_gating: bool = True
     balance_weight: float = 0.01
     head_dim: int | None = None
+    text_dim: int | None = None
+    ppt_queries: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_expert_tokens", "num_experts", "top_k", "expert_rank"):
@@ -72,6 +78,15 @@ class MoTEConfig:
                              f"({self.num_experts})")
         if self.balance_weight < 0:
             raise InputError("MoTE config: balance_weight must be >= 0")
+        for name in ("text_dim",):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"MoTE config: {name} must be a positive integer or null, "
+                                 f"got {v!r}")
+        if isinstance(self.ppt_queries, bool) or not isinstance(self.ppt_queries, int) \
+                or self.ppt_queries < 0:
+            raise InputError(f"MoTE config: ppt_queries must be an integer >= 0, "
+                             f"got {self.ppt_queries!r}")
         if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
             raise InputError(f"MoTE config: head_dim must be a positive integer or null, "
                              f"got {self.head_dim!r}")
@@ -128,7 +143,8 @@ class SegMoTEOutput(NamedTuple):
 
 
 class MoTEAdapter(nn.Module):
-    """Every learnable part of SegMoTE: expert tokens, one MoTE per decoder block, the head."""
+    """Every learnable part of SegMoTE: expert tokens, one MoTE per decoder block, the head,
+    and (when configured) the text prompt projection and the PPT module."""
 
     def __init__(self, embed_dim: int, early_dim: int, num_blocks: int,
                  config: MoTEConfig) -> None:
@@ -141,6 +157,10 @@ class MoTEAdapter(nn.Module):
                  config.noisy_gating) for _ in range(num_blocks))
         self.head = ExpertMaskHead(embed_dim, early_dim, config.num_expert_tokens,
                                    config.head_dim)
+        head_dim = config.head_dim or embed_dim // 8
+        self.text = TextPrompt(config.text_dim, embed_dim, head_dim) if config.text_dim else None
+        self.ppt = PromptTokenizer(embed_dim, config.ppt_queries, config.text_dim) \
+            if config.ppt_queries else None
 
 
 class _Decoded(NamedTuple):
@@ -245,7 +265,8 @@ class SegMoTE(nn.Module):
     def decode(self, image: ImageFeatures | EncoderOutput,
                points: tuple[Tensor, Tensor] | None = None, boxes: Tensor | None = None,
                masks: Tensor | None = None, multimask_output: bool = False,
-               output: Output = "expert", return_attention: bool = False) -> SegMoTEOutput:
+               output: Output = "expert", return_attention: bool = False,
+               text: Tensor | None = None, auto: bool = False) -> SegMoTEOutput:
         """Decode B prompts against one image (batch 1, broadcast) or B images (batch B).
 
         image: `prepare_image` output (an EncoderOutput is prepared on the fly).
@@ -254,6 +275,11 @@ class SegMoTE(nn.Module):
             single-mask; the expert masks stay in `expert_masks`).
         output: "expert" (paper: the most confident expert token) or "base" (SAM's mask).
         return_attention: also return the expert tokens' attention maps.
+        text: (B or 1, text_dim) unit-norm text embeddings: one extra sparse token and a bias on
+            the expert masks (needs an adapter with text_dim).
+        auto: PPT tokens replace the manual sparse prompts (points / boxes must be None; a mask
+            prompt and `text` act as foreground hints): prompt-free segmentation, of the class
+            named by `text` when given. Needs an adapter with ppt_queries.
         """
         if output not in ("expert", "base"):
             raise InputError(f"output must be 'expert' or 'base', got {output!r}")
@@ -262,8 +288,31 @@ class SegMoTE(nn.Module):
         elif not isinstance(image, ImageFeatures):
             raise TypeError("decode() needs prepare_image(...) output or an EncoderOutput")
         dec = self.base.mask_decoder
-        sparse, dense = self.base.prompt_encoder(points, boxes, masks)
+        if text is not None and self.adapter.text is None:
+            raise InputError("this adapter was not trained with text prompts")
+        if auto:
+            if self.adapter.ppt is None:
+                raise InputError("this adapter has no PPT module: prompt-free segmentation "
+                                 "needs an adapter trained with ppt_queries > 0")
+            if points is not None or boxes is not None:
+                raise InputError("auto (prompt-free) decoding takes no points or boxes")
+        n = text.shape[0] if text is not None else None
+        if masks is not None:
+            n = max(n or 1, masks.shape[0])
+        sparse, dense = self.base.prompt_encoder(points, boxes, masks,
+                                                 batch_size=n if auto else None)
         b = sparse.shape[0]
+        if text is not None and text.shape[0] not in (1, b):
+            raise InputError(f"{text.shape[0]} text prompts for {b} prompts")
+        text = None if text is None else text.to(sparse.dtype).expand(b, -1)
+        text_bias = None
+        if auto:
+            prior = dense if masks is not None else None
+            sparse = self.adapter.ppt(image.image_embedding, self.base.prompt_encoder
+                                      .get_dense_pe(), b, text, prior)
+        if text is not None:
+            token, text_bias = self.adapter.text(text)
+            sparse = torch.cat([sparse, token], 1)
         sam_tokens = torch.cat([dec.output_tokens().unsqueeze(0).expand(b, -1, -1), sparse], 1)
         expert_tokens = self.adapter.expert_tokens.weight.unsqueeze(0).expand(b, -1, -1)
         src = expand_image(image.image_embedding, b) + dense
@@ -275,6 +324,9 @@ class SegMoTE(nn.Module):
         base_iou = dec.iou_prediction_head(run.sam_tokens[:, 0])
         expert_masks, expert_iou = self.adapter.head(
             run.expert_tokens, upscaled, image.head_features, all_masks[:, :1], base_iou[:, :1])
+        if text_bias is not None:
+            expert_masks = expert_masks + self.adapter.head.text_bias(text_bias,
+                                                                      image.head_features)
         # paper: output the expert token with the highest routing confidence (top logit)
         selected = run.router_logits[-1].amax(-1).argmax(-1)
         if multimask_output:
