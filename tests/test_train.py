@@ -28,6 +28,7 @@ from segmote.transforms import ResizeGeometry, intensity_range, to_input_tensor
 
 ASSETS = Path(segmote.__file__).parent / "assets" / "samples"
 CT, LABEL = ASSETS / "lung2_ct_crop.nii.gz", ASSETS / "lung2_ct_crop_label.nii.gz"
+PLAIN = dict(text_encoder="none", ppt_queries=0)  # an adapter without text prompts and PPT
 TINY = dict(epochs=1, batch_size=2, refine_rounds=1, refine_clicks=[1, 3], log_every=1,
             save_every=1, min_foreground=200, val_fraction=0.5)
 
@@ -68,7 +69,8 @@ def _adapter(model) -> dict[str, torch.Tensor]:
 def test_step_trains_adapter_only_and_loss_decreases(real_batch):
     two, one = real_batch
     cfg = load_config(overrides=dict(lr=1e-3, refine_rounds=1, prompt_mix={"box": 0.5,
-                                                                            "point": 0.5}))
+                                                                            "point": 0.5},
+                                     **PLAIN))
     model = _model(cfg)
     base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
     # every adapter parameter gets a gradient, no frozen one does (2 prompts, 2 rounds)
@@ -97,7 +99,7 @@ def test_step_trains_adapter_only_and_loss_decreases(real_batch):
 
 def test_non_finite_step_is_skipped(real_batch):
     _, batch = real_batch
-    cfg = load_config(overrides=dict(refine_rounds=0))
+    cfg = load_config(overrides=dict(refine_rounds=0, **PLAIN))
     model = _model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -347,3 +349,45 @@ def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_p
         err = capsys.readouterr().err
         assert rc == 1 and err.count("\n") == 1 and needle in err
         assert not (tmp_path / "bad").exists()
+
+
+def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
+    """With text prompts and PPT (the default config), a step whose rows are prompt-free (text
+    alone) and box + text gives every adapter parameter a gradient; an absent class turns a
+    prompt-free row's target empty."""
+    from segmote.text.classes import class_embeddings
+
+    _, one = real_batch
+    cfg = load_config(overrides=dict(refine_rounds=1, text_with_prompt=1.0, absent_prob=1.0,
+                                     prompt_mix={"box": 0.5, "point": 0.0, "text": 0.5}))
+    cfg = dataclasses.replace(cfg, progressive=None)  # a constant mix
+    texts = class_embeddings(["tumour", "lung"])
+    model = _model_text(cfg, texts.dim)
+    step = TrainStep(model, cfg, dict(zip(texts.names, texts.embeddings)))
+    from segmote.training.prompts import sample_prompt
+    gt = one.target[0, 0].numpy() > 0.5
+
+    def kind(seed: list[int]) -> str:
+        return sample_prompt(gt, np.random.default_rng(seed), step.mix, 0.1, True, "tumour",
+                             1.0).kind
+
+    # two prompt-free rows and two box + text rows
+    seeds = [s for k in ("text", "box") for s in
+             [[0, 0, p] for p in range(64) if kind([0, 0, p]) == k][:2]]
+    four = Batch(one.image_embedding.expand(4, -1, -1, -1),
+                 one.early_features.expand(4, -1, -1, -1), one.target.expand(4, -1, -1, -1),
+                 seeds, ["lung/tumour"] * 4, ["tumour"] * 4, [["lung"]] * 4)
+    torch.manual_seed(0)
+    step.forward(four).loss.backward()
+    for name, p in model.adapter.named_parameters():
+        assert p.grad is not None, name
+        if name.startswith(("ppt.", "text.")):  # the new parts really learn from this step
+            assert p.grad.abs().sum() > 0, name
+    assert cfg.prompt_mix_at(0)["text"] == pytest.approx(0.5)
+    ramp = dataclasses.replace(cfg, progressive=0.1, epochs=3)
+    assert [round(ramp.prompt_mix_at(e)["text"], 3) for e in range(3)] == [0.1, 0.3, 0.5]
+
+
+def _model_text(cfg: TrainConfig, text_dim: int):
+    from segmote.training.trainer import build_model
+    return build_model(cfg, torch.device("cpu"), text_dim).train()

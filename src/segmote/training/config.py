@@ -32,8 +32,25 @@ class TrainConfig:
             halved at epochs 7 and 12).
         grad_clip: max global gradient norm (0 = off).
         loss_weights: focal / dice / iou / balance (see `LossWeights`).
-        prompt_mix: probability of each first-prompt kind; "text" is a hook (no text encoder yet),
-            its share goes to the other kinds.
+        prompt_mix: probability of each first-prompt kind: "box", "point" or "text" (text alone:
+            PPT tokens conditioned on the class's text embedding, i.e. prompt-free segmentation
+            of that class). Without a text encoder or PPT the text share goes to the others.
+        progressive: the "text" (prompt-free) share starts at this value in the first epoch and
+            rises linearly to prompt_mix["text"] in the last one (progressive prompt
+            tokenization; logged per epoch as "ppt_share"); None: constant.
+        text_with_prompt: probability that a box / point prompt also gets the class's text.
+        absent_prob: share of prompt-free samples that ask for a class of the same dataset that
+            is absent from the slice (target: an empty mask), so the model learns to answer
+            "not here" and its confidence can be calibrated.
+        text_encoder: "minilm" (all-MiniLM-L6-v2, offline), "clip" (with text_encoder_path), or
+            "none" / null (no text prompts).
+        text_encoder_path: a local CLIP text-model folder for text_encoder "clip".
+        ppt_queries: Q queries of the PPT module (paper: 2); 0 = no PPT.
+        calibrate_on: data on which the confidence threshold of the automatic mode is chosen:
+            "val" (the validation cases) or "train" (up to val_per_class, default 8, training
+            samples per class: for runs whose validation cases are the test set).
+        auto_fp_target: the threshold is the lowest whose false-positive rate on absent classes
+            is at most this.
         box_jitter: max shift of each box side, as a fraction of the box extent.
         refine_rounds: refinement rounds after the first prompt (previous mask + new clicks).
         refine_clicks: number of new clicks per round, drawn uniformly from this list.
@@ -76,6 +93,14 @@ class TrainConfig:
     loss_weights: dict[str, float] = field(default_factory=LossWeights().to_dict)
     prompt_mix: dict[str, float] = field(
         default_factory=lambda: {"box": 0.4, "point": 0.3, "text": 0.3})
+    progressive: float | None = 0.05
+    text_with_prompt: float = 0.5
+    absent_prob: float = 0.15
+    text_encoder: str | None = "minilm"
+    text_encoder_path: str | None = None
+    ppt_queries: int = 2
+    calibrate_on: str = "val"
+    auto_fp_target: float = 0.05
     box_jitter: float = 0.1
     refine_rounds: int = 2
     refine_clicks: list[int] = field(default_factory=lambda: [1, 3, 4, 7])
@@ -105,15 +130,41 @@ class TrainConfig:
     def weights(self) -> LossWeights:
         return LossWeights(**self.loss_weights)
 
-    def mote_config(self) -> Any:
+    def mote_config(self, text_dim: int | None = None) -> Any:
+        """The adapter's MoTEConfig: `mote` plus the PPT / text settings (text_dim: the text
+        encoder's width; None while it is unknown, e.g. when only validating)."""
         from segmote.modeling.segmote import MoTEConfig
-        return MoTEConfig.from_dict({**self.mote, "balance_weight": self.weights.balance})
+        extra = {"ppt_queries": self.ppt_queries}
+        if self.uses_text:
+            extra["text_dim"] = text_dim or 1
+        return MoTEConfig.from_dict({**extra, **self.mote, "balance_weight": self.weights.balance})
+
+    @property
+    def uses_text(self) -> bool:
+        return self.text_encoder not in (None, "none")
+
+    def text_share(self, epoch: int) -> float:
+        """Share of prompt-free ("text") first prompts in `epoch` (0-based), before the text
+        share is dropped for a model without text / PPT."""
+        final = float(self.prompt_mix.get("text", 0.0)) / sum(self.prompt_mix.values())
+        if self.progressive is None or self.epochs < 2:
+            return final
+        return self.progressive + (final - self.progressive) * epoch / (self.epochs - 1)
+
+    def prompt_mix_at(self, epoch: int) -> dict[str, float]:
+        """prompt_mix of `epoch` under the progressive schedule (sums to 1)."""
+        total = sum(v for k, v in self.prompt_mix.items() if k != "text")
+        rest = 1.0 - self.text_share(epoch)
+        mix = {k: rest * v / total for k, v in self.prompt_mix.items() if k != "text"}
+        mix["text"] = self.text_share(epoch)
+        return mix
 
     def lr_at(self, epoch: int) -> float:
         """The step schedule: lr x gamma^(number of milestones <= epoch)."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
 
 
+TEXT_ENCODERS = ("minilm", "clip", "none", None)
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -139,6 +190,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("lr", "weight_decay", "grad_clip", "gamma"):
         _number(name, getattr(cfg, name))
     _number("box_jitter", cfg.box_jitter, 0.0, 1.0)
+    _number("text_with_prompt", cfg.text_with_prompt, 0.0, 1.0)
+    _number("absent_prob", cfg.absent_prob, 0.0, 1.0)
+    if cfg.progressive is not None:
+        _number("progressive", cfg.progressive, 0.0, 1.0)
+    _positive_int("ppt_queries", cfg.ppt_queries, zero_ok=True)
+    _number("auto_fp_target", cfg.auto_fp_target, 0.0, 1.0)
+    if cfg.calibrate_on not in ("val", "train"):
+        raise InputError(f"config calibrate_on: expected val or train, got {cfg.calibrate_on!r}")
+    if cfg.text_encoder not in TEXT_ENCODERS:
+        raise InputError(f"config text_encoder: expected one of minilm, clip or none, "
+                         f"got {cfg.text_encoder!r}")
+    if cfg.text_encoder == "clip" and not cfg.text_encoder_path:
+        raise InputError("config text_encoder clip needs text_encoder_path (a local CLIP "
+                         "text-model folder)")
     _number("balance_power", cfg.balance_power, 0.0, 1.0)
     _number("val_fraction", cfg.val_fraction, 0.0, 0.9)
     if not isinstance(cfg.milestones, list):
@@ -169,7 +234,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_mapping("prompt_mix", cfg.prompt_mix, list(PROMPT_KINDS))
     if sum(v for k, v in cfg.prompt_mix.items() if k != "text") <= 0:
         raise InputError("config prompt_mix: box or point needs a positive probability "
-                         "(text prompts are not trainable yet)")
+                         "(the progressive schedule starts from prompted training)")
     if not isinstance(cfg.mote, dict) or "balance_weight" in cfg.mote:
         raise InputError("config mote: expected a mapping of MoTEConfig fields "
                          "(set the balance weight with loss_weights.balance)")

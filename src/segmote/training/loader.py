@@ -83,11 +83,19 @@ class CachedSlices(Dataset):
     """Cached training / validation slices; items are (position, sample index) pairs.
 
     cache: an `EmbeddingCache` already built for `samples`. seed, epoch: for the prompt seeds.
+    classes: dataset -> {label value: class name} of every class a text prompt may name (default:
+        the classes of `samples`); an item lists those with no pixel in its slice as "absent".
     """
 
-    def __init__(self, cache: Any, samples: list[Any], seed: int) -> None:
+    def __init__(self, cache: Any, samples: list[Any], seed: int,
+                 classes: dict[str, dict[int, str]] | None = None) -> None:
         self.cache, self.samples, self.seed = cache, samples, seed
         self.epoch = 0
+        if classes is None:
+            classes = {}
+            for s in samples:
+                classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
+        self.classes = classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -103,7 +111,16 @@ class CachedSlices(Dataset):
         return {"emb": cached.image_embedding, "early": cached.early_features,
                 "target": (cached.label == int(s.class_value)).float()[None],
                 "seed": [self.seed, self.epoch, pos], "key": self.key(i),
-                "class_name": s.class_name}
+                "class_name": s.class_name, "absent": self.absent(s, cached.label)}
+
+    def absent(self, sample: Any, label: torch.Tensor) -> list[str]:
+        """Classes of the sample's dataset with no pixel in its label plane (sorted names; a
+        class with several values, e.g. instance ids, counts as present if any value is)."""
+        present = set(torch.unique(label).tolist())
+        names: dict[str, bool] = {}
+        for value, name in self.classes.get(sample.dataset, {}).items():
+            names[name] = names.get(name, False) or value in present
+        return sorted(n for n, here in names.items() if not here and n != sample.class_name)
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:
@@ -111,7 +128,7 @@ def collate(items: list[dict[str, Any]]) -> Batch:
                  torch.stack([it["early"] for it in items]).float(),
                  torch.stack([it["target"] for it in items]),
                  [it["seed"] for it in items], [it["key"] for it in items],
-                 [it["class_name"] for it in items])
+                 [it["class_name"] for it in items], [it["absent"] for it in items])
 
 
 def make_loader(dataset: CachedSlices, batches: list[list[tuple[int, int]]],

@@ -6,10 +6,12 @@ convention). `to_model_coords` scales them to the padded model-input frame that 
 All randomness comes from the `numpy.random.Generator` passed in, so a seed fixes every prompt.
 
 Recipe (method.md, "Training recipe"): a first prompt per sample — a tight box with each side
-jittered (0.4), one positive point from the central part of the foreground (0.3), or text (0.3,
-a hook until a text encoder exists) — then refinement rounds that add 1 / 3 / 4 / 7 clicks drawn
-from the error region of the previous prediction (false negative -> positive click, false positive
--> negative click).
+jittered (0.4), one positive point from the central part of the foreground (0.3), or text alone
+(0.3: PPT tokens conditioned on the class name, i.e. prompt-free segmentation of that class; its
+share rises over training, see `TrainConfig.progressive`) — a box or point sometimes with the
+class name as well; then refinement rounds that add 1 / 3 / 4 / 7 clicks drawn from the error
+region of the previous prediction (false negative -> positive click, false positive -> negative
+click).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Prompt:
     kind: "box", "point" or "text" (what the first prompt was).
     box: (4,) float32 x0, y0, x1, y1 (inclusive pixel indices) or None.
     points: (K, 2) float32 (x, y); labels: (K,) int64, 1 = foreground, 0 = background.
-    text: the class name for a text prompt (hook: no text encoder yet), else None.
+    text: the class name given as text (alone for kind "text", else beside the box / points),
+        or None.
     """
 
     kind: str
@@ -38,6 +41,11 @@ class Prompt:
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     text: str | None = None
+
+    @property
+    def auto(self) -> bool:
+        """Prompt-free (PPT tokens): text alone, no box or clicks yet."""
+        return self.kind == "text" and self.box is None and not len(self.labels)
 
     def add_clicks(self, points: np.ndarray, labels: np.ndarray) -> None:
         """Append refinement clicks (a user keeps earlier clicks and adds new ones)."""
@@ -151,21 +159,27 @@ def prompt_probabilities(probs: Mapping[str, float], allow_text: bool) -> dict[s
 
 def sample_prompt(mask: np.ndarray, rng: np.random.Generator, probs: Mapping[str, float],
                   box_jitter: float = 0.1, allow_text: bool = False,
-                  class_name: str | None = None) -> Prompt:
+                  class_name: str | None = None, text_with_prompt: float = 0.0) -> Prompt:
     """The first prompt of a training sample, its kind drawn from `probs` (see module doc).
 
-    mask: (H, W) bool target at mask resolution. allow_text: the text hook — off until a text
-    encoder exists (then `class_name` becomes the prompt's text).
+    mask: (H, W) bool target at mask resolution (may be empty only for a "text" prompt).
+    allow_text: the model takes text (and PPT); else the text share goes to box / point.
+    class_name: the text of a text prompt; with probability `text_with_prompt` a box or point
+        prompt carries it too (only when allow_text: without text the draws stay as before).
     """
     p = prompt_probabilities(probs, allow_text)
     kinds = list(p)
     kind = kinds[int(rng.choice(len(kinds), p=[p[k] for k in kinds]))]
+    if kind == "text":
+        return Prompt("text", text=class_name)
     if kind == "box":
-        return Prompt("box", box=jittered_box(mask, rng, box_jitter))
-    if kind == "point":
-        return Prompt("point", points=central_point(mask, rng)[None],
-                      labels=np.ones(1, np.int64))
-    return Prompt("text", text=class_name)
+        prompt = Prompt("box", box=jittered_box(mask, rng, box_jitter))
+    else:
+        prompt = Prompt("point", points=central_point(mask, rng)[None],
+                        labels=np.ones(1, np.int64))
+    if allow_text and text_with_prompt > 0 and rng.random() < text_with_prompt:
+        prompt.text = class_name
+    return prompt
 
 
 def to_model_coords(xy: np.ndarray, mask_size: int, img_size: int) -> np.ndarray:

@@ -32,7 +32,9 @@ class Batch:
     target: (B, 1, H, W) float 0/1 at mask resolution (H = 4h) in the padded model-input frame;
     seeds: one prompt seed per sample (from its position in the epoch, not in the batch, so the
         prompts do not depend on the batch split over ranks); keys: "dataset/class" per sample;
-    class_names: per sample (for the text-prompt hook).
+    class_names: per sample (the text of text prompts);
+    absent: per sample, the classes of its dataset with no pixel in the slice (negatives for
+        prompt-free training).
     """
 
     image_embedding: Tensor
@@ -41,12 +43,13 @@ class Batch:
     seeds: list[list[int]]
     keys: list[str]
     class_names: list[str]
+    absent: list[list[str]] | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.image_embedding.to(device, non_blocking=True),
                      self.early_features.to(device, non_blocking=True),
                      self.target.to(device, non_blocking=True), self.seeds, self.keys,
-                     self.class_names)
+                     self.class_names, self.absent)
 
 
 class _Out(NamedTuple):
@@ -83,38 +86,59 @@ class TrainStep(nn.Module):
     Args:
         model: SegMoTE in train mode (its frozen base stays in eval mode).
         config: prompt mix, refinement rounds / clicks, loss weights.
+        texts: class name -> (text_dim,) text embedding, for every class a text prompt may name
+            (needed when the adapter takes text).
     """
 
-    def __init__(self, model: SegMoTE, config: TrainConfig) -> None:
+    def __init__(self, model: SegMoTE, config: TrainConfig,
+                 texts: dict[str, Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
         self.weights = config.weights
         self.max_clicks = max(config.refine_clicks)
+        self.has_text = model.adapter.text is not None
+        self.has_ppt = model.adapter.ppt is not None
+        if self.has_text and not texts:
+            raise ValueError("an adapter with text prompts needs the class text embeddings")
+        self.texts = dict(texts or {})
+        self.mix = config.prompt_mix_at(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Apply the progressive schedule: the prompt mix of `epoch`."""
+        self.mix = self.config.prompt_mix_at(epoch)
+
+    def _text(self, prompts: list[Prompt], idx: list[int], device: torch.device) -> Tensor:
+        return torch.stack([self.texts[prompts[i].text] for i in idx]).to(device)
+
+    def _structure(self, p: Prompt) -> tuple[str, bool, bool]:
+        """(first kind, prompt-free, with text): rows that share it share a decode call."""
+        return p.kind, p.auto and self.has_ppt, p.text is not None and self.has_text
 
     def _decode(self, feats: ImageFeatures, prompts: list[Prompt], masks: Tensor | None,
                 round_: int, scale: float) -> _Out:
-        """Decode the batch in groups of the same prompt structure (box or not): `decode` takes
-        one box tensor for all rows, so box and point-only prompts cannot share a call."""
+        """Decode the batch in groups of the same prompt structure (`_structure`): `decode`
+        takes one box tensor, one point count and one text tensor for all its rows."""
         b = len(prompts)
         device = feats.image_embedding.device
         out_masks: list[Tensor | None] = [None] * b
         out_iou: list[Tensor | None] = [None] * b
         balance = feats.image_embedding.new_zeros((), dtype=torch.float32)
-        for has_box in (True, False):
-            idx = [i for i, p in enumerate(prompts) if (p.box is not None) == has_box]
-            if not idx:
-                continue
-            k = (0 if has_box else 1) + round_ * self.max_clicks
+        groups: dict[tuple[str, bool, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(self._structure(p), []).append(i)
+        for (kind, auto, with_text), idx in sorted(groups.items()):
+            k = 0 if auto else (kind == "point") + round_ * self.max_clicks
             sel = torch.tensor(idx, device=device)
             boxes = None
-            if has_box:
+            if kind == "box":
                 boxes = torch.from_numpy(np.stack([prompts[i].box for i in idx]) * scale)
                 boxes = boxes.to(device)
             out = self.model.decode(
                 ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
                 points=_points(prompts, idx, k, scale, device), boxes=boxes,
-                masks=None if masks is None else masks[sel])
+                masks=None if masks is None else masks[sel],
+                text=self._text(prompts, idx, device) if with_text else None, auto=auto)
             for row, i in enumerate(idx):
                 out_masks[i], out_iou[i] = out.masks[row], out.iou_pred[row]
             # the balance loss is per decode call; weight each group by its share of the batch
@@ -129,15 +153,28 @@ class TrainStep(nn.Module):
         scale = self.model.img_size / mask_size
         gt = batch.target[:, 0].detach().cpu().numpy() > 0.5
         rngs = [np.random.default_rng(s) for s in batch.seeds]
-        prompts = [sample_prompt(gt[i], rngs[i], cfg.prompt_mix, cfg.box_jitter,
-                                 class_name=batch.class_names[i]) for i in range(len(gt))]
+        allow_text = self.has_text or self.has_ppt
+        prompts = [sample_prompt(gt[i], rngs[i], self.mix, cfg.box_jitter, allow_text,
+                                 batch.class_names[i], cfg.text_with_prompt)
+                   for i in range(len(gt))]
+        target = batch.target
+        if allow_text and batch.absent is not None and cfg.absent_prob > 0:
+            # some prompt-free rows ask for a class that is not in the slice: empty target
+            empty = [i for i, p in enumerate(prompts) if p.kind == "text" and batch.absent[i]
+                     and rngs[i].random() < cfg.absent_prob]
+            if empty:
+                target = target.clone()
+                for i in empty:
+                    prompts[i].text = str(rngs[i].choice(batch.absent[i]))
+                    target[i] = 0
+                    gt[i] = False
         total: Tensor | float = 0.0
         sums: dict[str, Tensor] = {}
         mask_prompt = None
         rounds = 1 + cfg.refine_rounds
         for r in range(rounds):
             out = self._decode(feats, prompts, mask_prompt, r, scale)
-            loss, parts = segmote_loss(out, batch.target, self.weights)
+            loss, parts = segmote_loss(out, target, self.weights)
             total = total + loss
             sums = {k: sums.get(k, 0) + v for k, v in parts.items()}
             if r + 1 < rounds:
@@ -208,6 +245,22 @@ def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any) -> np.ndarray:
                                                              batch.early_features)),
                            boxes=torch.from_numpy(boxes).to(batch.target.device))
     return (out.masks[:, 0].float() > 0).cpu().numpy()
+
+
+@torch.no_grad()
+def predict_auto(model: SegMoTE, batch: Batch, texts: dict[str, Tensor], autocast: Any,
+                 names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt-free prediction of the class `names[i]` (default: each sample's own class) on
+    each sample's slice: PPT tokens conditioned on the class text. Returns (B, H, W) bool masks
+    at mask resolution and (B,) confidences (the selected expert token's predicted IoU)."""
+    names = names or batch.class_names
+    text = torch.stack([texts[n] for n in names]).to(batch.target.device) \
+        if model.adapter.text is not None else None
+    with autocast():
+        out = model.decode(model.prepare_image(EncoderOutput(batch.image_embedding,
+                                                             batch.early_features)),
+                           text=text, auto=True)
+    return (out.masks[:, 0].float() > 0).cpu().numpy(), out.iou_pred[:, 0].float().cpu().numpy()
 
 
 def dice_scores(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -35,7 +35,9 @@ from segmote.training.config import TrainConfig, save_config
 from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
                                      sample_weights)
 from segmote.training.state import load_state, rng_state, save_state, set_rng_state
-from segmote.training.step import TrainStep, dice_scores, predict_boxes, train_step
+from segmote.training.calibration import CalibrationCounts, choose_threshold
+from segmote.training.step import (TrainStep, dice_scores, predict_auto, predict_boxes,
+                                   train_step)
 
 STATE_FILE = "state.safetensors"
 PARTS = ("focal", "dice", "iou", "balance")
@@ -56,8 +58,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> SegMoTE:
-    """Frozen backbone + a fresh adapter, initialised from cfg.seed (same on every rank)."""
+def build_model(cfg: TrainConfig, device: torch.device, text_dim: int | None = None) -> SegMoTE:
+    """Frozen backbone + a fresh adapter, initialised from cfg.seed (same on every rank).
+    text_dim: the text encoder's width (None: cfg without text prompts)."""
     from segmote.adapter import attach_adapter
     from segmote.build import build_base, resolve_weights
     from segmote.checkpoint import sha256_file
@@ -65,7 +68,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SegMoTE:
     base = build_base(cfg.backbone, cfg.checkpoint)
     path, expected = resolve_weights(cfg.backbone, cfg.checkpoint)
     torch.manual_seed(cfg.seed)
-    model = attach_adapter(base, "new", cfg.mote_config(), backbone=cfg.backbone,
+    model = attach_adapter(base, "new", cfg.mote_config(text_dim), backbone=cfg.backbone,
                            backbone_sha256=expected or sha256_file(path))
     return model.to(device)
 
@@ -132,6 +135,18 @@ def _in_split(samples: list[Any], split: dict[str, Any], part: str) -> list[Any]
     return [s for s in samples if s.case_id in cases.get(s.dataset, ())]
 
 
+def _class_texts(cfg: TrainConfig, names: list[str]) -> tuple[dict[str, torch.Tensor],
+                                                               dict[str, Any]]:
+    """Text embeddings of the class names ({} without a text encoder) and what to record
+    about the encoder in the adapter ("text" metadata: name, id, template, dim)."""
+    if not cfg.uses_text:
+        return {}, {}
+    from segmote.text.classes import class_embeddings
+
+    found = class_embeddings(names, cfg.text_encoder, cfg.text_encoder_path)
+    return dict(zip(names, found.embeddings)), found.metadata()
+
+
 def cap_per_class(samples: list[Any], cap: int | None) -> list[Any]:
     """At most `cap` samples per dataset/class, evenly spaced in their order (None: all)."""
     if cap is None:
@@ -176,6 +191,53 @@ def validate(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.Dist
     return {"mean_dice": float(np.mean(list(means.values()))) if means else None,
             "per_dataset": means,
             "per_class": per_class}
+
+
+@torch.no_grad()
+def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.DistInfo,
+                  autocast: Callable[[], Any], texts: dict[str, torch.Tensor]
+                  ) -> tuple[dict[str, Any], CalibrationCounts]:
+    """Prompt-free Dice per dataset and class (each sample's own class, no threshold) and the
+    calibration histograms: every sample also asks for one class of its dataset that is absent
+    from its slice (chosen by position, deterministic)."""
+    keys = sorted({data.key(i) for i in range(len(data))})
+    sums = torch.zeros(2, len(keys), dtype=torch.float64)
+    counts = CalibrationCounts()
+    was_training = model.training
+    model.eval()
+    mine = [(i, i) for i in range(info.rank, len(data), info.world_size)]
+    loader = make_loader(data, [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)],
+                         0, False)
+    for batch in loader:
+        batch = batch.to(info.device)
+        gt = batch.target[:, 0].cpu().numpy() > 0.5
+        pred, conf = predict_auto(model, batch, texts, autocast)
+        for key, d, c in zip(batch.keys, dice_scores(pred, gt), conf):
+            sums[0, keys.index(key)] += d
+            sums[1, keys.index(key)] += 1
+            counts.add_present(float(d), float(c))
+        rows = [i for i, a in enumerate(batch.absent or []) if a]
+        if rows:
+            names = [batch.absent[i][batch.seeds[i][2] % len(batch.absent[i])] for i in rows]
+            sub = dataclasses.replace(
+                batch, image_embedding=batch.image_embedding[rows],
+                early_features=batch.early_features[rows], target=batch.target[rows],
+                seeds=[batch.seeds[i] for i in rows], keys=[batch.keys[i] for i in rows],
+                class_names=names, absent=None)
+            pred, conf = predict_auto(model, sub, texts, autocast)
+            for m, c in zip(pred, conf):
+                counts.add_absent(bool(m.any()), float(c))
+    model.train(was_training)
+    sums = ddp.all_reduce_sum(sums.to(info.device), info).cpu()
+    reduced = ddp.all_reduce_sum(torch.from_numpy(counts.array()).to(info.device), info).cpu()
+    per_class = {k: float(sums[0, j] / sums[1, j]) for j, k in enumerate(keys) if sums[1, j] > 0}
+    per_dataset: dict[str, list[float]] = {}
+    for key, d in per_class.items():
+        per_dataset.setdefault(key.split("/", 1)[0], []).append(d)
+    means = {k: float(np.mean(v)) for k, v in per_dataset.items()}
+    return ({"mean_dice": float(np.mean(list(means.values()))) if means else None,
+             "per_dataset": means, "per_class": per_class},
+            CalibrationCounts.from_array(reduced.numpy()))
 
 
 class _Run:
@@ -289,7 +351,9 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     datasets, _, train_samples, val_samples = _load_data(cfg, data_dirs, out_dir, resume, info)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
-    model = build_model(cfg, info.device)
+    names = sorted({s.class_name for s in train_samples + val_samples})
+    texts, text_meta = _class_texts(cfg, names)
+    model = build_model(cfg, info.device, text_meta.get("dim"))
     cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache", model,
                            f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
     cache.build(train_samples + val_samples, rank=info.rank, world_size=info.world_size,
@@ -303,13 +367,19 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     if resume:
         _restore(state_path, run, model, optimizer, scaler, info)
     model.train()
-    step_module: torch.nn.Module = TrainStep(model, cfg)
-    if info.enabled:
-        step_module = _wrap_ddp(step_module, info)
-    train_data = CachedSlices(cache, train_samples, cfg.seed)
-    val_data = CachedSlices(cache, val_samples, cfg.seed)
+    step = TrainStep(model, cfg, texts)
+    step_module: torch.nn.Module = _wrap_ddp(step, info) if info.enabled else step
+    classes: dict[str, dict[int, str]] = {}
+    for s in train_samples + val_samples:
+        classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
+    train_data = CachedSlices(cache, train_samples, cfg.seed, classes)
+    val_data = CachedSlices(cache, val_samples, cfg.seed, classes)
+    calib_data = val_data if cfg.calibrate_on == "val" else CachedSlices(
+        cache, cap_per_class(train_samples, cfg.val_per_class or 8), cfg.seed, classes)
     meta = {"vocabulary": sorted({s.class_name for s in train_samples}),
             "training_data": {d.name: sorted(d.labels.values()) for d in datasets}}
+    if text_meta:
+        meta["text"] = text_meta
     log = RunLog(out_dir, purge_step=run.global_step if resume else None) \
         if info.is_main else None
     local_batch = cfg.batch_size // info.world_size
@@ -323,6 +393,7 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
             plan = epoch_plan(len(train_samples), cfg.batch_size, cfg.seed, run.epoch,
                               weights, cfg.samples_per_epoch)
             train_data.epoch = run.epoch
+            step.set_epoch(run.epoch)  # the progressive prompt-free share
             mine = [rank_slice(b, info.rank, info.world_size)
                     for b in plan[run.step_in_epoch:]]
             loader = make_loader(train_data, mine, cfg.num_workers,
@@ -351,6 +422,17 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
             if bar is not None:
                 bar.close()
             val = validate(model, val_data, local_batch, info, autocast)
+            if model.adapter.ppt is not None:
+                val["auto"], counts = validate_auto(model, val_data, local_batch, info, autocast,
+                                                    texts)
+                if calib_data is not val_data:
+                    counts = validate_auto(model, calib_data, local_batch, info, autocast,
+                                           texts)[1]
+                calibration = choose_threshold(counts, cfg.auto_fp_target).to_dict()
+                val["auto"]["calibration"] = calibration
+                meta["auto"] = {**calibration, "calibrated_on": cfg.calibrate_on}
+            val["ppt_share"] = step.mix.get("text", 0.0) if step.has_text or step.has_ppt \
+                else 0.0
             _epoch_summary(run, info, lr, val)
             improved = val["mean_dice"] is not None and (
                 run.best_dice is None or val["mean_dice"] > run.best_dice)
