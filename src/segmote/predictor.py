@@ -45,6 +45,24 @@ class Prediction:
         yield self.score
 
 
+@dataclass
+class AutoPrediction:
+    """Result of `Segmenter.predict_auto`: one prompt-free pass per class.
+
+    label_map: (H, W) uint8/uint16, value i = classes[i - 1] (0: background).
+    classes: the classes asked for, in label order.
+    confidence: class -> the selected expert token's predicted IoU.
+    kept: class -> its mask was kept (non-empty and confidence >= threshold).
+    threshold: the confidence threshold used.
+    """
+
+    label_map: np.ndarray
+    classes: list[str]
+    confidence: dict[str, float]
+    kept: dict[str, bool]
+    threshold: float
+
+
 class Segmenter:
     """SAM-style predictor over any model with `encode`, `prepare_image` and `decode`.
 
@@ -53,12 +71,60 @@ class Segmenter:
         seg = Segmenter(segmote.load_model())
         seg.set_image(ct_slice, modality="CT")
         mask, score = seg.predict(box=(40, 60, 120, 150))
+        mask, score = seg.predict(box=(40, 60, 120, 150), text="tumour")  # box + text
+        mask, score = seg.predict(text="tumour")     # prompt-free, that class (PPT + text)
+        auto = seg.predict_auto()                    # every class the adapter knows
+
+    text_encoder: a `segmote.text` encoder to use for text prompts (default: the one the
+        adapter was trained with, loaded on first use).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, text_encoder: Any = None) -> None:
         self.model = model.eval()
         self.features: Any = None
         self.geometry: ResizeGeometry | None = None
+        self.text_encoder = text_encoder
+        self._texts: dict[str, Tensor] = {}
+
+    @property
+    def _adapter(self) -> Any:
+        return getattr(self.model, "adapter", None)
+
+    @property
+    def takes_text(self) -> bool:
+        return getattr(self._adapter, "text", None) is not None
+
+    @property
+    def prompt_free(self) -> bool:
+        """The model has a PPT module (it can segment without a prompt)."""
+        return getattr(self._adapter, "ppt", None) is not None
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """The classes the adapter was trained on (its metadata)."""
+        return list(getattr(self.model, "adapter_metadata", {}).get("vocabulary", []))
+
+    def embed_text(self, texts: Sequence[str]) -> Tensor:
+        """(N, text_dim) embeddings of class names (normalised and put in the template the
+        adapter was trained with), cached per Segmenter."""
+        if not self.takes_text:
+            raise InputError("this model takes no text prompts (its adapter was trained "
+                             "without a text encoder)")
+        texts = [str(t) for t in texts]
+        if any(not t.strip() for t in texts):
+            raise InputError("a text prompt is empty")
+        missing = sorted({t for t in texts if t not in self._texts})
+        if missing:
+            from segmote.text.classes import class_embeddings
+
+            info = getattr(self.model, "adapter_metadata", {}).get("text", {})
+            found = class_embeddings(missing, info.get("encoder", "minilm"), info.get("path"),
+                                     encoder=self.text_encoder,
+                                     template=info.get("template"))
+            if found.dim != self._adapter.text.to_token.layers[0].in_features:
+                raise InputError(f"text encoder width {found.dim} differs from the adapter's")
+            self._texts.update(zip(missing, found.embeddings))
+        return torch.stack([self._texts[t] for t in texts]).to(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -139,20 +205,33 @@ class Segmenter:
     @torch.inference_mode()
     def predict(self, box: Sequence[float] | None = None, points: Any = None, labels: Any = None,
                 mask_input: Any = None, boxes: np.ndarray | None = None,
-                **decode_kwargs: Any) -> Prediction:
-        """Segment with a box, points (+ labels), a mask, or a combination.
+                text: str | Sequence[str] | None = None, **decode_kwargs: Any) -> Prediction:
+        """Segment with a box, points (+ labels), a mask, text, or a combination.
 
         box: (x0, y0, x1, y1). boxes: (N, 4) for N prompts in one call.
         points: [(x, y), ...] for one prompt, or (N, K, 2) with labels (N, K) for N prompts.
         labels: 1 = foreground, 0 = background (default all 1).
         mask_input: an earlier `Prediction.lowres_logits`, or an (H, W) mask / logit map.
+        text: a class name ("left kidney") or one per prompt; beside a box / points it is one
+            more prompt token; alone, the model segments that class with no spatial prompt
+            (PPT). With no prompt at all, a model with PPT segments the foreground (binary).
         decode_kwargs: passed to the model's decode (e.g. output="base" for SegMoTE).
         """
         if self.features is None:
             raise InputError("call set_image() before predict()")
         b = self._boxes(box, boxes)
         p = self._points(points, labels)
+        texts = None if text is None else [text] if isinstance(text, str) else list(text)
+        t = self.embed_text(texts) if texts is not None else None
+        if t is not None:
+            decode_kwargs["text"] = t
+        if b is None and p is None and mask_input is None and self.prompt_free:
+            decode_kwargs.setdefault("auto", True)
         n = max(len(b) if b is not None else 1, p[0].shape[0] if p is not None else 1)
+        if t is not None and len(t) not in (1, n) and (b is not None or p is not None):
+            raise InputError(f"{len(t)} text prompts for {n} box / point prompts")
+        if t is not None and b is None and p is None:
+            n = len(t)
         if b is not None and p is not None and p[0].shape[0] not in (1, n) or \
                 b is not None and len(b) not in (1, n):
             raise InputError("boxes and points describe different numbers of prompts")
@@ -165,12 +244,55 @@ class Segmenter:
             coords = torch.from_numpy(g.coords_to_input(p[0])).to(dev)
             lab = torch.from_numpy(p[1]).to(dev)
             tp = (coords.expand(n, -1, -1), lab.expand(n, -1))
-        if tb is None and tp is None and mask_input is None and not decode_kwargs.get("auto"):
-            raise InputError("give a box, points or a mask prompt")
+        if tb is None and tp is None and mask_input is None and t is None \
+                and not decode_kwargs.get("auto"):
+            raise InputError("give a box, points, a mask or text (this model has no PPT "
+                             "module, so it cannot segment without a prompt)")
         out = self.model.decode(self.features, points=tp, boxes=tb,
                                 masks=self._mask_input(mask_input, n), **decode_kwargs)
-        single = boxes is None and (points is None or np.asarray(points).ndim == 2)
+        single = boxes is None and (points is None or np.asarray(points).ndim == 2) and \
+            (texts is None or isinstance(text, str))
         return self._finish(out, single)
+
+    @torch.inference_mode()
+    def predict_auto(self, classes: Sequence[str] | None = None, threshold: float | None = None,
+                     chunk: int = 32) -> AutoPrediction:
+        """Prompt-free multi-class segmentation of the current image: one PPT pass per class
+        (batched: the image is encoded once), assembled into one label map.
+
+        classes: class names (default: the adapter's vocabulary).
+        threshold: keep a class's mask only if its confidence (predicted IoU) reaches it
+            (default: the adapter's calibrated threshold, else 0).
+        A pixel goes to the kept class with the highest positive logit.
+        """
+        if self.features is None:
+            raise InputError("call set_image() before predict_auto()")
+        if not self.prompt_free or not self.takes_text:
+            raise InputError("automatic multi-class segmentation needs an adapter trained with "
+                             "PPT and text prompts")
+        names = list(classes) if classes else self.vocabulary
+        if not names:
+            raise InputError("give the classes to segment (the adapter lists none)")
+        if threshold is None:
+            calib = getattr(self.model, "adapter_metadata", {}).get("auto") or {}
+            threshold = float(calib.get("threshold", 0.0))
+        logits, conf = [], []
+        for start in range(0, len(names), chunk):
+            part = names[start:start + chunk]
+            out = self.model.decode(self.features, text=self.embed_text(part), auto=True)
+            logits.append(self.geometry.logits_to_original(out.masks[:, :1].float())[:, 0]
+                          .cpu().numpy())
+            conf.append(out.iou_pred[:, 0].float().cpu().numpy())
+        stack, score = np.concatenate(logits), np.concatenate(conf)
+        kept = (stack > 0).any(axis=(1, 2)) & (score >= threshold)
+        dtype = np.uint8 if len(names) < 256 else np.uint16
+        label = np.zeros(stack.shape[1:], dtype)
+        if kept.any():
+            masked = np.where(kept[:, None, None], stack, -np.inf)
+            best = masked.argmax(0)
+            label = np.where(masked.max(0) > 0, best + 1, 0).astype(dtype)
+        return AutoPrediction(label, names, {n: float(c) for n, c in zip(names, score)},
+                              {n: bool(k) for n, k in zip(names, kept)}, threshold)
 
     def _finish(self, out: Any, single: bool) -> Prediction:
         # with several candidate masks per prompt (multimask_output=True) keep the best-scored
