@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="base, default (the shipped adapter), new, or adapter files; compared "
                         "side by side (default: base default)")
     p.add_argument("--prompt", nargs="+", default=["box"], metavar="PROTOCOL",
-                   help="box, box_jitter, point, clicks (text and auto need adapters this "
-                        "version does not ship)")
+                   help="box, box_jitter, point, clicks, box_text (box + class name), text "
+                        "(class name alone, prompt-free), auto (text with the calibrated "
+                        "confidence threshold); text protocols need a text + PPT adapter")
     p.add_argument("--split", metavar="JSON", help="split file (e.g. a training run's "
                    "split.json); default: the split `segmote train` draws")
     p.add_argument("--part", choices=("val", "train", "all"), default="val",

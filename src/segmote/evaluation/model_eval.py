@@ -19,12 +19,9 @@ from typing import Any
 
 from segmote.atomic import atomic_write_text
 from segmote.errors import InputError
-from segmote.evaluation.prompted import PROMPTS, Protocol, evaluate_samples, summarize_results
-
-NOT_YET = {"text": "text prompts need a text-prompt adapter, which this version does not ship",
-           "auto": "automatic (prompt-free) segmentation needs a PPT adapter, which this "
-                   "version does not ship"}
-
+from segmote.evaluation.prompted import (PROMPTS, TEXT_PROMPTS, Protocol, check_text_protocol,
+                                         evaluate_samples, summarize_results)
+from segmote.predictor import Segmenter
 
 @dataclass
 class ModelEvaluation:
@@ -66,8 +63,6 @@ class ModelEvaluation:
 def _parse_prompts(prompts: list[str], seed: int, clicks: int, jitter: float) -> list[Protocol]:
     out = []
     for p in prompts:
-        if p in NOT_YET:
-            raise InputError(f"--prompt {p}: {NOT_YET[p]}")
         if p not in PROMPTS:
             raise InputError(f"--prompt {p}: unknown; expected one of {', '.join(PROMPTS)}")
         out.append(Protocol(p, seed=seed, clicks=clicks, jitter=jitter))
@@ -110,6 +105,10 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     if part not in ("val", "train", "all"):
         raise InputError(f"part must be val, train or all, got {part!r}")
     protocols = _parse_prompts(prompts, seed, clicks, jitter)
+    text = [p.prompt for p in protocols if p.prompt in TEXT_PROMPTS]
+    if text and "base" in models:
+        raise InputError(f"--prompt {text[0]}: the base model takes no text; compare adapters "
+                         "trained with text prompts (drop base)")
     datasets = discover([Path(d) for d in data_dirs])
     split = load_split(Path(split_path)) if split_path else \
         make_split(datasets, val_fraction=val_fraction, seed=split_seed)
@@ -130,8 +129,14 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         "models": {}}
     adapters = [m for m in models if m != "base"]
     results: dict[str, list] = {}
-    for name in adapters or ["base"]:
-        model = _load(name, backbone, checkpoint)
+    loaded = {name: _load(name, backbone, checkpoint) for name in adapters or ["base"]}
+    for name, model in loaded.items():  # refuse before any work, naming the model
+        for prompt in text:
+            try:
+                check_text_protocol(Segmenter(model), prompt)
+            except InputError as err:
+                raise InputError(f"--model {name}: {err}") from None
+    for name, model in loaded.items():
         if name != "base":
             path = DEFAULT_ADAPTER if name == "default" else name
             info["models"][name] = {"adapter_sha256": None if name == "new"

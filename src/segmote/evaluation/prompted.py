@@ -11,7 +11,15 @@ and for every model compared:
   the largest inscribed disc; ties go to the first pixel in row-major order);
 - ``clicks``: ``point``, then `clicks` corrective clicks, each at the pixel deepest inside the
   larger error region (missed foreground -> positive, false positive -> negative), with the
-  previous low-res logits as mask prompt (the interactive protocol of SAM-style papers).
+  previous low-res logits as mask prompt (the interactive protocol of SAM-style papers);
+- ``box_text``: ``box`` plus the class name as a text prompt;
+- ``text``: the class name alone: prompt-free segmentation of that class (PPT), the raw mask;
+- ``auto``: ``text`` with the mask dropped (empty) when its confidence is below the adapter's
+  calibrated threshold, as `segmote predict --text` / `--auto` do. No prompt of these two comes
+  from the ground truth.
+
+Text protocols need an adapter trained with text (and PPT for ``text``) and score only the
+adapter's output: the base decoder has no text prompt to compare with.
 
 A `SegMoTE` model gives two answers per decode: its own (``"adapter"``, the selected expert mask)
 and the frozen base decoder's (``"base"``, bit-identical to the base model), so base vs adapter is
@@ -36,7 +44,8 @@ from segmote.inference import volume_slice
 from segmote.predictor import Segmenter
 from segmote.training.prompts import error_clicks, interior_distance, jittered_box
 
-PROMPTS = ("box", "box_jitter", "point", "clicks")
+PROMPTS = ("box", "box_jitter", "point", "clicks", "box_text", "text", "auto")
+TEXT_PROMPTS = ("box_text", "text", "auto")
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class Protocol:
             d.pop("jitter")
         if self.prompt != "clicks":
             d.pop("clicks")
-        if self.prompt != "box":
+        if self.prompt not in ("box", "box_text"):
             d.pop("box_pad")
         return d
 
@@ -121,12 +130,38 @@ def _outputs(seg: Segmenter, pred: Any) -> dict[str, tuple[np.ndarray, torch.Ten
     return {"adapter": (pred.mask, pred.lowres_logits), "base": (base_mask, base)}
 
 
+def check_text_protocol(seg: Segmenter, prompt: str) -> None:
+    """InputError unless the model can run the text protocol `prompt`."""
+    if prompt in TEXT_PROMPTS and (not seg.takes_text or
+                                   (prompt != "box_text" and not seg.prompt_free)):
+        raise InputError(f"prompt protocol {prompt!r} needs an adapter trained with text "
+                         "prompts" + ("" if prompt == "box_text" else " and PPT"))
+
+
+def auto_threshold(seg: Segmenter) -> float:
+    """The adapter's calibrated confidence threshold for prompt-free masks (0 if none)."""
+    calib = getattr(seg.model, "adapter_metadata", {}).get("auto") or {}
+    return float(calib.get("threshold", 0.0))
+
+
 def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
-                   rng: np.random.Generator) -> tuple[dict[str, float], Any]:
+                   rng: np.random.Generator, class_name: str | None = None,
+                   ) -> tuple[dict[str, float], Any]:
     """Run one protocol on the image set in `seg`; returns ({output: Dice}, last prediction).
 
-    gt: (H, W) bool, the target at the image's original size.
+    gt: (H, W) bool, the target at the image's original size. class_name: the text of the text
+    protocols.
     """
+    if protocol.prompt in TEXT_PROMPTS:
+        check_text_protocol(seg, protocol.prompt)
+        if protocol.prompt == "box_text":
+            pred = seg.predict(box=padded_box(gt, protocol.box_pad), text=class_name)
+            return {"adapter": dice(pred.mask, gt)}, pred
+        pred = seg.predict(text=class_name)
+        mask = pred.mask
+        if protocol.prompt == "auto" and pred.score < auto_threshold(seg):
+            mask = np.zeros_like(mask)
+        return {"adapter": dice(mask, gt)}, pred
     if protocol.prompt in ("box", "box_jitter"):
         box = padded_box(gt, protocol.box_pad) if protocol.prompt == "box" else \
             jittered_box(gt, rng, protocol.jitter)
@@ -206,7 +241,8 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
             current = key
         gt = planes.get(sample) == sample.class_value
         for protocol in protocols:
-            scores, pred = evaluate_slice(seg, gt, protocol, sample_seed(protocol.seed, sample))
+            scores, pred = evaluate_slice(seg, gt, protocol, sample_seed(protocol.seed, sample),
+                                          sample.class_name)
             token = experts = None
             if "selected_token" in pred.extras:
                 token = int(pred.extras["selected_token"][0])
