@@ -17,10 +17,17 @@ speed: AAL (--axes, default axial + coronal; --copies N: N cases linking the one
     they share cached entries) + the planted set: scored, de-duplicated and selected (budget
     10 %) in one run, embeddings already cached; the uncached time adds the measured encoder
     time per slice of the cache build (`EmbeddingCache.build`, same machine) x the slices.
-subset: AAL axial; every 4th block of 10 slices is held out (with a 2-slice gap on each side);
-    from the other slices a curated subset and a uniformly random subset (masks of >= 10 px, the
-    trainer's own rule) of the same size are drawn with the same seed; an adapter is trained on
-    each with the same config and steps; held-out box-prompt Dice (mask resolution) is compared.
+subset: AAL axial; every 4th block of 10 slices is held out (with a 2-slice gap on each side;
+    --held-max thins it evenly, default 300 masks); from the other slices a curated subset and a
+    uniformly random subset (masks of >= 10 px, the trainer's own rule) of the same size are
+    drawn; an adapter is trained on each with the same config and steps; held-out box-prompt
+    Dice (mask resolution, class mean) is compared. Repeated for each of --seeds (default 0 1 2;
+    the seed drives the curation draw, the random draw, the adapter init and the batch order;
+    seeds run in --jobs parallel processes of one torch thread). Reported: mean and std over
+    seeds, the paired curated - random difference per seed (and its SE over seeds), the
+    per-class difference averaged over seeds, and what each subset holds vs the held-out set
+    (classes, masks per class, mask sizes, slice position within each region's axial extent,
+    quality scores). The held-out set chooses nothing: it is only evaluated.
 """
 
 from __future__ import annotations
@@ -307,14 +314,27 @@ def _train_and_eval(samples, held, cfg, seed: int) -> dict:
             "per_class": val["per_class"]}
 
 
-def bench_subset(budget: int, epochs: int, seed: int, batch: int, refine: int,
-                 held_max: int) -> dict:
-    from segmote.curation.pipeline import CurationConfig, curate
-    from segmote.data.datasets import discover, slice_samples
+def _train_config(epochs: int, batch: int, refine: int, seed: int):
+    """The subset benchmark's TrainConfig: box/point prompts only (text prompts, where the
+    trainer has them, are switched off so every run trains the same adapter)."""
+    import dataclasses
     from segmote.training.config import TrainConfig
-    from segmote.training import distributed as ddp
-    from segmote.training.loader import CachedSlices
-    from segmote.training.trainer import autocast_for, build_model, validate
+
+    extra = {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if "text_encoder" in names:
+        extra["text_encoder"] = None
+    if "ppt_queries" in names:
+        extra["ppt_queries"] = 0
+    return TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
+                       milestones=[], **extra)
+
+
+def _subset_split(held_max: int):
+    """(dataset, held-out samples, training pool): AAL axial masks of >= 10 px; held-out =
+    every 4th block of 10 slices (evenly thinned to held_max), pool = the slices at least 3
+    away from any held-out slice."""
+    from segmote.data.datasets import discover, slice_samples
 
     (d,) = discover([_aal_root()])
     every = slice_samples([d], {d.name: {"train": ["colin27"], "val": []}}, axis=2,
@@ -323,39 +343,166 @@ def bench_subset(budget: int, epochs: int, seed: int, batch: int, refine: int,
     if len(held) > held_max:  # evenly spaced: every held-out slice region stays represented
         held = [held[i] for i in np.linspace(0, len(held) - 1, held_max).round().astype(int)]
     pool = [s for s in every if _train_pool(s.slice_index)]
+    return d, held, pool, every
+
+
+def _composition(subset, every, quality: dict) -> dict:
+    """What a set of samples holds: classes, masks per class, mask sizes, slice position
+    relative to the class's axial extent (centrality 1 = middle, 0 = first/last slice), and
+    the curation quality score (where the sample was scored)."""
+    ext: dict[str, tuple[int, int, int]] = {}
+    for s in every:
+        lo, hi, mx = ext.get(s.class_name, (10 ** 9, -1, 0))
+        ext[s.class_name] = (min(lo, s.slice_index), max(hi, s.slice_index),
+                             max(mx, s.foreground))
+    per_class: dict[str, int] = {}
+    for s in subset:
+        per_class[s.class_name] = per_class.get(s.class_name, 0) + 1
+    px = np.array([s.foreground for s in subset], float)
+    cen = np.array([1.0 if ext[s.class_name][1] == ext[s.class_name][0] else
+                    1 - 2 * abs((s.slice_index - ext[s.class_name][0])
+                                / (ext[s.class_name][1] - ext[s.class_name][0]) - 0.5)
+                    for s in subset])
+    rel = np.array([s.foreground / ext[s.class_name][2] for s in subset])
+    q = np.array([quality[(s.class_name, s.slice_index)] for s in subset
+                  if (s.class_name, s.slice_index) in quality])
+    return {"masks": len(subset), "classes": len(per_class),
+            "masks_per_class_median": float(np.median(list(per_class.values()))),
+            "masks_per_class_max": max(per_class.values()),
+            "pixels_median": float(np.median(px)), "pixels_p25": float(np.percentile(px, 25)),
+            "share_under_100px": round(float(np.mean(px < 100)), 3),
+            "size_vs_class_max_median": round(float(np.median(rel)), 3),
+            "centrality_mean": round(float(cen.mean()), 3),
+            "share_edge_slices": round(float(np.mean(cen < 0.25)), 3),
+            "quality_mean": round(float(q.mean()), 4) if len(q) else None,
+            "share_quality_1": round(float(np.mean(q >= 0.999)), 3) if len(q) else None}
+
+
+def _subset_seed(budget: int, epochs: int, seed: int, batch: int, refine: int,
+                 held_max: int) -> dict:
+    """One seed of the subset benchmark: draw both subsets, train and evaluate both adapters."""
+    from segmote.curation.pipeline import CurationConfig, curate
+
+    torch.set_num_threads(1)
+    d, held, pool, every = _subset_split(held_max)
     result = curate([d], CurationConfig(budget=str(budget), seed=seed), _cache(),
                     include=lambda s: s.slice_index is not None and _train_pool(s.slice_index))
     curated = [result.candidates[i].sample for i in result.selected]
+    quality = {(c.sample.class_name, c.sample.slice_index): c.quality
+               for c in result.candidates}
     rng = np.random.default_rng(seed)
     random_subset = [pool[i] for i in sorted(rng.choice(len(pool), len(curated), replace=False))]
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
-                      milestones=[])
-    info = ddp.setup("cpu")
-    base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
-    base_val = validate(base, CachedSlices(_cache(base), held, seed), 16, info,
-                        autocast_for("none", torch.device("cpu"))[0])
-    out = {"held_out_masks": len(held), "held_out_classes": len(base_val["per_class"]),
-           "pool_masks_ge10px": len(pool), "subset_size": len(curated),
-           "config": {"epochs": epochs, "batch_size": batch, "lr": 1e-3,
-                      "refine_rounds": refine, "seed": seed},
-           "base_model_class_mean_dice": round(float(np.mean(list(
-               base_val["per_class"].values()))), 4),
-           "curated_classes": len({s.class_name for s in curated}),
-           "random_classes": len({s.class_name for s in random_subset})}
-    print(f"subset: {len(curated)} masks; base model held-out Dice "
-          f"{out['base_model_class_mean_dice']} on {len(held)} masks", flush=True)
+    cfg = _train_config(epochs, batch, refine, seed)
+    out: dict = {"seed": seed, "subset_size": len(curated),
+                 "curation_rejected": result.reasons(),
+                 "composition": {"held_out": _composition(held, every, quality),
+                                 "pool": _composition(pool, every, quality),
+                                 "curated": _composition(curated, every, quality),
+                                 "random": _composition(random_subset, every, quality)}}
     for name, subset in (("curated", curated), ("random", random_subset)):
         r = _train_and_eval(subset, held, cfg, seed)
-        print(f"{name}: {r['steps']} steps in {r['train_s']} s, held-out class-mean Dice "
-              f"{r['held_out_class_mean_dice']}", flush=True)
-        out[name] = {k: v for k, v in r.items() if k != "per_class"}
-        out[f"{name}_per_class"] = r["per_class"]
-    c, r = out["curated_per_class"], out["random_per_class"]
+        print(f"seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, held-out class-mean"
+              f" Dice {r['held_out_class_mean_dice']}", flush=True)
+        out[name] = r
+    c, r = out["curated"]["per_class"], out["random"]["per_class"]
     common = sorted(set(c) & set(r))
     diff = np.array([c[k] - r[k] for k in common])
     out["paired_classes"] = len(common)
     out["curated_minus_random_mean"] = round(float(diff.mean()), 4)
-    out["curated_minus_random_se"] = round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)
+    out["curated_minus_random_se_over_classes"] = round(
+        float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)
+    # a copy per seed, so a failure later in the parent loses no training run
+    (Path(tempfile.gettempdir()) / f"segmote-curation-subset-seed{seed}.json").write_text(
+        json.dumps(out))
+    return out
+
+
+def bench_subset(budget: int, epochs: int, seeds: list[int], batch: int, refine: int,
+                 held_max: int, jobs: int) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from segmote.training import distributed as ddp
+    from segmote.training.loader import CachedSlices
+    from segmote.training.trainer import autocast_for, build_model, validate
+
+    with ProcessPoolExecutor(max(1, min(jobs, len(seeds))),
+                             mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [ex.submit(_subset_seed, budget, epochs, s, batch, refine, held_max)
+                   for s in seeds]
+        _, held, pool, _ = _subset_split(held_max)
+        cfg = _train_config(epochs, batch, refine, seeds[0])
+        info = ddp.setup("cpu")
+        base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
+        base_val = validate(base, CachedSlices(_cache(base), held, seeds[0]), 16, info,
+                            autocast_for("none", torch.device("cpu"))[0])
+        base_dice = round(float(np.mean(list(base_val["per_class"].values()))), 4)
+        print(f"base model held-out class-mean Dice {base_dice} on {len(held)} masks", flush=True)
+        runs = [f.result() for f in futures]
+
+    def ms(values) -> dict:
+        v = np.asarray(values, float)
+        return {"mean": round(float(v.mean()), 4),
+                "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else 0.0}
+
+    arms = {}
+    for name in ("curated", "random"):
+        dice = [r[name]["held_out_class_mean_dice"] for r in runs]
+        arms[name] = {"steps": runs[0][name]["steps"],
+                      "train_s": round(float(np.mean([r[name]["train_s"] for r in runs])), 1),
+                      "held_out_class_mean_dice": round(float(np.mean(dice)), 4),
+                      "held_out_class_mean_dice_std": ms(dice)["std"]}
+    diffs = np.array([r["curated"]["held_out_class_mean_dice"]
+                      - r["random"]["held_out_class_mean_dice"] for r in runs])
+    # per class: the curated - random difference averaged over seeds
+    classes = sorted(set.intersection(*[set(r["curated"]["per_class"]) & set(
+        r["random"]["per_class"]) for r in runs]))
+    per_class_diff = {k: round(float(np.mean([r["curated"]["per_class"][k]
+                                              - r["random"]["per_class"][k] for r in runs])), 4)
+                      for k in classes}
+    pcd = np.array(list(per_class_diff.values()))
+    comp_keys = ("curated", "random")
+    out = {"held_out_masks": len(held), "held_out_classes": len(base_val["per_class"]),
+           "pool_masks_ge10px": len(pool), "subset_size": runs[0]["subset_size"],
+           "seeds": seeds,
+           "config": {"epochs": epochs, "batch_size": batch, "lr": 1e-3,
+                      "refine_rounds": refine, "seed": seeds},
+           "base_model_class_mean_dice": base_dice,
+           "curated_classes": round(float(np.mean([r["composition"]["curated"]["classes"]
+                                                   for r in runs])), 1),
+           "random_classes": round(float(np.mean([r["composition"]["random"]["classes"]
+                                                  for r in runs])), 1),
+           **arms,
+           "paired_classes": len(classes),
+           # means over seeds; the SE is that of the per-seed differences (seed = the unit)
+           "curated_minus_random_mean": round(float(diffs.mean()), 4),
+           "curated_minus_random_std": round(float(diffs.std(ddof=1)), 4) if len(runs) > 1
+           else 0.0,
+           "curated_minus_random_se": round(float(diffs.std(ddof=1) / np.sqrt(len(diffs))), 4)
+           if len(runs) > 1 else None,
+           "per_class_curated_minus_random": {
+               "classes": len(pcd), "mean": round(float(pcd.mean()), 4),
+               "se": round(float(pcd.std(ddof=1) / np.sqrt(len(pcd))), 4),
+               "classes_curated_better": int((pcd > 0).sum()),
+               "classes_random_better": int((pcd < 0).sum()),
+               "per_class": per_class_diff},
+           "per_seed": [{"seed": r["seed"], "curated": r["curated"]["held_out_class_mean_dice"],
+                         "random": r["random"]["held_out_class_mean_dice"],
+                         "curated_minus_random": round(r["curated"]["held_out_class_mean_dice"]
+                                                       - r["random"]["held_out_class_mean_dice"],
+                                                       4),
+                         "paired_classes": r["paired_classes"],
+                         "curated_minus_random_se_over_classes":
+                             r["curated_minus_random_se_over_classes"],
+                         "curated_train_s": r["curated"]["train_s"],
+                         "random_train_s": r["random"]["train_s"],
+                         "curation_rejected": r["curation_rejected"],
+                         "composition": {k: r["composition"][k] for k in comp_keys}}
+                        for r in runs],
+           "composition": {"held_out": runs[0]["composition"]["held_out"],
+                           "pool": runs[0]["composition"]["pool"]},
+           "per_seed_per_class": [{"seed": r["seed"], "curated": r["curated"]["per_class"],
+                                   "random": r["random"]["per_class"]} for r in runs]}
     return out
 
 
@@ -366,8 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="subset: training epochs")
     ap.add_argument("--batch", type=int, default=8, help="subset: batch size")
     ap.add_argument("--refine", type=int, default=1, help="subset: refinement rounds")
-    ap.add_argument("--held-max", type=int, default=1000, help="subset: held-out masks cap")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-max", type=int, default=300, help="subset: held-out masks cap")
+    ap.add_argument("--seed", type=int, default=0, help="unused (kept for compatibility; subset: --seeds)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="subset: one run per seed (each draws both subsets, trains both)")
+    ap.add_argument("--jobs", type=int, default=3,
+                    help="subset: seeds run in parallel processes (1 torch thread each)")
     ap.add_argument("--axes", type=int, nargs="+", default=[2, 1], help="speed: AAL axes")
     ap.add_argument("--copies", type=int, default=1,
                     help="speed: AAL cases, all links to the one volume (shared cache entries)")
@@ -382,11 +533,12 @@ def main(argv: list[str] | None = None) -> int:
             elif part == "speed":
                 out = bench_speed(Path(tmp), args.axes, args.copies)
             else:
-                out = bench_subset(args.budget, args.epochs, args.seed, args.batch, args.refine,
-                                   args.held_max)
+                out = bench_subset(args.budget, args.epochs, args.seeds, args.batch,
+                                   args.refine, args.held_max, args.jobs)
             out["machine"] = machine()
             print(part, json.dumps({k: v for k, v in out.items()
-                                    if not k.endswith("per_class")}, indent=1),
+                                    if not k.endswith("per_class") and not k.startswith("per_")
+                                    and k not in ("per_seed", "composition")}, indent=1),
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
             # read just before writing: parts may run in parallel processes
             results = json.loads(path.read_text()) if path.is_file() else {}
