@@ -24,6 +24,7 @@ class PredictResult:
     summary: str
     routing: list[dict] = field(default_factory=list)
     attention: Path | None = None
+    classes: dict[int, str] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -47,7 +48,9 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
                  adapter: str | Path | None = "default", modality: str | None = None,
                  window: str | None = None, axis: int = 2, overlay: str | Path | None = None,
                  device: str = "cpu", progress: bool = False, routing: bool = False,
-                 attention: str | Path | None = None) -> PredictResult:
+                 attention: str | Path | None = None, text: str | None = None,
+                 auto: bool = False, classes: Sequence[str] | None = None,
+                 threshold: float | None = None) -> PredictResult:
     """Read an image or volume, segment every prompted object, write a label map with the input's
     geometry (and optionally an overlay PNG). All inputs are checked before any model work and
     nothing is written unless everything succeeded.
@@ -55,6 +58,11 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     routing: collect the SegMoTE router's choice for every prompt (`PredictResult.routing`).
     attention: write the expert tokens' attention maps for the first object as a PNG (for a
         volume: on the middle slice of its range, like the overlay). Both need an adapter.
+    text: a class name; beside boxes / points it is given with every object; alone it asks for
+        prompt-free segmentation of that class (like auto with classes=[text]).
+    auto: prompt-free segmentation of `classes` (default: every class the adapter knows) into
+        one label map, value i = i-th class; every slice of a volume. threshold: confidence
+        needed to keep a class's mask (default: the adapter's calibrated one).
     """
     from segmote.build import load_model
     from segmote.cli.predict import parse_objects
@@ -70,6 +78,19 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     data = read_image(input_path)
     out_path = output_path_for(data, output)
     depth = data.array.shape[axis] if data.is_volume else 1
+    prompted = bool(boxes or points)
+    if text is not None and not text.strip():
+        raise InputError("--text: empty class name")
+    if auto and prompted:
+        raise InputError("--auto segments without prompts: drop --box / --point (or --auto)")
+    if classes is not None and not auto:
+        raise InputError("--classes goes with --auto")
+    if text is not None and not prompted:
+        auto, classes = True, [text]
+    if auto:
+        return _predict_auto(data, out_path, classes, backbone, checkpoint, adapter, modality,
+                             window, axis, overlay, device, progress, threshold,
+                             labels[0] if labels and text is not None else None)
     objects = parse_objects(list(boxes), list(points), list(labels), data.is_volume, depth)
     check_prompts(objects, data.array.shape, data.is_volume)
     modality = normalize_modality(modality) or guess_modality(data)
@@ -102,7 +123,9 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
             shown["attention"] = pred.extras["attention"][0].cpu()
             shown["geometry"] = seg.geometry
 
-    kw = {"return_attention": True} if attention is not None else {}
+    kw: dict = {"return_attention": True} if attention is not None else {}
+    if text is not None:
+        kw["text"] = text
     rec = record if routing or attention is not None else None
     if data.is_volume:
         label = segment_volume(seg, data, objects, axis, modality, window,
@@ -120,3 +143,56 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
     return PredictResult(written, label, summary, rows, att_path)
+
+
+def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone: str,
+                  checkpoint, adapter, modality: str | None, window: str | None, axis: int,
+                  overlay, device: str, progress: bool, threshold: float | None,
+                  value: int | None) -> PredictResult:
+    """`predict_file` without prompts: PPT per class (see `segmote.inference.auto_volume`)."""
+    from segmote.build import load_model
+    from segmote.inference import auto_image, auto_volume, guess_modality, volume_slice
+    from segmote.io import write_label
+    from segmote.overlay import save_overlay
+    from segmote.predictor import Segmenter
+    from segmote.transforms import normalize_modality, parse_window
+
+    modality = normalize_modality(modality) or guess_modality(data)
+    parse_window(window)
+    if overlay is not None and Path(overlay).suffix.lower() != ".png":
+        raise InputError(f"{overlay}: --overlay must be a .png file")
+    if value is not None and not 0 < value < 65536:
+        raise InputError(f"--label {value}: must be between 1 and 65535")
+    if adapter in ("none", "None"):
+        raise InputError("--auto / --text need a SegMoTE adapter trained with PPT and text")
+    model = load_model(backbone, checkpoint, adapter=adapter, device=resolve_device(device))
+    seg = Segmenter(model)
+    if not seg.prompt_free or not seg.takes_text:
+        raise InputError("this adapter was trained without PPT / text prompts: it cannot "
+                         "segment without a box or points (train one with segmote train)")
+    names = list(classes) if classes else seg.vocabulary
+    if data.is_volume:
+        label, names, kept = auto_volume(seg, data, names, axis, modality, window, threshold,
+                                         _tqdm("slices") if progress else None)
+        found = {n: f"{k} slices" for n, k in kept.items() if k}
+    else:
+        pred = auto_image(seg, data.array, names, modality, window, threshold)
+        label, names = pred.label_map, pred.classes
+        found = {n: f"confidence {pred.confidence[n]:.2f}" for n in names if pred.kept[n]}
+    mapping = {i + 1: n for i, n in enumerate(names)}
+    if value is not None:  # one class asked by --text: write it with the --label value
+        label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)
+        mapping = {value: names[0]}
+    written = write_label(label, data, out_path)
+    if overlay is not None:
+        k = data.array.shape[axis] // 2
+        image = volume_slice(data.array, k, axis) if data.is_volume else data.array
+        save_overlay(image, volume_slice(label, k, axis) if data.is_volume else label, overlay)
+    listed = ", ".join(f"{mapping_key(mapping, n)}={n} ({why})" for n, why in found.items())
+    summary = (f"shape {label.shape}, modality {modality or 'none'}, prompt-free, "
+               f"{len(found)} of {len(names)} classes found" + (f": {listed}" if listed else ""))
+    return PredictResult(written, label, summary, classes=mapping)
+
+
+def mapping_key(mapping: dict[int, str], name: str) -> int:
+    return next(k for k, v in mapping.items() if v == name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -174,3 +175,39 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
         index[axis] = k
         out[tuple(index)] = _combine(maps, labels, out.dtype).T
     return out
+
+
+def auto_image(seg: Segmenter, image: np.ndarray, classes: list[str] | None,
+               modality: str | None = None, window: str | None = None,
+               threshold: float | None = None) -> Any:
+    """Prompt-free multi-class segmentation of a 2-D image -> `AutoPrediction`."""
+    seg.set_image(image, modality=modality, window=window)
+    return seg.predict_auto(classes, threshold)
+
+
+def auto_volume(seg: Segmenter, data: ImageData, classes: list[str] | None, axis: int = 2,
+                modality: str | None = None, window: str | None = None,
+                threshold: float | None = None,
+                progress: Progress | None = None) -> tuple[np.ndarray, list[str], dict]:
+    """Prompt-free multi-class segmentation of every slice of a volume along `axis`.
+
+    Returns the label map (the volume's shape; value i = classes[i - 1]), the classes, and per
+    class the number of slices where its mask was kept.
+    """
+    vol = data.array
+    out: np.ndarray | None = None
+    names: list[str] = []
+    slices: dict[str, int] = {}
+    ks = range(vol.shape[axis])
+    for k in (progress(ks) if progress else ks):
+        pred = auto_image(seg, volume_slice(vol, k, axis), classes, modality, window, threshold)
+        if out is None:
+            names = pred.classes
+            out = np.zeros(vol.shape, pred.label_map.dtype)
+            slices = dict.fromkeys(names, 0)
+        index: list[Any] = [slice(None)] * 3
+        index[axis] = k
+        out[tuple(index)] = pred.label_map.T
+        for n, kept in pred.kept.items():
+            slices[n] += int(kept)
+    return out, names, slices

@@ -1,7 +1,11 @@
-"""`segmote predict`: segment a 2-D image or a 3-D volume from box / point prompts.
+"""`segmote predict`: segment a 2-D image or a 3-D volume from box / point / text prompts, or
+with no prompt at all.
 
     segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --modality CT
     segmote predict -i cells.png -o mask.png --box 416,350,446,374 --overlay check.png
+    segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --text tumour
+    segmote predict -i cells.png -o nuclei.png --text nuclei          # prompt-free, one class
+    segmote predict -i t1.nii.gz -o aal.nii.gz --auto --classes Hippocampus_L,Hippocampus_R
 """
 
 from __future__ import annotations
@@ -81,6 +85,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="x,y[,label] or x,y,z[,label]; label 1 = foreground (default), 0 = background")
     p.add_argument("-l", "--label", action="append", type=int, default=[],
                    help="output label value per object, in order (default 1, 2, ...)")
+    p.add_argument("-t", "--text", metavar="CLASS",
+                   help="class name, e.g. 'left kidney': with --box/--point one more prompt for "
+                        "every object; alone, prompt-free segmentation of that class")
+    p.add_argument("--auto", action="store_true",
+                   help="prompt-free: segment every class the adapter knows (or --classes) into "
+                        "one label map, value i = i-th class; every slice of a volume")
+    p.add_argument("--classes", help="comma-separated class names for --auto")
+    p.add_argument("--threshold", type=float,
+                   help="confidence needed to keep an automatic mask (default: the adapter's "
+                        "calibrated threshold)")
     p.add_argument("-m", "--modality", help="CT, MR, ... (CT: HU window; MR: percentile clip)")
     p.add_argument("-w", "--window", help="CT window: LEVEL,WIDTH or lung|soft_tissue|bone|brain")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
@@ -96,6 +110,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _classes(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise InputError("--classes: give class names separated by commas")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from segmote.api import predict_file
     t0 = time.perf_counter()
@@ -104,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         backbone=args.backbone, checkpoint=args.checkpoint, adapter=args.adapter,
         modality=args.modality, window=args.window, axis=args.axis, overlay=args.overlay,
         device=args.device, progress=not args.quiet, routing=args.routing,
-        attention=args.attention)
+        attention=args.attention, text=args.text, auto=args.auto,
+        classes=_classes(args.classes), threshold=args.threshold)
     if args.routing:
         from segmote.routing import format_routing_table
         print(format_routing_table(result.routing))

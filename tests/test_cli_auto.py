@@ -1,0 +1,88 @@
+"""`segmote predict --text / --auto` end to end with the real LiteMedSAM and the real text
+encoder, on an adapter with PPT and text prompts: outputs keep the input's geometry, bad
+requests fail with one line and write nothing. (What a *trained* adapter achieves is measured in
+benchmarks/bench_auto.py; here the adapter is a fresh one saved to disk.)"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segmote.cli.main import main
+from segmote.io import read_image
+from segmote.samples import bundled_sample_path, bundled_samples
+
+LUNG = bundled_sample_path("lung2_ct_crop")
+NUCLEI = bundled_sample_path("nuclei")
+NUCLEI_BOX = ",".join(map(str, bundled_samples()["nuclei"]["box"]))
+
+
+@pytest.fixture(scope="module")
+def ppt_adapter(tmp_path_factory):
+    import torch
+
+    from segmote.adapter import save_adapter
+    from segmote.text.classes import class_embeddings
+    from segmote.training.config import load_config
+    from segmote.training.trainer import build_model
+
+    texts = class_embeddings(["tumour", "nuclei"])
+    model = build_model(load_config(), torch.device("cpu"), texts.dim)  # text + PPT (defaults)
+    path = tmp_path_factory.mktemp("adapter") / "ppt.safetensors"
+    # a calibrated threshold below every confidence: the test sees the raw automatic masks
+    save_adapter(model, path, {"vocabulary": ["nuclei", "tumour"], "text": texts.metadata(),
+                               "auto": {"threshold": -100.0}})
+    return path
+
+
+def _run(args, capsys):
+    rc = main(["predict", "-q"] + args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_auto_volume_keeps_geometry(ppt_adapter, tmp_path, capsys):
+    out = tmp_path / "auto.nii.gz"
+    rc, _, err = _run(["-i", str(LUNG), "-o", str(out), "--auto", "--adapter", str(ppt_adapter),
+                       "--classes", "tumour,nuclei"], capsys)
+    assert rc == 0, err
+    ref, seg = nib.load(LUNG), nib.load(out)
+    assert seg.shape == ref.shape
+    np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+
+
+def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
+    for extra in (["--text", "nuclei", "--label", "7"],
+                  ["--text", "nuclei", "--box", NUCLEI_BOX]):
+        out = tmp_path / "m.png"
+        rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--adapter", str(ppt_adapter),
+                           *extra], capsys)
+        assert rc == 0, err
+        mask = read_image(out).array
+        assert mask.shape == read_image(NUCLEI).array.shape
+        assert set(np.unique(mask)) <= ({0, 7} if "--label" in extra else {0, 1})
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--auto", "--box", NUCLEI_BOX], "drop --box"),
+    (["--classes", "nuclei"], "--classes goes with --auto"),
+    (["--auto", "--adapter", "none"], "need a SegMoTE adapter"),
+    (["--text", " "], "empty class name"),
+])
+def test_bad_requests_one_line_nothing_written(tmp_path, capsys, extra, needle):
+    out = tmp_path / "m.png"
+    rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), *extra], capsys)
+    assert rc == 1 and err.count("\n") == 1 and needle in err, err
+    assert not out.exists()
+
+
+def test_adapter_without_ppt_is_refused(tmp_path, capsys):
+    from segmote.adapter import save_adapter
+    from segmote.build import load_model
+
+    plain = save_adapter(load_model(adapter="new"), tmp_path / "plain.safetensors")
+    rc, _, err = _run(["-i", str(NUCLEI), "-o", str(tmp_path / "m.png"), "--auto",
+                       "--adapter", str(plain)], capsys)
+    assert rc == 1 and "without PPT" in err and not (tmp_path / "m.png").exists()
