@@ -225,6 +225,12 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
     seg = Segmenter(model)
     planes, files = _Planes(), _LastFile()
     current = None
+    samples = list(samples)
+    # a text prompt names the whole class: for instance-labelled data (one sample per nucleus)
+    # its target is every instance, i.e. every label value the class has
+    values: dict[tuple[str, str], set[int]] = {}
+    for s in samples:
+        values.setdefault((s.dataset, s.class_name), set()).add(int(s.class_value))
     for sample in samples:
         key = (str(sample.image), sample.slice_index, sample.axis)
         if key != current:
@@ -239,10 +245,13 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
                 image, _ = _read_plane(pair, files.image(pair.image), files.label(pair.label))
                 seg.set_image(image, pair.modality, window if pair.modality == "CT" else None)
             current = key
-        gt = planes.get(sample) == sample.class_value
+        plane = planes.get(sample)
+        gt = plane == sample.class_value
+        whole = np.isin(plane, sorted(values[(sample.dataset, sample.class_name)]))
         for protocol in protocols:
-            scores, pred = evaluate_slice(seg, gt, protocol, sample_seed(protocol.seed, sample),
-                                          sample.class_name)
+            target = whole if protocol.prompt in ("text", "auto") else gt
+            scores, pred = evaluate_slice(seg, target, protocol,
+                                          sample_seed(protocol.seed, sample), sample.class_name)
             token = experts = None
             if "selected_token" in pred.extras:
                 token = int(pred.extras["selected_token"][0])

@@ -35,6 +35,8 @@ class Batch:
     class_names: per sample (the text of text prompts);
     absent: per sample, the classes of its dataset with no pixel in the slice (negatives for
         prompt-free training).
+    class_target: (B, 1, H, W) every pixel of the sample's class: the target of a text prompt
+        (differs from `target` only for instance-labelled data, where `target` is one instance).
     """
 
     image_embedding: Tensor
@@ -44,12 +46,15 @@ class Batch:
     keys: list[str]
     class_names: list[str]
     absent: list[list[str]] | None = None
+    class_target: Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
+        ct = None if self.class_target is None else \
+            self.class_target.to(device, non_blocking=True)
         return Batch(self.image_embedding.to(device, non_blocking=True),
                      self.early_features.to(device, non_blocking=True),
                      self.target.to(device, non_blocking=True), self.seeds, self.keys,
-                     self.class_names, self.absent)
+                     self.class_names, self.absent, ct)
 
 
 class _Out(NamedTuple):
@@ -158,12 +163,19 @@ class TrainStep(nn.Module):
                                  batch.class_names[i], cfg.text_with_prompt)
                    for i in range(len(gt))]
         target = batch.target
+        text_rows = [i for i, p in enumerate(prompts) if p.kind == "text"]
+        if text_rows and batch.class_target is not None:
+            # text alone names the class: every instance of it is the target
+            target = target.clone()
+            for i in text_rows:
+                target[i] = batch.class_target[i]
+                gt[i] = batch.class_target[i, 0].detach().cpu().numpy() > 0.5
         if allow_text and batch.absent is not None and cfg.absent_prob > 0:
             # some prompt-free rows ask for a class that is not in the slice: empty target
             empty = [i for i, p in enumerate(prompts) if p.kind == "text" and batch.absent[i]
                      and rngs[i].random() < cfg.absent_prob]
             if empty:
-                target = target.clone()
+                target = target.clone() if target is batch.target else target
                 for i in empty:
                     prompts[i].text = str(rngs[i].choice(batch.absent[i]))
                     target[i] = 0
@@ -254,6 +266,7 @@ def predict_auto(model: SegMoTE, batch: Batch, texts: dict[str, Tensor], autocas
     each sample's slice: PPT tokens conditioned on the class text. Returns (B, H, W) bool masks
     at mask resolution and (B,) confidences (the selected expert token's predicted IoU)."""
     names = names or batch.class_names
+    # callers score these masks against `batch.class_target` (text names every instance)
     text = torch.stack([texts[n] for n in names]).to(batch.target.device) \
         if model.adapter.text is not None else None
     with autocast():

@@ -210,7 +210,8 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
                          0, False)
     for batch in loader:
         batch = batch.to(info.device)
-        gt = batch.target[:, 0].cpu().numpy() > 0.5
+        target = batch.class_target if batch.class_target is not None else batch.target
+        gt = target[:, 0].cpu().numpy() > 0.5
         pred, conf = predict_auto(model, batch, texts, autocast)
         for key, d, c in zip(batch.keys, dice_scores(pred, gt), conf):
             sums[0, keys.index(key)] += d
@@ -223,7 +224,7 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
                 batch, image_embedding=batch.image_embedding[rows],
                 early_features=batch.early_features[rows], target=batch.target[rows],
                 seeds=[batch.seeds[i] for i in rows], keys=[batch.keys[i] for i in rows],
-                class_names=names, absent=None)
+                class_names=names, absent=None, class_target=None)
             pred, conf = predict_auto(model, sub, texts, autocast)
             for m, c in zip(pred, conf):
                 counts.add_absent(bool(m.any()), float(c))
