@@ -18,7 +18,7 @@ DOC = HERE.parent / "docs" / "benchmarks.md"
 SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",
            "mote_decoder": "bench_mote_decoder.py", "train_step": "bench_train.py",
            "evaluate": "bench_evaluate.py", "default_adapter": "bench_default_adapter.py",
-           "curation": "bench_curation.py planted speed subset"}
+           "curation": "bench_curation.py planted speed subset", "auto": "bench_auto.py"}
 
 
 def _load(name: str) -> dict | None:
@@ -255,10 +255,51 @@ def section_curation(r: dict) -> list[str]:
     return out + [""]
 
 
+def section_auto(r: dict) -> list[str]:
+    s, c = r["summary"], r["checks"]
+    cal = r.get("calibration") or {}
+    out = ["## Text prompts and prompt-free segmentation (issue 5)", "",
+           f"Adapter `{_shipped(r)}` (sha256 {r['adapter_sha256'][:12]}) on the held-out data of "
+           f"the default-adapter section (same cases, same honesty notes); n = (slice, class) "
+           f"samples; class-mean Dice per dataset. Protocols: box (tight box + 2 px), box_text "
+           f"(box + class name), text (class name alone: PPT, raw mask), auto (text with the "
+           f"calibrated confidence threshold {cal.get('threshold', 0):.2f}, chosen on "
+           f"{cal.get('calibrated_on', '?')} data). Machine: {_machine(r.get('machine'))}.", "",
+           "| dataset | n | box | box + text | text alone | auto |", "|---|---|---|---|---|---|"]
+    for d in s["box"]["datasets"]:
+        out.append(f"| {d} | {s['box']['datasets'][d]['n']} | " + " | ".join(
+            f"{s[p]['datasets'][d]['dice']:.3f}" for p in ("box", "box_text", "text", "auto"))
+            + " |")
+    out.append(f"| **mean over datasets** | {r['n_samples']} | " + " | ".join(
+        f"{s[p]['mean']:.3f}" for p in ("box", "box_text", "text", "auto")) + " |")
+    a = r["absent"]
+    out += ["", "Absent classes (every class of a dataset with no pixel in a held-out slice, asked "
+            "for in automatic mode):", "", "| dataset | queries | false positives | rate |",
+            "|---|---|---|---|"]
+    for d, e in a["per_dataset"].items():
+        out.append(f"| {d} | {e['queries']} | {e['false_positives']} | {e['fp_rate']:.3f} |")
+    ratios = ", ".join(f"{d} {v:.2f}" for d, v in c["prompt_free_over_box"].items())
+    cost = r.get("cost") or {}
+    out += ["", "| target | measured | met |", "|---|---|---|",
+            f"| prompt-free (auto) Dice >= 0.85 x box Dice, binary tasks | {ratios} | "
+            f"{'yes' if c['prompt_free_ok'] else 'no'} |",
+            f"| text + box >= box | {c['text_box_gain']:+.3f} | "
+            f"{'yes' if c['text_box_ok'] else 'no'} |",
+            f"| absent classes: < 10 % get a mask | {a['false_positives']}/{a['queries']} = "
+            f"{(a['fp_rate'] or 0) * 100:.1f} % | {'yes' if c['absent_fp_ok'] else 'no'} |"]
+    if cost:
+        out.append(f"| automatic pass on a 2-D image: encoder + < 10 % per class | encoder "
+                   f"{cost['encoder_s'] * 1000:.0f} ms, + {cost['classes']} classes "
+                   f"{cost['encoder_plus_auto_s'] * 1000:.0f} ms: "
+                   f"{cost['per_class_fraction_of_encoder'] * 100:.1f} % per class | "
+                   f"{'yes' if c['auto_cost_ok'] else 'no'} |")
+    return out + ["", "Per class: `benchmarks/results/auto.json`.", ""]
+
+
 SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "mote_decoder": section_mote, "train_step": section_train,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
-            "curation": section_curation}
+            "curation": section_curation, "auto": section_auto}
 
 
 def write_report() -> Path:
@@ -268,7 +309,9 @@ def write_report() -> Path:
              "process; n is given for every accuracy number.", ""]
     for name, fn in SECTIONS.items():
         r = _load(name)
-        lines += fn(r) if r else [f"## {name}", "", "not run yet", ""]
+        lines += fn(r) if r else [f"## {name}", "", "not run yet (for auto: needs an adapter "
+                                  "trained with PPT and text, which this version does not ship)"
+                                  if name == "auto" else "not run yet", ""]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(lines))
     return DOC
