@@ -35,9 +35,9 @@ from segmote.training.config import TrainConfig, save_config
 from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
                                      sample_weights)
 from segmote.training.state import load_state, rng_state, save_state, set_rng_state
-from segmote.training.calibration import CalibrationCounts, choose_threshold
-from segmote.training.step import (TrainStep, dice_scores, predict_auto, predict_boxes,
-                                   train_step)
+from segmote.training.calibration import choose_threshold
+from segmote.training.step import TrainStep, train_step
+from segmote.training.validation import validate, validate_auto  # noqa: F401 (re-exported)
 
 STATE_FILE = "state.safetensors"
 PARTS = ("focal", "dice", "iou", "balance")
@@ -159,86 +159,6 @@ def cap_per_class(samples: list[Any], cap: int | None) -> list[Any]:
         picks = np.linspace(0, len(group) - 1, min(cap, len(group))).round().astype(int)
         keep.update(id(group[i]) for i in picks)
     return [s for s in samples if id(s) in keep]
-
-
-@torch.no_grad()
-def validate(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.DistInfo,
-             autocast: Callable[[], Any]) -> dict[str, Any]:
-    """Box-prompt Dice per dataset and class (mask resolution, deterministic), sharded over
-    ranks. mean_dice: mean over datasets of their class-mean Dice (None without validation
-    slices)."""
-    keys = sorted({data.key(i) for i in range(len(data))})
-    sums = torch.zeros(2, len(keys), dtype=torch.float64)
-    was_training = model.training
-    model.eval()  # no router noise
-    mine = [(i, i) for i in range(info.rank, len(data), info.world_size)]
-    loader = make_loader(data, [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)],
-                         0, False)
-    for batch in loader:
-        batch = batch.to(info.device)
-        gt = batch.target[:, 0].cpu().numpy() > 0.5
-        for key, d in zip(batch.keys, dice_scores(predict_boxes(model, batch, autocast), gt)):
-            sums[0, keys.index(key)] += d
-            sums[1, keys.index(key)] += 1
-    model.train(was_training)
-    sums = ddp.all_reduce_sum(sums.to(info.device), info).cpu()
-    per_class = {k: float(sums[0, j] / sums[1, j]) for j, k in enumerate(keys) if sums[1, j] > 0}
-    per_dataset: dict[str, list[float]] = {}
-    for key, d in per_class.items():
-        per_dataset.setdefault(key.split("/", 1)[0], []).append(d)
-    means = {k: float(np.mean(v)) for k, v in per_dataset.items()}
-    # every dataset counts equally (an atlas with 116 classes must not outvote a tumour set)
-    return {"mean_dice": float(np.mean(list(means.values()))) if means else None,
-            "per_dataset": means,
-            "per_class": per_class}
-
-
-@torch.no_grad()
-def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.DistInfo,
-                  autocast: Callable[[], Any], texts: dict[str, torch.Tensor]
-                  ) -> tuple[dict[str, Any], CalibrationCounts]:
-    """Prompt-free Dice per dataset and class (each sample's own class, no threshold) and the
-    calibration histograms: every sample also asks for one class of its dataset that is absent
-    from its slice (chosen by position, deterministic)."""
-    keys = sorted({data.key(i) for i in range(len(data))})
-    sums = torch.zeros(2, len(keys), dtype=torch.float64)
-    counts = CalibrationCounts()
-    was_training = model.training
-    model.eval()
-    mine = [(i, i) for i in range(info.rank, len(data), info.world_size)]
-    loader = make_loader(data, [mine[j:j + batch_size] for j in range(0, len(mine), batch_size)],
-                         0, False)
-    for batch in loader:
-        batch = batch.to(info.device)
-        target = batch.class_target if batch.class_target is not None else batch.target
-        gt = target[:, 0].cpu().numpy() > 0.5
-        pred, conf = predict_auto(model, batch, texts, autocast)
-        for key, d, c in zip(batch.keys, dice_scores(pred, gt), conf):
-            sums[0, keys.index(key)] += d
-            sums[1, keys.index(key)] += 1
-            counts.add_present(float(d), float(c))
-        rows = [i for i, a in enumerate(batch.absent or []) if a]
-        if rows:
-            names = [batch.absent[i][batch.seeds[i][2] % len(batch.absent[i])] for i in rows]
-            sub = dataclasses.replace(
-                batch, image_embedding=batch.image_embedding[rows],
-                early_features=batch.early_features[rows], target=batch.target[rows],
-                seeds=[batch.seeds[i] for i in rows], keys=[batch.keys[i] for i in rows],
-                class_names=names, absent=None, class_target=None)
-            pred, conf = predict_auto(model, sub, texts, autocast)
-            for m, c in zip(pred, conf):
-                counts.add_absent(bool(m.any()), float(c))
-    model.train(was_training)
-    sums = ddp.all_reduce_sum(sums.to(info.device), info).cpu()
-    reduced = ddp.all_reduce_sum(torch.from_numpy(counts.array()).to(info.device), info).cpu()
-    per_class = {k: float(sums[0, j] / sums[1, j]) for j, k in enumerate(keys) if sums[1, j] > 0}
-    per_dataset: dict[str, list[float]] = {}
-    for key, d in per_class.items():
-        per_dataset.setdefault(key.split("/", 1)[0], []).append(d)
-    means = {k: float(np.mean(v)) for k, v in per_dataset.items()}
-    return ({"mean_dice": float(np.mean(list(means.values()))) if means else None,
-             "per_dataset": means, "per_class": per_class},
-            CalibrationCounts.from_array(reduced.numpy()))
 
 
 class _Run:
