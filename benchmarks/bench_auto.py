@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_default_adapter import held_out_setup  # noqa: E402
 from common import RESULTS, machine, median_time, write_result  # noqa: E402
 
 BINARY = ("Dataset005_NucleiQuadrants", "Dataset007_Colin27BrainSlabs")
@@ -88,30 +88,17 @@ def _cost(seg, image: np.ndarray, classes: list[str], repeats: int = 5) -> dict:
 def run(run_dir: Path | None, adapter: str) -> dict:
     import torch
 
-    from segmote.build import DEFAULT_ADAPTER, load_model
+    from segmote.build import load_model
     from segmote.checkpoint import sha256_file
     from segmote.data.cache import EmbeddingCache
-    from segmote.data.datasets import discover, load_split, slice_samples
+    from segmote.data.datasets import discover, slice_samples
     from segmote.evaluation.prompted import Protocol, evaluate_samples, summarize_results
     from segmote.io import read_image
     from segmote.predictor import Segmenter
-    from segmote.training.default_adapter import NOTES, prepare
+    from segmote.training.default_adapter import NOTES
 
     torch.manual_seed(0)
-    tmp = None
-    if run_dir is not None:
-        import yaml
-        data_dirs = [Path(p) for p in yaml.safe_load((run_dir / "config.yaml").read_text())["data"]]
-        split = load_split(run_dir / "split.json")
-        cache_root = run_dir / "cache"
-        adapter_path = run_dir / "adapter_latest.safetensors" if adapter == "latest" \
-            else Path(adapter)
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        prepared = prepare(Path(tmp.name) / "data")
-        data_dirs, split = prepared.data_dirs, load_split(prepared.split)
-        cache_root = Path(tmp.name) / "cache"
-        adapter_path = Path(DEFAULT_ADAPTER) if adapter == "default" else Path(adapter)
+    tmp, data_dirs, split, cache_root, adapter_path = held_out_setup(run_dir, adapter)
     model = load_model(adapter=str(adapter_path))
     seg = Segmenter(model)
     if not (seg.prompt_free and seg.takes_text):

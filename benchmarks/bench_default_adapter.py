@@ -77,32 +77,41 @@ def _plot(routing: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def held_out_setup(run_dir: Path | None, adapter: str) -> tuple:
+    """(temporary folder or None, data folders, split, cache folder, adapter path) of a finished
+    run (its data, split and cache; adapter "latest" = its last adapter) or, without a run, of
+    freshly prepared sample data (adapter "default" = the shipped one)."""
+    from segmote.build import DEFAULT_ADAPTER
+    from segmote.data.datasets import load_split
+    from segmote.training.default_adapter import prepare
+
+    if run_dir is not None:
+        import yaml
+        data_dirs = [Path(p) for p in yaml.safe_load((run_dir / "config.yaml").read_text())["data"]]
+        adapter_path = run_dir / "adapter_latest.safetensors" if adapter == "latest" \
+            else Path(adapter)
+        return None, data_dirs, load_split(run_dir / "split.json"), run_dir / "cache", \
+            adapter_path
+    tmp = tempfile.TemporaryDirectory()
+    prepared = prepare(Path(tmp.name) / "data")
+    adapter_path = Path(DEFAULT_ADAPTER) if adapter == "default" else Path(adapter)
+    return tmp, prepared.data_dirs, load_split(prepared.split), Path(tmp.name) / "cache", \
+        adapter_path
+
+
 def run(run_dir: Path | None, adapter: str, out_name: str) -> dict:
     import torch
 
     from segmote.adapter import read_adapter_metadata
-    from segmote.build import DEFAULT_ADAPTER, load_model, resolve_weights
+    from segmote.build import load_model, resolve_weights
     from segmote.checkpoint import sha256_file
     from segmote.data.cache import EmbeddingCache
-    from segmote.data.datasets import discover, load_split, slice_samples
+    from segmote.data.datasets import discover, slice_samples
     from segmote.evaluation.prompted import Protocol, evaluate_samples, summarize_results
-    from segmote.training.default_adapter import NOTES, prepare
+    from segmote.training.default_adapter import NOTES
 
     torch.manual_seed(0)
-    tmp = None
-    if run_dir is not None:
-        data_dirs = [Path(p) for p in
-                     __import__("yaml").safe_load((run_dir / "config.yaml").read_text())["data"]]
-        split = load_split(run_dir / "split.json")
-        cache_root = run_dir / "cache"
-        adapter_path = Path(adapter) if adapter != "latest" else \
-            run_dir / "adapter_latest.safetensors"
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        prepared = prepare(Path(tmp.name) / "data")
-        data_dirs, split = prepared.data_dirs, load_split(prepared.split)
-        cache_root = Path(tmp.name) / "cache"
-        adapter_path = Path(DEFAULT_ADAPTER) if adapter == "default" else Path(adapter)
+    tmp, data_dirs, split, cache_root, adapter_path = held_out_setup(run_dir, adapter)
     model = load_model(adapter=str(adapter_path))
     datasets = discover(data_dirs)
     samples = slice_samples(datasets, split, part="val", axis=2, min_foreground=20).samples
