@@ -85,6 +85,25 @@ def _cost(seg, image: np.ndarray, classes: list[str], repeats: int = 5) -> dict:
             "per_class_fraction_of_encoder": per_class, "repeats": repeats}
 
 
+def _fresh_ppt_segmenter():
+    import torch
+
+    from segmote.predictor import Segmenter
+    from segmote.text.classes import class_embeddings
+    from segmote.training.config import load_config
+    from segmote.training.trainer import build_model
+
+    dim = class_embeddings(["probe"]).dim
+    return Segmenter(build_model(load_config(), torch.device("cpu"), dim).eval())
+
+
+def _nuclei_image() -> np.ndarray:
+    from segmote.io import read_image
+    from segmote.samples import bundled_sample_path
+
+    return read_image(bundled_sample_path("nuclei")).array
+
+
 def run(run_dir: Path | None, adapter: str) -> dict:
     import torch
 
@@ -102,11 +121,16 @@ def run(run_dir: Path | None, adapter: str) -> dict:
     model = load_model(adapter=str(adapter_path))
     seg = Segmenter(model)
     if not (seg.prompt_free and seg.takes_text):
-        # the shipped adapter of this version has neither: nothing to measure, not an error
-        print(f"{adapter_path}: not trained with PPT and text prompts; skipped")
+        # the shipped adapter of this version has neither: no accuracy to measure, but the cost
+        # of an automatic pass does not depend on the weights: measure it on a fresh one
+        print(f"{adapter_path}: not trained with PPT and text prompts; measuring the cost only")
+        data = {"machine": machine(), "adapter": "fresh (untrained) PPT + text adapter",
+                "cost": _cost(_fresh_ppt_segmenter(), _nuclei_image(), [f"class {i}"
+                                                                       for i in range(8)])}
+        write_result("auto", data)
         if tmp is not None:
             tmp.cleanup()
-        return {}
+        return data
     datasets = discover(data_dirs)
     samples = slice_samples(datasets, split, part="val", axis=2, min_foreground=20).samples
     cache = EmbeddingCache(cache_root, model, f"litemedsam-{model.backbone_sha256[:16]}")
@@ -167,7 +191,8 @@ def main() -> None:
     ap.add_argument("--adapter", help="adapter file (default: the run's latest / the shipped)")
     args = ap.parse_args()
     data = run(args.run, args.adapter or ("latest" if args.run else "default"))
-    if not data:
+    if "summary" not in data:
+        print("cost:", json.dumps(data["cost"]))
         return
     print_report(data)
     print(f"wrote {RESULTS / 'auto.json'}")

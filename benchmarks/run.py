@@ -256,6 +256,20 @@ def section_curation(r: dict) -> list[str]:
 
 
 def section_auto(r: dict) -> list[str]:
+    if "summary" not in r:  # the shipped adapter has no PPT / text: the cost only
+        cost = r["cost"]
+        return ["## Text prompts and prompt-free segmentation (issue 5)", "",
+                "The shipped adapter of this version is not trained with PPT and text (see "
+                "docs/text_and_ppt.md), so there is no prompt-free accuracy to report. The cost "
+                "of an automatic pass does not depend on the weights; measured with a fresh PPT "
+                f"+ text adapter on the bundled 2-D nuclei image, median of {cost['repeats']} "
+                f"({_machine(r.get('machine'))}):", "",
+                "| measure | value | target |", "|---|---|---|",
+                f"| encoder pass | {cost['encoder_s'] * 1000:.0f} ms | baseline |",
+                f"| encoder + automatic pass over {cost['classes']} classes | "
+                f"{cost['encoder_plus_auto_s'] * 1000:.0f} ms | |",
+                f"| cost per class | {cost['per_class_fraction_of_encoder'] * 100:.1f} % of the "
+                f"encoder | < 10 % |", ""]
     s, c = r["summary"], r["checks"]
     cal = r.get("calibration") or {}
     out = ["## Text prompts and prompt-free segmentation (issue 5)", "",
