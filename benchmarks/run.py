@@ -149,6 +149,20 @@ def section_default_adapter(r: dict) -> list[str]:
     out.append(f"| **mean over datasets** | {r['n_samples']} | {box['base']['mean']:.3f} | "
                f"**{box['adapter']['mean']:.3f}** | {point['base']['mean']:.3f} | "
                f"**{point['adapter']['mean']:.3f}** |")
+    others = [p for p in r["summary"] if p not in ("box", "point")]
+    if others:
+        out += ["", "Other protocols (" + ", ".join(
+            json.dumps(p) for p in r["protocols"] if p["prompt"] in others) + "):", "",
+                "| dataset | n | " + " | ".join(f"{p}: base | {p}: adapter" for p in others)
+                + " |", "|---|---|" + "---|---|" * len(others)]
+        for d in box["base"]["datasets"]:
+            out.append(f"| {d} | {box['base']['datasets'][d]['n']} | " + " | ".join(
+                f"{r['summary'][p]['base']['datasets'][d]['dice']:.3f} | "
+                f"{r['summary'][p]['adapter']['datasets'][d]['dice']:.3f}" for p in others)
+                + " |")
+        out.append("| **mean over datasets** | | " + " | ".join(
+            f"{r['summary'][p]['base']['mean']:.3f} | {r['summary'][p]['adapter']['mean']:.3f}"
+            for p in others) + " |")
     c = r["checks"]
     out += ["", "| target | measured | met |", "|---|---|---|",
             f"| box: adapter mean >= base + 0.03 | {c['box_mean_gain']:+.3f} | "
