@@ -188,11 +188,8 @@ def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone:
         k = data.array.shape[axis] // 2
         image = volume_slice(data.array, k, axis) if data.is_volume else data.array
         save_overlay(image, volume_slice(label, k, axis) if data.is_volume else label, overlay)
-    listed = ", ".join(f"{mapping_key(mapping, n)}={n} ({why})" for n, why in found.items())
+    value_of = {name: value for value, name in mapping.items()}
+    listed = ", ".join(f"{value_of[n]}={n} ({why})" for n, why in found.items())
     summary = (f"shape {label.shape}, modality {modality or 'none'}, prompt-free, "
                f"{len(found)} of {len(names)} classes found" + (f": {listed}" if listed else ""))
     return PredictResult(written, label, summary, classes=mapping)
-
-
-def mapping_key(mapping: dict[int, str], name: str) -> int:
-    return next(k for k, v in mapping.items() if v == name)
