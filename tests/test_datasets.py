@@ -252,6 +252,12 @@ def test_instance_labels_give_one_sample_per_instance(home, tmp_path):
     assert {s.class_name for s in got.samples} == {"nuclei"}
     assert [s.foreground for s in got.samples] == counts[counts >= 30].tolist()
     assert got.skipped["below_min_foreground"] == int((counts < 30).sum())
+    # a text prompt names the class: its target is every nucleus, also those too small to be
+    # samples and those of samples left out (e.g. a validation cap of one sample per class)
+    from segmote.data.datasets import class_mask
+    one = got.samples[0]
+    assert one.instance and np.array_equal(class_mask(inst, one), inst > 0)
+    assert not np.array_equal(inst == one.class_value, inst > 0)
 
     meta["labels"] = {"background": 0, "nuclei": 1, "debris": 2}
     (root / "dataset.json").write_text(json.dumps(meta))

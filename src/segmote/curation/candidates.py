@@ -105,7 +105,7 @@ def score_case(d: DatasetInfo, case: Case, axes: Sequence[int], thresholds: Qual
             m = mask_scores(mask, boxes[value - 1])
             seen.add(value)
             sample = SliceSample(d.name, case.case_id, case.image, case.label, k, axis, value,
-                                 name, d.modality, m.pixels)
+                                 name, d.modality, m.pixels, instance=d.instance_labels)
             out.candidates.append(Candidate(sample, score_dict(img, m),
                                             img_bad or mask_reason(m, thresholds)))
     if not seen:

@@ -168,7 +168,8 @@ def _sample(path: Path, n: int, e: Any, datasets: dict[str, DatasetInfo],
         raise InputError(f"{where}: dataset {d.name!r} is 2-D; 'slice' must be absent")
     pixels = (e.get("scores") or {}).get("pixels", 0)
     return SliceSample(d.name, str(e["case"]), image, label, slice_index, axis, value,
-                       str(e["class"]), d.modality, int(pixels) if isinstance(pixels, int) else 0)
+                       str(e["class"]), d.modality, int(pixels) if isinstance(pixels, int) else 0,
+                       instance=d.instance_labels)
 
 
 def manifest_samples(path: str | Path) -> tuple[list[DatasetInfo], list[SliceSample]]:

@@ -84,6 +84,15 @@ class SliceSample:
     class_name: str
     modality: str | None
     foreground: int  # pixels of this class on this slice
+    instance: bool = False  # class_value is one instance id of an instance-labelled dataset
+
+
+def class_mask(plane: np.ndarray | Any, sample: SliceSample) -> Any:
+    """Every pixel of the sample's class on its label plane (numpy array or torch tensor): the
+    target of a text prompt, which names the class. For an instance sample (one nucleus) that is
+    every instance of the dataset's one class (label > 0), not only the sample's own instance,
+    and not only the instances that became samples (small ones are below min_foreground)."""
+    return plane > 0 if sample.instance else plane == sample.class_value
 
 
 @dataclass
@@ -383,5 +392,5 @@ def _instance_samples(d: DatasetInfo, case: Case, k: int | None, axis: int, plan
     _bump(skipped, "below_min_foreground", int((counts < min_foreground).sum()))
     (name,) = d.labels.values()
     return [SliceSample(d.name, case.case_id, case.image, case.label, k, axis, int(i), name,
-                        d.modality, int(n))
+                        d.modality, int(n), instance=True)
             for i, n in zip(ids.tolist(), counts.tolist()) if n >= min_foreground]

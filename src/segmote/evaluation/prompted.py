@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segmote.data.datasets import class_mask
 from segmote.errors import InputError
 from segmote.evaluation import reference
 from segmote.evaluation.reference import dice
@@ -226,11 +227,6 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
     planes, files = _Planes(), _LastFile()
     current = None
     samples = list(samples)
-    # a text prompt names the whole class: for instance-labelled data (one sample per nucleus)
-    # its target is every instance, i.e. every label value the class has
-    values: dict[tuple[str, str], set[int]] = {}
-    for s in samples:
-        values.setdefault((s.dataset, s.class_name), set()).add(int(s.class_value))
     for sample in samples:
         key = (str(sample.image), sample.slice_index, sample.axis)
         if key != current:
@@ -247,7 +243,8 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
             current = key
         plane = planes.get(sample)
         gt = plane == sample.class_value
-        whole = np.isin(plane, sorted(values[(sample.dataset, sample.class_name)]))
+        # a text prompt names the whole class: every instance of it (`class_mask`)
+        whole = class_mask(plane, sample)
         for protocol in protocols:
             target = whole if protocol.prompt in ("text", "auto") else gt
             scores, pred = evaluate_slice(seg, target, protocol,

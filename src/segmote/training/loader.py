@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segmote.data.datasets import class_mask
 from segmote.training.step import Batch
 
 
@@ -96,11 +97,6 @@ class CachedSlices(Dataset):
             for s in samples:
                 classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
         self.classes = classes
-        # class name -> its label values (several for instance-labelled data, e.g. nuclei)
-        self.values: dict[str, dict[str, list[int]]] = {}
-        for dataset, names in classes.items():
-            for value, name in names.items():
-                self.values.setdefault(dataset, {}).setdefault(name, []).append(value)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,11 +109,10 @@ class CachedSlices(Dataset):
         pos, i = item
         s = self.samples[i]
         cached = self.cache.get(s)
-        values = self.values.get(s.dataset, {}).get(s.class_name, [int(s.class_value)])
         return {"emb": cached.image_embedding, "early": cached.early_features,
                 "target": (cached.label == int(s.class_value)).float()[None],
                 # what a text prompt names: every instance of the class (a box names one)
-                "class_target": torch.isin(cached.label, torch.tensor(values)).float()[None],
+                "class_target": class_mask(cached.label, s).float()[None],
                 "seed": [self.seed, self.epoch, pos], "key": self.key(i),
                 "class_name": s.class_name, "absent": self.absent(s, cached.label)}
 
