@@ -49,19 +49,49 @@ def test_text_token_and_bias():
         boxt = model.decode(img, boxes=BOX, text=t)
         assert boxt.masks.shape == box.masks.shape
         assert not torch.equal(boxt.base_masks, box.base_masks)  # the text token is a prompt
-        # the bias starts at zero; once set it adds (W e + b) . image features to every mask
+        auto = model.decode(img, auto=True, text=t)
+        # the bias starts at zero; once set it adds (W e + b) . image features + the offset
+        # (u . e + c) to every expert mask of prompt-free decoding, and only there
         model.adapter.text.to_bias.bias.fill_(0.5)
-        biased = model.decode(img, boxes=BOX, text=t)
-    assert torch.equal(biased.base_masks, boxt.base_masks)
-    expected = 0.5 * img.head_features.sum(1, keepdim=True)
-    assert torch.allclose(biased.expert_masks - boxt.expert_masks,
-                          expected.expand_as(boxt.expert_masks), atol=1e-5)
+        biased = model.decode(img, auto=True, text=t)
+        boxt_after = model.decode(img, boxes=BOX, text=t)
+    assert torch.equal(boxt_after.expert_masks, boxt.expert_masks)  # beside a box: token only
+    assert torch.equal(biased.base_masks, auto.base_masks)
+    expected = 0.5 * img.head_features.sum(1, keepdim=True) + 0.5
+    assert torch.allclose(biased.expert_masks - auto.expert_masks,
+                          expected.expand_as(auto.expert_masks), atol=1e-5)
     two = model.decode(img, boxes=BOX.expand(2, -1), text=_text(2))
     assert two.masks.shape[0] == 2
 
 
+def _perturb_zero_init(model) -> None:
+    """Give the zero-initialised output layers weights, as training would."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for layer in (model.adapter.ppt.to_token, model.adapter.text.to_token.layers[-1]):
+            layer.weight.normal_(0, 0.2)
+
+
+def test_fresh_ppt_prompts_like_a_whole_frame_box():
+    model = _model()
+    img, t = _image(model), _text(2)
+    frame = torch.tensor([[0.0, 0.0, 63.0, 63.0]])
+    with torch.no_grad():
+        assert torch.allclose(model.decode(img, auto=True).masks,
+                              model.decode(img, boxes=frame).masks, atol=1e-5)
+        # a fresh text token is SAM's padding token: text changes nothing yet, for any class
+        auto_text = model.decode(img, auto=True, text=t).masks
+        assert torch.allclose(auto_text, model.decode(img, boxes=frame.expand(2, -1),
+                                                      text=t).masks, atol=1e-5)
+        assert torch.allclose(auto_text[0], auto_text[1], atol=1e-6)
+        pad = model.base.prompt_encoder.not_a_point_embed.weight
+        token, bias = model.adapter.text(t, pad)
+    assert torch.equal(token, pad.expand(2, 1, -1)) and not bias.any()
+
+
 def test_auto_decoding_with_and_without_text_and_mask_prior():
     model = _model()
+    _perturb_zero_init(model)
     img = _image(model)
     out = model.decode(img, auto=True)  # binary PPT: no prompt at all
     assert out.masks.shape == (1, 1, 16, 16)
@@ -72,14 +102,24 @@ def test_auto_decoding_with_and_without_text_and_mask_prior():
     assert prior.masks.shape == (1, 1, 16, 16)
 
 
-def test_ppt_and_text_parts_get_gradients():
-    model = _model().train()
+def _grads(model) -> dict[str, torch.Tensor | None]:
+    model.zero_grad(set_to_none=True)
     out = model.decode(_image(model), auto=True, text=_text(2))
     (out.masks.square().mean() + out.iou_pred.square().mean()).backward()
+    return {k: p.grad for k, p in model.adapter.named_parameters()}
+
+
+def test_ppt_and_text_parts_get_gradients():
+    model = _model().train()
+    # fresh: the zero-initialised output layers learn first (the rest is behind them)
+    grads = _grads(model)
+    for name in ("ppt.to_token.weight", "text.to_token.layers.1.weight", "text.to_bias.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    _perturb_zero_init(model)
+    grads = _grads(model)
     for name in ("ppt.queries.weight", "ppt.attn.in_proj_weight", "ppt.text_to_query.weight",
-                 "text.to_token.layers.0.weight", "text.to_bias.weight"):
-        p = dict(model.adapter.named_parameters())[name]
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+                 "ppt.pos.weight", "text.to_token.layers.0.weight", "text.to_bias.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
 
 
 def test_save_load_round_trip(tmp_path):

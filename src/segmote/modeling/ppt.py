@@ -2,15 +2,22 @@
 
 PPT (method.md): Q learnable queries cross-attend (multi-head) over the layer-normed image
 embedding plus a learned 2-D position term, then MLP + residual + LayerNorm give Q prompt tokens
-that replace the manual sparse prompt tokens. Two optional foreground hints ("priors"): a mask
+that replace the manual sparse prompt tokens. Our choice (not the paper's): the tokens are an
+*anchor* plus a zero-initialised projection of that output. The anchor is the frozen prompt
+encoder's embedding of a box around the whole frame (padding tokens beyond two), so a fresh PPT
+module prompts the frozen decoder exactly like that box, a prompt the decoder understands,
+instead of with random vectors it was never trained on. Learning then moves the tokens away
+from a working prompt, which takes far fewer steps than finding one. Two optional foreground hints ("priors"): a mask
 prompt's dense embedding is added to the image before the attention, and a text embedding is
 added to every query. The paper limits PPT to binary tasks; conditioning the queries on the
 class's text embedding is what lets one adapter segment each class it knows without a prompt.
 
 Text prompt (method.md): a frozen text encoder's sentence embedding (computed outside the model:
-no I/O here) is projected to one extra sparse prompt token, and the same embedding, projected to
+no I/O here) is projected to one extra sparse prompt token (SAM's padding token plus a
+zero-initialised projection, so a fresh text module leaves a box / point prompt almost as the
+decoder knows it: the padding token is what SAM appends to a point-only prompt), and the same embedding, projected to
 the expert head's C channels, gives a spatial bias `(W e) . fused_image_features` added to every
-expert mask. The bias projection starts at zero, so adding text to a fresh adapter changes the
+expert mask (plus a per-class constant offset `u . e`, our addition). The bias projection starts at zero, so adding text to a fresh adapter changes the
 expert masks only through the decoder tokens.
 """
 
@@ -33,13 +40,16 @@ class TextPrompt(nn.Module):
     def __init__(self, text_dim: int, embed_dim: int, head_dim: int) -> None:
         super().__init__()
         self.to_token = MLP(text_dim, embed_dim, embed_dim, 2)
-        self.to_bias = nn.Linear(text_dim, head_dim)
-        nn.init.zeros_(self.to_bias.weight)
-        nn.init.zeros_(self.to_bias.bias)
+        _zero(self.to_token.layers[-1])
+        # C weights of the spatial bias + one constant logit offset per class (a class's masks
+        # may need a global shift the feature dot product cannot give quickly)
+        self.to_bias = nn.Linear(text_dim, head_dim + 1)
+        _zero(self.to_bias)
 
-    def forward(self, text: Tensor) -> tuple[Tensor, Tensor]:
-        """text: (B, text_dim) unit-norm embeddings -> token (B, 1, D), bias vector (B, C)."""
-        return self.to_token(text).unsqueeze(1), self.to_bias(text)
+    def forward(self, text: Tensor, pad: Tensor) -> tuple[Tensor, Tensor]:
+        """text: (B, text_dim) unit-norm embeddings; pad: (1, D) the prompt encoder's padding
+        token -> token (B, 1, D), bias vector (B, C + 1): C feature weights, then the offset."""
+        return (pad + self.to_token(text)).unsqueeze(1), self.to_bias(text)
 
 
 class PromptTokenizer(nn.Module):
@@ -65,12 +75,19 @@ class PromptTokenizer(nn.Module):
         self.mlp = MLP(embed_dim, 2 * embed_dim, embed_dim, 2)
         self.norm_out = nn.LayerNorm(embed_dim)
         self.text_to_query = nn.Linear(text_dim, embed_dim) if text_dim else None
+        self.to_token = nn.Linear(embed_dim, embed_dim)
+        _zero(self.to_token)  # a fresh module gives exactly the anchor (module doc)
 
-    def forward(self, image_embedding: Tensor, dense_pe: Tensor, batch: int,
+    @property
+    def num_queries(self) -> int:
+        return self.queries.num_embeddings
+
+    def forward(self, image_embedding: Tensor, dense_pe: Tensor, anchor: Tensor, batch: int,
                 text: Tensor | None = None, mask_prior: Tensor | None = None) -> Tensor:
         """Prompt tokens for `batch` prompts.
 
         image_embedding: (1 or B, D, h, w); dense_pe: (1, D, h, w) SAM's grid encoding;
+        anchor: (1, Q, D) the tokens of a fresh module (whole-frame box, module doc);
         text: (B, text_dim) class embeddings (ignored without `text_dim`); mask_prior: (B, D, h, w)
         dense embedding of a mask prompt. Returns (B, Q, D).
         """
@@ -84,4 +101,9 @@ class PromptTokenizer(nn.Module):
         if text is not None and self.text_to_query is not None:
             q = q + self.text_to_query(text).unsqueeze(1)
         x = self.norm_attn(q + self.attn(q, keys, values, need_weights=False)[0])
-        return self.norm_out(x + self.mlp(x))
+        return anchor + self.to_token(self.norm_out(x + self.mlp(x)))
+
+
+def _zero(layer: nn.Linear) -> None:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)

@@ -275,8 +275,8 @@ class SegMoTE(nn.Module):
             single-mask; the expert masks stay in `expert_masks`).
         output: "expert" (paper: the most confident expert token) or "base" (SAM's mask).
         return_attention: also return the expert tokens' attention maps.
-        text: (B or 1, text_dim) unit-norm text embeddings: one extra sparse token and a bias on
-            the expert masks (needs an adapter with text_dim).
+        text: (B or 1, text_dim) unit-norm text embeddings: one extra sparse token, and with
+            `auto` a bias on the expert masks (needs an adapter with text_dim).
         auto: PPT tokens replace the manual sparse prompts (points / boxes must be None; a mask
             prompt and `text` act as foreground hints): prompt-free segmentation, of the class
             named by `text` when given. Needs an adapter with ppt_queries.
@@ -306,12 +306,13 @@ class SegMoTE(nn.Module):
             raise InputError(f"{text.shape[0]} text prompts for {b} prompts")
         text = None if text is None else text.to(sparse.dtype).expand(b, -1)
         text_bias = None
+        pe_module = self.base.prompt_encoder
         if auto:
             prior = dense if masks is not None else None
-            sparse = self.adapter.ppt(image.image_embedding, self.base.prompt_encoder
-                                      .get_dense_pe(), b, text, prior)
+            sparse = self.adapter.ppt(image.image_embedding, pe_module.get_dense_pe(),
+                                      self._ppt_anchor(sparse), b, text, prior)
         if text is not None:
-            token, text_bias = self.adapter.text(text)
+            token, text_bias = self.adapter.text(text, pe_module.not_a_point_embed.weight)
             sparse = torch.cat([sparse, token], 1)
         sam_tokens = torch.cat([dec.output_tokens().unsqueeze(0).expand(b, -1, -1), sparse], 1)
         expert_tokens = self.adapter.expert_tokens.weight.unsqueeze(0).expand(b, -1, -1)
@@ -324,9 +325,13 @@ class SegMoTE(nn.Module):
         base_iou = dec.iou_prediction_head(run.sam_tokens[:, 0])
         expert_masks, expert_iou = self.adapter.head(
             run.expert_tokens, upscaled, image.head_features, all_masks[:, :1], base_iou[:, :1])
-        if text_bias is not None:
-            expert_masks = expert_masks + self.adapter.head.text_bias(text_bias,
-                                                                      image.head_features)
+        if text_bias is not None and auto:
+            # the mask bias serves prompt-free decoding only: beside a box or points it pulled
+            # the masks toward what text alone learns (small / empty for the many classes PPT
+            # has not learned yet) and cost box + text 0.01-0.04 Dice on held-out data
+            offset = text_bias[:, -1].view(b, 1, 1, 1)
+            expert_masks = expert_masks + offset + self.adapter.head.text_bias(
+                text_bias[:, :-1], image.head_features)
         # paper: output the expert token with the highest routing confidence (top logit)
         selected = run.router_logits[-1].amax(-1).argmax(-1)
         if multimask_output:
@@ -343,6 +348,16 @@ class SegMoTE(nn.Module):
         return SegMoTEOutput(out_masks, out_iou, all_masks[:, :1], expert_masks, expert_iou,
                              run.router_logits, run.expert_index, selected, run.balance_loss,
                              attention, base_iou[:, :1])
+
+    def _ppt_anchor(self, like: Tensor) -> Tensor:
+        """(1, Q, D) the PPT anchor: the prompt encoder's tokens of a box around the whole
+        padded frame, then padding tokens (Q > 2); `like` gives dtype and device."""
+        q = self.adapter.ppt.num_queries
+        frame = torch.tensor([[0.0, 0.0, self.img_size - 1.0, self.img_size - 1.0]],
+                             device=like.device)
+        box = self.base.prompt_encoder(None, frame, None)[0].to(like.dtype)  # (1, 2, D)
+        pad = self.base.prompt_encoder.not_a_point_embed.weight.to(like.dtype)
+        return torch.cat([box, pad.unsqueeze(0).expand(1, max(q - 2, 0), -1)], 1)[:, :q]
 
     def _transformer(self, src: Tensor, pe: Tensor, sam: Tensor, experts: Tensor,
                      return_attention: bool) -> _Decoded:
