@@ -374,6 +374,9 @@ def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
     # two prompt-free rows and two box + text rows
     seeds = [s for k in ("text", "box") for s in
              [[0, 0, p] for p in range(64) if kind([0, 0, p]) == k][:2]]
+    with torch.no_grad():  # as after some training: the zero-initialised output layers
+        for layer in (model.adapter.ppt.to_token, model.adapter.text.to_token.layers[-1]):
+            layer.weight.normal_(0, 0.05)  # pass gradients on to the rest of their module
     four = Batch(one.image_embedding.expand(4, -1, -1, -1),
                  one.early_features.expand(4, -1, -1, -1), one.target.expand(4, -1, -1, -1),
                  seeds, ["lung/tumour"] * 4, ["tumour"] * 4, [["lung"]] * 4)
@@ -391,3 +394,49 @@ def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
 def _model_text(cfg: TrainConfig, text_dim: int):
     from segmote.training.trainer import build_model
     return build_model(cfg, torch.device("cpu"), text_dim).train()
+
+
+def test_second_stage_adds_text_and_ppt_and_leaves_box_decoding_bit_identical(
+        lung_dataset, cache_dir, tmp_path, capsys):
+    """Stage 1 trains a plain adapter; stage 2 (--init-adapter, train_parts [text, ppt]) adds
+    text prompts and PPT: only the new parts change, so box decoding is bit-identical. An
+    init adapter of another shape is refused with one line."""
+    from segmote.build import load_model
+    from segmote.cli.main import main
+    from segmote.training.trainer import train
+
+    first = train(_cfg(cache_dir, refine_rounds=0, **PLAIN), [lung_dataset], tmp_path / "s1",
+                  progress=False)
+    cfg_file = tmp_path / "stage2.yaml"
+    cfg_file.write_text(f"train_parts: [text, ppt]\nprompt_mix: {{box: 0.5, text: 0.5}}\n"
+                        f"progressive: null\ntext_with_prompt: 1.0\nrefine_rounds: 0\n"
+                        f"lr: 0.01\nmin_foreground: 200\nval_fraction: 0.5\n"
+                        f"batch_size: 2\nepochs: 2\ncache_dir: {cache_dir}\n")
+    out = tmp_path / "s2"
+    assert main(["train", "--data", str(lung_dataset), "--out", str(out), "--config",
+                 str(cfg_file), "--init-adapter", str(first.latest_adapter), "--device", "cpu",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    a, b = load_file(first.latest_adapter), load_file(out / "adapter_latest.safetensors")
+    assert set(a) < set(b)
+    for k in a:  # frozen parts: untouched
+        assert torch.equal(a[k], b[k]), k
+    new = [k for k in b if k.startswith(("text.", "ppt."))]
+    assert new and len(new) == len(b) - len(a)
+    assert not torch.equal(b["ppt.to_token.weight"], torch.zeros_like(b["ppt.to_token.weight"]))
+    m1 = load_model(adapter=str(first.latest_adapter))
+    m2 = load_model(adapter=str(out / "adapter_latest.safetensors"))
+    image = torch.rand(1, 3, m1.img_size, m1.img_size)
+    box = torch.tensor([[60.0, 70.0, 150.0, 160.0]])
+    with torch.no_grad():
+        o1 = m1.decode(m1.encode(image), boxes=box)
+        o2 = m2.decode(m2.encode(image), boxes=box)
+    assert torch.equal(o1.masks, o2.masks) and torch.equal(o1.iou_pred, o2.iou_pred)
+
+    other = train(_cfg(cache_dir, refine_rounds=0, epochs=1, mote={"num_experts": 2}, **PLAIN),
+                  [lung_dataset], tmp_path / "other", progress=False)
+    rc = main(["train", "--data", str(lung_dataset), "--out", str(tmp_path / "bad"), "--config",
+               str(cfg_file), "--init-adapter", str(other.latest_adapter), "--device", "cpu",
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "num_experts" in err

@@ -5,6 +5,8 @@
     segmote train --data A B --out RUN --balance dataset_class --split held_out.json
     segmote train --manifest manifest.json --out RUN   # exactly what `segmote curate` selected
     segmote train --out RUN --resume          # continue a stopped run where it stopped
+    segmote train --data DIR --out RUN2 --init-adapter RUN/adapter_latest.safetensors \
+        --config text_stage.yaml               # add text / PPT to a trained adapter
     torchrun --nproc_per_node 4 -m segmote.cli.main train --data DIR --out RUN   # 4 GPUs
 
 Settings: defaults < RUN/config.yaml (with --resume) < --config YAML < flags.
@@ -21,7 +23,8 @@ from segmote.errors import InputError
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
           "backbone": "backbone", "checkpoint": "checkpoint", "num_workers": "num_workers",
           "amp": "amp", "window": "window", "cache_dir": "cache_dir", "split": "split",
-          "balance": "balance", "samples_per_epoch": "samples_per_epoch", "manifest": "manifest"}
+          "balance": "balance", "samples_per_epoch": "samples_per_epoch", "manifest": "manifest",
+          "init_adapter": "init_adapter"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", metavar="JSON",
                    help="train on exactly the samples a `segmote curate` manifest selected "
                         "(instead of --data)")
+    p.add_argument("--init-adapter", metavar="SAFETENSORS",
+                   help="start from this adapter (a second stage; see train_parts in the config)")
     p.add_argument("--balance", choices=("none", "dataset", "dataset_class"),
                    help="draw samples so every dataset (and class) is seen equally often")
     p.add_argument("--samples-per-epoch", type=int, help="samples drawn per epoch")

@@ -18,6 +18,7 @@ from segmote.training.prompts import PROMPT_KINDS
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 BALANCE_CHOICES = ("none", "dataset", "dataset_class")
+ADAPTER_PARTS = ("expert_tokens", "mote", "head", "text", "ppt")
 
 
 @dataclass
@@ -47,8 +48,9 @@ class TrainConfig:
         text_encoder_path: a local CLIP text-model folder for text_encoder "clip".
         ppt_queries: Q queries of the PPT module (paper: 2); 0 = no PPT.
         calibrate_on: data on which the confidence threshold of the automatic mode is chosen:
-            "val" (the validation cases) or "train" (up to val_per_class, default 8, training
-            samples per class: for runs whose validation cases are the test set).
+            "val" (the validation cases) or "train" (up to 8 training samples per class: for
+            runs whose validation cases are the test set; computed after the last epoch only,
+            so earlier epochs' adapters carry no threshold).
         auto_fp_target: the threshold is the lowest whose false-positive rate on absent classes
             is at most this.
         box_jitter: max shift of each box side, as a fraction of the box extent.
@@ -76,6 +78,13 @@ class TrainConfig:
         num_workers: DataLoader workers reading cached embeddings.
         cache_dir: embedding cache (None: RUN_DIR/cache).
         mote: MoTEConfig fields except balance_weight (set by loss_weights.balance).
+        init_adapter: an adapter file to start from (a second training stage): its weights are
+            loaded into the new adapter; parts the file lacks (e.g. the text / PPT modules of an
+            adapter trained without them) keep their fresh initialisation. Its MoTE settings
+            must match this config's (text_dim and ppt_queries may be added).
+        train_parts: the adapter parts that train, of "expert_tokens", "mote", "head", "text"
+            and "ppt" (None: all). E.g. [text, ppt] on top of init_adapter adds text prompts
+            and prompt-free segmentation while box / point decoding stays bit-identical.
         save_every: also write the resume state every N steps (0: at epoch ends only).
         log_every: TensorBoard scalars every N steps.
         data: the dataset folders (kept so `--resume` needs no --data).
@@ -119,6 +128,8 @@ class TrainConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     mote: dict[str, Any] = field(default_factory=dict)
+    init_adapter: str | None = None
+    train_parts: list[str] | None = None
     save_every: int = 100
     log_every: int = 10
     data: list[str] = field(default_factory=list)
@@ -223,10 +234,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.balance not in BALANCE_CHOICES:
         raise InputError(f"config balance: expected one of {', '.join(BALANCE_CHOICES)}, "
                          f"got {cfg.balance!r}")
-    for name in ("split", "manifest"):
+    if cfg.train_parts is not None:
+        if not isinstance(cfg.train_parts, list) or not cfg.train_parts or any(
+                part not in ADAPTER_PARTS for part in cfg.train_parts):
+            raise InputError(f"config train_parts: expected a non-empty list of "
+                             f"{', '.join(ADAPTER_PARTS)}, got {cfg.train_parts!r}")
+        missing = [part for part in ("text", "ppt") if part in cfg.train_parts and (
+            (part == "text" and not cfg.uses_text) or (part == "ppt" and not cfg.ppt_queries))]
+        if missing:
+            raise InputError(f"config train_parts: {', '.join(missing)} is listed but this "
+                             f"config has no {' / '.join(missing)} module (text_encoder, "
+                             f"ppt_queries)")
+    for name in ("split", "manifest", "init_adapter"):
         value = getattr(cfg, name)
         if value is not None and not isinstance(value, str):
-            raise InputError(f"config {name}: expected the path of a JSON file, got {value!r}")
+            raise InputError(f"config {name}: expected a file path, got {value!r}")
     if cfg.amp not in AMP_CHOICES:
         raise InputError(f"config amp: expected one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
     _check_mapping("loss_weights", cfg.loss_weights, [f.name for f in

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmote.errors import InputError
+from segmote.errors import InputError, SegmoteError
 from segmote.modeling.segmote import SegMoTE
 from segmote.training import distributed as ddp
 from segmote.training.config import TrainConfig, save_config
@@ -58,6 +58,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+CALIBRATION_PER_CLASS = 8  # training samples per class that calibrate_on "train" asks for
+
+
 def build_model(cfg: TrainConfig, device: torch.device, text_dim: int | None = None) -> SegMoTE:
     """Frozen backbone + a fresh adapter, initialised from cfg.seed (same on every rank).
     text_dim: the text encoder's width (None: cfg without text prompts)."""
@@ -70,7 +73,64 @@ def build_model(cfg: TrainConfig, device: torch.device, text_dim: int | None = N
     torch.manual_seed(cfg.seed)
     model = attach_adapter(base, "new", cfg.mote_config(text_dim), backbone=cfg.backbone,
                            backbone_sha256=expected or sha256_file(path))
+    if cfg.init_adapter is not None:
+        check_initial_adapter(cfg, text_dim)
+        load_initial_adapter(model, Path(cfg.init_adapter))
+    if cfg.train_parts is not None:
+        for name, part in model.adapter.named_children():
+            part.requires_grad_(name in cfg.train_parts)
     return model.to(device)
+
+
+def check_initial_adapter(cfg: TrainConfig, text_dim: int | None = None) -> None:
+    """Refuse (one-line CheckpointError) an `init_adapter` whose header does not fit `cfg`:
+    another backbone or other MoTE settings (text_dim / ppt_queries may be added, not changed).
+    Reads the header only, so a run can check it before writing anything."""
+    from segmote.adapter import read_adapter_metadata
+    from segmote.errors import CheckpointError
+    from segmote.modeling.segmote import MoTEConfig
+
+    path = Path(cfg.init_adapter)
+    meta = read_adapter_metadata(path)
+    if meta.get("backbone") != cfg.backbone:
+        raise CheckpointError(f"{path}: init_adapter was trained for backbone "
+                              f"{meta.get('backbone')!r}, not {cfg.backbone!r}")
+    try:
+        stored = MoTEConfig.from_dict(meta["mote_config"]).to_dict()
+    except (KeyError, TypeError, SegmoteError) as err:
+        raise CheckpointError(f"{path}: bad or missing mote_config in the header ({err})") \
+            from None
+    want = cfg.mote_config(text_dim).to_dict()
+    differ = [k for k in sorted(want) if k not in ("text_dim", "ppt_queries", "balance_weight")
+              and stored.get(k) != want[k]]
+    differ += [k for k in ("text_dim", "ppt_queries")  # in the file: may not change
+               if text_dim is not None and stored.get(k) and stored[k] != want[k]]
+    if differ:
+        got = ", ".join(f"{k} {stored.get(k)} (config: {want[k]})" for k in differ)
+        raise CheckpointError(f"{path}: init_adapter has other MoTE settings: {got}")
+
+
+def load_initial_adapter(model: SegMoTE, path: Path) -> None:
+    """Load the adapter file at `path` into `model`'s fresh adapter (config `init_adapter`;
+    `check_initial_adapter` has checked its header). Tensors the file lacks keep their
+    initialisation, but only the text / PPT modules may be absent."""
+    from segmote.adapter import _check_backbone, read_adapter_metadata
+    from segmote.checkpoint import read_state_dict
+    from segmote.errors import CheckpointError
+
+    _check_backbone(path, read_adapter_metadata(path), model.backbone, model.backbone_sha256)
+    state = read_state_dict(path)
+    own = model.adapter.state_dict()
+    absent = sorted(k for k in own if k not in state)
+    if any(k.split(".")[0] not in ("text", "ppt") for k in absent):
+        raise CheckpointError(f"{path}: init_adapter lacks {absent[0]} (only text / PPT "
+                              f"weights may be added)")
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if unexpected or shapes:
+        raise CheckpointError(f"{path}: init_adapter does not fit the model "
+                              f"({(unexpected or shapes)[0]})")
+    model.adapter.load_state_dict({**own, **state})
 
 
 def autocast_for(amp: str, device: torch.device) -> tuple[Callable[[], Any],
@@ -269,6 +329,8 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
         raise InputError(f"{out_dir}: nothing to resume (no {STATE_FILE}); drop --resume")
     if not resume and state_path.is_file():
         raise InputError(f"{out_dir}: holds a run already; pass --resume or choose a new --out")
+    if cfg.init_adapter is not None and not resume:
+        check_initial_adapter(cfg)  # before anything is written
     datasets, _, train_samples, val_samples = _load_data(cfg, data_dirs, out_dir, resume, info)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
@@ -296,7 +358,7 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     train_data = CachedSlices(cache, train_samples, cfg.seed, classes)
     val_data = CachedSlices(cache, val_samples, cfg.seed, classes)
     calib_data = val_data if cfg.calibrate_on == "val" else CachedSlices(
-        cache, cap_per_class(train_samples, cfg.val_per_class or 8), cfg.seed, classes)
+        cache, cap_per_class(train_samples, CALIBRATION_PER_CLASS), cfg.seed, classes)
     meta = {"vocabulary": sorted({s.class_name for s in train_samples}),
             "training_data": {d.name: sorted(d.labels.values()) for d in datasets}}
     if text_meta:
@@ -346,12 +408,16 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
             if model.adapter.ppt is not None:
                 val["auto"], counts = validate_auto(model, val_data, local_batch, info, autocast,
                                                     texts)
+                last = run.epoch == cfg.epochs - 1
                 if calib_data is not val_data:
+                    # a pass over training slices costs as much as many steps: only the final
+                    # adapter needs a threshold, so earlier epochs' adapters carry none
                     counts = validate_auto(model, calib_data, local_batch, info, autocast,
-                                           texts)[1]
-                calibration = choose_threshold(counts, cfg.auto_fp_target).to_dict()
-                val["auto"]["calibration"] = calibration
-                meta["auto"] = {**calibration, "calibrated_on": cfg.calibrate_on}
+                                           texts)[1] if last else None
+                if counts is not None:
+                    calibration = choose_threshold(counts, cfg.auto_fp_target).to_dict()
+                    val["auto"]["calibration"] = calibration
+                    meta["auto"] = {**calibration, "calibrated_on": cfg.calibrate_on}
             val["ppt_share"] = step.mix.get("text", 0.0) if step.has_text or step.has_ppt \
                 else 0.0
             _epoch_summary(run, info, lr, val)
