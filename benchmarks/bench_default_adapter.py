@@ -87,11 +87,12 @@ def held_out_setup(run_dir: Path | None, adapter: str) -> tuple:
 
     if run_dir is not None:
         import yaml
-        data_dirs = [Path(p) for p in yaml.safe_load((run_dir / "config.yaml").read_text())["data"]]
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        data_dirs = [Path(p) for p in config["data"]]
         adapter_path = run_dir / "adapter_latest.safetensors" if adapter == "latest" \
             else Path(adapter)
-        return None, data_dirs, load_split(run_dir / "split.json"), run_dir / "cache", \
-            adapter_path
+        cache = Path(config["cache_dir"]) if config.get("cache_dir") else run_dir / "cache"
+        return None, data_dirs, load_split(run_dir / "split.json"), cache, adapter_path
     tmp = tempfile.TemporaryDirectory()
     prepared = prepare(Path(tmp.name) / "data")
     adapter_path = Path(DEFAULT_ADAPTER) if adapter == "default" else Path(adapter)

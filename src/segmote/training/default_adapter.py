@@ -34,6 +34,7 @@ import numpy as np
 from segmote.errors import InputError
 
 CONFIG_NAME = "default_adapter.yaml"
+STAGE_CONFIGS = {"box": CONFIG_NAME, "text": "default_adapter_text.yaml"}
 SLAB = 16  # axial slices per Colin27 slab
 HELD_OUT_SLABS = (1, 5, 9)
 HELD_OUT_QUADRANT = 3  # bottom-right
@@ -55,9 +56,10 @@ class PreparedData:
     split: Path
 
 
-def config_path() -> Path:
-    """The shipped YAML config of the default adapter."""
-    return Path(str(resources.files("segmote.training") / CONFIG_NAME))
+def config_path(stage: str = "box") -> Path:
+    """The shipped YAML config of a stage of the default adapter: "box" (stage 1: expert tokens,
+    MoTE, expert head) or "text" (stage 2: text prompts and PPT on the frozen stage 1)."""
+    return Path(str(resources.files("segmote.training") / STAGE_CONFIGS[stage]))
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -181,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the training folders and split.json")
     p.add_argument("out_dir")
-    sub.add_parser("config", help="print the path of the shipped config")
+    c = sub.add_parser("config", help="print the path of a stage's shipped config")
+    c.add_argument("--stage", choices=sorted(STAGE_CONFIGS), default="box")
     args = parser.parse_args(argv)
     try:
         if args.command == "config":
-            print(config_path())
+            print(config_path(args.stage))
             return 0
         prepared = prepare(args.out_dir)
     except InputError as err:
