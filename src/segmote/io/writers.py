@@ -175,6 +175,10 @@ def _write_npz(label: np.ndarray, reference: ImageData, tmp: Path) -> None:
         np.savez_compressed(f, label=label)
 
 
+_NIFTI_GEOMETRY = ("pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+                   "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z")
+
+
 def _write_nifti(label: np.ndarray, reference: ImageData, tmp: Path) -> None:
     """(X, Y, Z) NIfTI. From a NIfTI input: its header with qform and sform (matrices and codes)
     exactly as in the input; from anything else: the RAS affine as both, code 1 (scanner)."""
@@ -184,9 +188,11 @@ def _write_nifti(label: np.ndarray, reference: ImageData, tmp: Path) -> None:
     if reference.format == "nifti" and source is not None:
         cls = nib.Nifti2Image if isinstance(source, nib.Nifti2Header) else nib.Nifti1Image
         img = cls(label, source.get_best_affine(), header=source.copy())
-        # The constructor may rewrite the sform from the 'best' affine; restore both forms.
-        img.set_qform(source.get_qform(), code=int(source["qform_code"]))
-        img.set_sform(source.get_sform(), code=int(source["sform_code"]))
+        # The constructor may rewrite the sform from the 'best' affine; restore both forms by
+        # copying the stored fields (re-deriving the quaternion from a matrix fails in nibabel
+        # >= 5.4 when rounding makes its w^2 slightly negative, e.g. -8e-16)
+        for key in _NIFTI_GEOMETRY:
+            img.header[key] = source[key]
     else:
         affine = np.asarray(reference.meta["affine"], float)
         img = nib.Nifti1Image(label, affine)
