@@ -128,7 +128,8 @@ def test_vocabulary_encodes_only_new_names(minilm, tmp_path):
                         cache_dir=tmp_path)
     assert enc.calls == [[prompt_text(n) for n in ("Kidney_L", "kidney_right", "liver")]]
     assert first.shape == (4, 384) and torch.equal(first[0], first[3])  # same phrase, one entry
-    assert torch.allclose(first[2], minilm.encode([prompt_text("liver")])[0])
+    # encoded in a padded batch of 3 vs alone: equal up to float32 kernel rounding (~1e-6)
+    assert torch.allclose(first[2], minilm.encode([prompt_text("liver")])[0], atol=1e-5)
 
     vocab = TextVocabulary(enc, cache_dir=tmp_path)  # a fresh object reads the file
     again = vocab.embed(["liver", "polyp", "left kidney"])
