@@ -321,6 +321,15 @@ def section_auto(r: dict) -> list[str]:
                    f"{cost['encoder_plus_auto_s'] * 1000:.0f} ms: "
                    f"{cost['per_class_fraction_of_encoder'] * 100:.1f} % per class | "
                    f"{'yes' if c['auto_cost_ok'] else 'no'} |")
+    trial = _load("auto_stage2_trial")
+    if trial and "checks" in trial:
+        t = trial["checks"]
+        tr = ", ".join(f"{d} {v:.2f}" for d, v in t["prompt_free_over_box"].items())
+        out += ["", "An earlier stage-2 recipe (`auto_stage2_trial.json`: absent share 0.2, mask "
+                "bias also beside boxes, calibration on 1 sample per class) had prompt-free / box "
+                f"{tr}, text + box {t['text_box_gain']:+.3f}, absent-class false positives "
+                f"{t['absent_fp_rate'] * 100:.1f} %. Its held-out numbers chose the changes to the "
+                "shipped recipe (a leak: see docs/text_and_ppt.md)."]
     return out + ["", "Per class: `benchmarks/results/auto.json`.", ""]
 
 
