@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmote.errors import InputError, SegmoteError
+from segmote.errors import InputError
 from segmote.modeling.segmote import SegMoTE
 from segmote.training import distributed as ddp
 from segmote.training.config import TrainConfig, save_config
+from segmote.training.stages import check_initial_adapter, load_initial_adapter
 from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
                                      sample_weights)
 from segmote.training.state import load_state, rng_state, save_state, set_rng_state
@@ -80,57 +81,6 @@ def build_model(cfg: TrainConfig, device: torch.device, text_dim: int | None = N
         for name, part in model.adapter.named_children():
             part.requires_grad_(name in cfg.train_parts)
     return model.to(device)
-
-
-def check_initial_adapter(cfg: TrainConfig, text_dim: int | None = None) -> None:
-    """Refuse (one-line CheckpointError) an `init_adapter` whose header does not fit `cfg`:
-    another backbone or other MoTE settings (text_dim / ppt_queries may be added, not changed).
-    Reads the header only, so a run can check it before writing anything."""
-    from segmote.adapter import read_adapter_metadata
-    from segmote.errors import CheckpointError
-    from segmote.modeling.segmote import MoTEConfig
-
-    path = Path(cfg.init_adapter)
-    meta = read_adapter_metadata(path)
-    if meta.get("backbone") != cfg.backbone:
-        raise CheckpointError(f"{path}: init_adapter was trained for backbone "
-                              f"{meta.get('backbone')!r}, not {cfg.backbone!r}")
-    try:
-        stored = MoTEConfig.from_dict(meta["mote_config"]).to_dict()
-    except (KeyError, TypeError, SegmoteError) as err:
-        raise CheckpointError(f"{path}: bad or missing mote_config in the header ({err})") \
-            from None
-    want = cfg.mote_config(text_dim).to_dict()
-    differ = [k for k in sorted(want) if k not in ("text_dim", "ppt_queries", "balance_weight")
-              and stored.get(k) != want[k]]
-    differ += [k for k in ("text_dim", "ppt_queries")  # in the file: may not change
-               if text_dim is not None and stored.get(k) and stored[k] != want[k]]
-    if differ:
-        got = ", ".join(f"{k} {stored.get(k)} (config: {want[k]})" for k in differ)
-        raise CheckpointError(f"{path}: init_adapter has other MoTE settings: {got}")
-
-
-def load_initial_adapter(model: SegMoTE, path: Path) -> None:
-    """Load the adapter file at `path` into `model`'s fresh adapter (config `init_adapter`;
-    `check_initial_adapter` has checked its header). Tensors the file lacks keep their
-    initialisation, but only the text / PPT modules may be absent."""
-    from segmote.adapter import _check_backbone, read_adapter_metadata
-    from segmote.checkpoint import read_state_dict
-    from segmote.errors import CheckpointError
-
-    _check_backbone(path, read_adapter_metadata(path), model.backbone, model.backbone_sha256)
-    state = read_state_dict(path)
-    own = model.adapter.state_dict()
-    absent = sorted(k for k in own if k not in state)
-    if any(k.split(".")[0] not in ("text", "ppt") for k in absent):
-        raise CheckpointError(f"{path}: init_adapter lacks {absent[0]} (only text / PPT "
-                              f"weights may be added)")
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if unexpected or shapes:
-        raise CheckpointError(f"{path}: init_adapter does not fit the model "
-                              f"({(unexpected or shapes)[0]})")
-    model.adapter.load_state_dict({**own, **state})
 
 
 def autocast_for(amp: str, device: torch.device) -> tuple[Callable[[], Any],
