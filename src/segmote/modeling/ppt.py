@@ -2,23 +2,23 @@
 
 PPT (method.md): Q learnable queries cross-attend (multi-head) over the layer-normed image
 embedding plus a learned 2-D position term, then MLP + residual + LayerNorm give Q prompt tokens
-that replace the manual sparse prompt tokens. Our choice (not the paper's): the tokens are an
-*anchor* plus a zero-initialised projection of that output. The anchor is the frozen prompt
-encoder's embedding of a box around the whole frame (padding tokens beyond two), so a fresh PPT
-module prompts the frozen decoder exactly like that box, a prompt the decoder understands,
-instead of with random vectors it was never trained on. Learning then moves the tokens away
-from a working prompt, which takes far fewer steps than finding one. Two optional foreground hints ("priors"): a mask
+that replace the manual sparse prompt tokens. Two optional foreground hints ("priors"): a mask
 prompt's dense embedding is added to the image before the attention, and a text embedding is
 added to every query. The paper limits PPT to binary tasks; conditioning the queries on the
 class's text embedding is what lets one adapter segment each class it knows without a prompt.
+Our choice (not the paper's): the tokens are an *anchor* plus a zero-initialised projection of
+that output. The anchor is the frozen prompt encoder's embedding of a box around the whole frame
+(padding tokens beyond two), so a fresh PPT module prompts the frozen decoder exactly like that
+box, a prompt it understands, instead of with random vectors it was never trained on; learning
+moves the tokens away from a working prompt, which takes far fewer steps than finding one.
 
 Text prompt (method.md): a frozen text encoder's sentence embedding (computed outside the model:
-no I/O here) is projected to one extra sparse prompt token (SAM's padding token plus a
-zero-initialised projection, so a fresh text module leaves a box / point prompt almost as the
-decoder knows it: the padding token is what SAM appends to a point-only prompt), and the same embedding, projected to
-the expert head's C channels, gives a spatial bias `(W e) . fused_image_features` added to every
-expert mask (plus a per-class constant offset `u . e`, our addition). The bias projection starts at zero, so adding text to a fresh adapter changes the
-expert masks only through the decoder tokens.
+no I/O here) is projected to one extra sparse prompt token: SAM's padding token (what SAM appends
+to a point-only prompt) plus a zero-initialised projection, so a fresh text module leaves a box /
+point prompt as the decoder knows it. The same embedding, projected to the expert head's C
+channels (+1), gives a spatial bias `(W e) . fused_image_features` plus a per-class constant
+offset (our addition), added to every expert mask of prompt-free decoding (`SegMoTE.decode`
+applies it there only). The bias projection starts at zero.
 """
 
 from __future__ import annotations
