@@ -10,6 +10,7 @@ from segmote.errors import SegmoteError
 from segmote.modeling.segmote import SegMoTE
 from segmote.training.config import TrainConfig
 
+NEW_PARTS = ("text", "ppt")  # adapter parts a second stage may add to a file without them
 
 def check_initial_adapter(cfg: TrainConfig, text_dim: int | None = None) -> None:
     """Refuse (one-line CheckpointError) an `init_adapter` whose header does not fit `cfg`:
@@ -44,19 +45,16 @@ def load_initial_adapter(model: SegMoTE, path: Path) -> None:
     `check_initial_adapter` has checked its header). Tensors the file lacks keep their
     initialisation, but only the text / PPT modules may be absent."""
     from segmote.adapter import _check_backbone, read_adapter_metadata
-    from segmote.checkpoint import read_state_dict
+    from segmote.checkpoint import load_strict, read_state_dict
     from segmote.errors import CheckpointError
 
     _check_backbone(path, read_adapter_metadata(path), model.backbone, model.backbone_sha256)
     state = read_state_dict(path)
     own = model.adapter.state_dict()
-    absent = sorted(k for k in own if k not in state)
-    if any(k.split(".")[0] not in ("text", "ppt") for k in absent):
-        raise CheckpointError(f"{path}: init_adapter lacks {absent[0]} (only text / PPT "
+    lacking = [k for k in sorted(own) if k not in state and k.split(".")[0] not in NEW_PARTS]
+    if lacking:
+        raise CheckpointError(f"{path}: init_adapter lacks {lacking[0]} (only text / PPT "
                               f"weights may be added)")
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if unexpected or shapes:
-        raise CheckpointError(f"{path}: init_adapter does not fit the model "
-                              f"({(unexpected or shapes)[0]})")
-    model.adapter.load_state_dict({**own, **state})
+    # the new parts keep their initialisation; load_strict names any other misfit in one line
+    fresh = {k: v for k, v in own.items() if k not in state}
+    load_strict(model.adapter, {**state, **fresh}, path)
