@@ -433,6 +433,20 @@ def test_second_stage_adds_text_and_ppt_and_leaves_box_decoding_bit_identical(
         o2 = m2.decode(m2.encode(image), boxes=box)
     assert torch.equal(o1.masks, o2.masks) and torch.equal(o1.iou_pred, o2.iou_pred)
 
+    # the calibration travels with the adapter, and recalibrating the finished run reproduces
+    # it exactly without touching a weight
+    from segmote.adapter import read_adapter_metadata
+    from segmote.training.recalibrate import recalibrate
+
+    auto = read_adapter_metadata(out / "adapter_latest.safetensors")["auto"]
+    assert {"threshold", "mask_offset_default", "mask_offsets"} <= set(auto)
+    again = recalibrate(out, out=tmp_path / "recal.safetensors")
+    assert again == auto
+    c = load_file(tmp_path / "recal.safetensors")
+    assert set(c) == set(b) and all(torch.equal(b[k], c[k]) for k in b)
+    assert read_adapter_metadata(tmp_path / "recal.safetensors")["vocabulary"] == \
+        read_adapter_metadata(out / "adapter_latest.safetensors")["vocabulary"]
+
     other = train(_cfg(cache_dir, refine_rounds=0, epochs=1, mote={"num_experts": 2}, **PLAIN),
                   [lung_dataset], tmp_path / "other", progress=False)
     rc = main(["train", "--data", str(lung_dataset), "--out", str(tmp_path / "bad"), "--config",

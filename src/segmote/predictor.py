@@ -104,6 +104,20 @@ class Segmenter:
         """The classes the adapter was trained on (its metadata)."""
         return list(getattr(self.model, "adapter_metadata", {}).get("vocabulary", []))
 
+    def mask_offsets(self, names: Sequence[str]) -> np.ndarray:
+        """(N,) float32 logit offsets of prompt-free masks of these classes, calibrated on the
+        adapter's training data (`segmote.training.calibration`): a mask is logits + offset > 0.
+        A name is matched as written, then by its normalised form ("Kidney_L" = "left kidney");
+        an unknown one gets the adapter's default offset (0 without calibration)."""
+        from segmote.text.names import normalize_class_name
+
+        calib = getattr(self.model, "adapter_metadata", {}).get("auto") or {}
+        per = calib.get("mask_offsets") or {}
+        default = float(calib.get("mask_offset_default", 0.0))
+        normal = {normalize_class_name(k): float(v) for k, v in per.items()}
+        return np.array([per.get(n, normal.get(normalize_class_name(n), default))
+                         for n in names], np.float32)
+
     def embed_text(self, texts: Sequence[str]) -> Tensor:
         """(N, text_dim) embeddings of class names (normalised and put in the template the
         adapter was trained with), cached per Segmenter."""
@@ -250,6 +264,10 @@ class Segmenter:
                              "module, so it cannot segment without a prompt)")
         out = self.model.decode(self.features, points=tp, boxes=tb,
                                 masks=self._mask_input(mask_input, n), **decode_kwargs)
+        if texts is not None and decode_kwargs.get("auto"):
+            # a prompt-free mask of a named class: its calibrated mask threshold
+            off = torch.from_numpy(self.mask_offsets(texts)).to(out.masks.device)
+            out = out._replace(masks=out.masks + off.view(-1, 1, 1, 1).to(out.masks.dtype))
         single = boxes is None and (points is None or np.asarray(points).ndim == 2) and \
             (texts is None or isinstance(text, str))
         return self._finish(out, single)
@@ -263,7 +281,8 @@ class Segmenter:
         classes: class names (default: the adapter's vocabulary).
         threshold: keep a class's mask only if its confidence (predicted IoU) reaches it
             (default: the adapter's calibrated threshold, else 0).
-        A pixel goes to the kept class with the highest positive logit.
+        A pixel goes to the kept class with the highest positive logit (each class's logits
+        shifted by its calibrated offset, `mask_offsets`).
         """
         if self.features is None:
             raise InputError("call set_image() before predict_auto()")
@@ -280,8 +299,9 @@ class Segmenter:
         for start in range(0, len(names), chunk):
             part = names[start:start + chunk]
             out = self.model.decode(self.features, text=self.embed_text(part), auto=True)
-            logits.append(self.geometry.logits_to_original(out.masks[:, :1].float())[:, 0]
-                          .cpu().numpy())
+            off = torch.from_numpy(self.mask_offsets(part)).to(out.masks.device)
+            logits.append(self.geometry.logits_to_original(
+                out.masks[:, :1].float() + off.view(-1, 1, 1, 1))[:, 0].cpu().numpy())
             conf.append(out.iou_pred[:, 0].float().cpu().numpy())
         stack, score = np.concatenate(logits), np.concatenate(conf)
         kept = (stack > 0).any(axis=(1, 2)) & (score >= threshold)

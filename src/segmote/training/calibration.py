@@ -1,63 +1,118 @@
-"""Confidence calibration of automatic (prompt-free) segmentation.
+"""Calibration of automatic (prompt-free) segmentation: a mask threshold per class, then a
+confidence threshold.
 
-Asked for a class, the automatic mode returns a mask and a confidence (the selected expert
-token's predicted IoU). A class absent from the image should give no mask: the mask is kept only
-when its confidence reaches a threshold chosen on calibration data, with present classes (their
-Dice counts) and absent classes (a non-empty mask is a false positive). Confidences are binned
-(100 bins on [0, 1]) so ranks can sum their histograms with one all-reduce.
+Asked for a class, the automatic mode returns mask logits and a confidence (the selected expert
+token's predicted IoU). Two things are chosen on calibration data (training slices by default):
+
+1. **Mask offset per class.** A prompt-free mask is `logits + offset > 0`. Trained with focal +
+   Dice loss on few steps, the PPT logits of a class can have the right shape but sit too low
+   or too high (the nuclei logits of the default adapter are about 0.5 too low). For each
+   class the offset on a grid (`OFFSETS`) with the best mean Dice over all its queries is
+   kept when it beats offset 0 by at least `MIN_GAIN` (otherwise 0: a few noisy samples should
+   not move a threshold). Queries for an absent class count too, with Dice 1 for an empty mask
+   and 0 for any other (the Dice of an empty target), so a lower threshold that finds a
+   little more of a class but fires where it is absent is not chosen. Classes with no query,
+   and names the adapter never saw, get the offset chosen the same way on all queries pooled.
+2. **Confidence threshold.** A class absent from the image should give no mask: the mask is
+   kept only when its confidence reaches the lowest threshold whose false-positive rate on
+   absent-class queries (a non-empty mask, at the class's offset) is <= a target.
+
+Everything is kept as histograms over (class, offset, confidence bin) so DDP ranks can sum
+them with one all-reduce.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 BINS = 100
+OFFSETS = np.round(np.arange(-2.0, 2.0001, 0.25), 2)  # logit offsets tried per class
+ZERO = int(np.argmin(np.abs(OFFSETS)))
+MIN_GAIN = 0.01  # mean-Dice gain an offset needs over 0 to be kept
 
 
 def _bin(conf: float) -> int:
     return int(min(max(conf, 0.0), 1.0 - 1e-9) * BINS)
 
 
+def offset_dice(logits: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Dice of `logits + o > 0` for every o in OFFSETS.
+
+    logits: (B, H, W) float; gt: (B, H, W) bool. -> (B, len(OFFSETS)); 1 where both are empty.
+    """
+    out = np.empty((len(logits), len(OFFSETS)))
+    g = gt.reshape(len(gt), -1)
+    n_gt = g.sum(1)
+    flat = logits.reshape(len(logits), -1)
+    for j, o in enumerate(OFFSETS):
+        m = flat > -o
+        inter, total = (m & g).sum(1), m.sum(1) + n_gt
+        out[:, j] = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    return out
+
+
+def offset_nonempty(logits: np.ndarray) -> np.ndarray:
+    """(B, H, W) logits -> (B, len(OFFSETS)) bool: is `logits + o > 0` non-empty."""
+    peak = logits.reshape(len(logits), -1).max(1)
+    return peak[:, None] > -OFFSETS[None, :]
+
+
 class CalibrationCounts:
-    """Histograms over confidence bins: Dice of present-class masks, false positives of
-    absent-class masks, and the row counts. `array` / `from_array` for all-reduce."""
+    """Histograms over (class, offset, confidence bin): Dice sums of present-class queries and
+    false positives of absent-class queries, plus per-class query counts.
+    `array` / `from_array` for all-reduce."""
 
-    def __init__(self) -> None:
-        self.present_dice = np.zeros(BINS)
-        self.absent_fp = np.zeros(BINS)
-        self.n_present = 0
-        self.n_absent = 0
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = list(classes)
+        self._index = {c: i for i, c in enumerate(self.classes)}
+        shape = (len(self.classes), len(OFFSETS), BINS)
+        self.present_dice = np.zeros(shape)
+        self.absent_fp = np.zeros(shape)
+        self.n_present = np.zeros(len(self.classes))
+        self.n_absent = np.zeros(len(self.classes))
 
-    def add_present(self, dice: float, conf: float) -> None:
-        self.present_dice[_bin(conf)] += dice
-        self.n_present += 1
+    def add_present(self, name: str, dice: np.ndarray | float, conf: float) -> None:
+        """dice: (len(OFFSETS),) Dice at each offset (`offset_dice`), or one value for all."""
+        i = self._index[name]
+        self.present_dice[i, :, _bin(conf)] += dice
+        self.n_present[i] += 1
 
-    def add_absent(self, nonempty: bool, conf: float) -> None:
-        self.absent_fp[_bin(conf)] += float(nonempty)
-        self.n_absent += 1
+    def add_absent(self, name: str, nonempty: np.ndarray | bool, conf: float) -> None:
+        """nonempty: (len(OFFSETS),) bool (`offset_nonempty`), or one value for all."""
+        i = self._index[name]
+        self.absent_fp[i, :, _bin(conf)] += np.asarray(nonempty, dtype=float)
+        self.n_absent[i] += 1
 
     def array(self) -> np.ndarray:
-        return np.concatenate([self.present_dice, self.absent_fp, [self.n_present, self.n_absent]])
+        return np.concatenate([self.present_dice.ravel(), self.absent_fp.ravel(),
+                               self.n_present, self.n_absent])
 
     @classmethod
-    def from_array(cls, a: np.ndarray) -> CalibrationCounts:
-        c = cls()
-        c.present_dice, c.absent_fp = a[:BINS].copy(), a[BINS:2 * BINS].copy()
-        c.n_present, c.n_absent = int(a[-2]), int(a[-1])
+    def from_array(cls, a: np.ndarray, classes: Sequence[str]) -> CalibrationCounts:
+        c = cls(classes)
+        size = c.present_dice.size
+        c.present_dice = a[:size].reshape(c.present_dice.shape).copy()
+        c.absent_fp = a[size:2 * size].reshape(c.absent_fp.shape).copy()
+        k = len(c.classes)
+        c.n_present, c.n_absent = a[2 * size:2 * size + k].copy(), a[2 * size + k:].copy()
         return c
 
 
 @dataclass
 class Calibration:
-    """The chosen threshold and what it gives on the calibration data.
+    """The chosen offsets and threshold and what they give on the calibration data.
 
     threshold: keep an automatic mask when its confidence >= threshold.
-    fp_rate: share of absent-class queries that still give a non-empty mask at the threshold
-        (fp_rate_raw: without a threshold). dice / dice_raw: mean Dice of present-class queries
-        with / without the threshold (a dropped mask scores 0). n_present, n_absent: queries.
+    mask_offsets: class -> logit offset, for the classes whose offset is not the default
+        (keys as in the training data); mask_offset_default: every other class.
+    fp_rate: share of absent-class queries that still give a non-empty mask at the offsets and
+        threshold (fp_rate_raw: without a threshold). dice / dice_raw: mean Dice of
+        present-class queries with / without the threshold (a dropped mask scores 0), both at
+        the offsets; dice_no_offset: without threshold and offsets. n_present, n_absent: queries.
     """
 
     threshold: float
@@ -68,24 +123,52 @@ class Calibration:
     n_present: int
     n_absent: int
     target_fp_rate: float
+    dice_no_offset: float | None = None
+    mask_offset_default: float = 0.0
+    mask_offsets: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def choose_threshold(counts: CalibrationCounts, target_fp_rate: float = 0.05) -> Calibration:
-    """The lowest threshold whose false-positive rate on absent classes is <= target_fp_rate
-    (so as few present-class masks as possible are dropped); 0 without absent queries."""
-    fp_tail = np.cumsum(counts.absent_fp[::-1])[::-1]  # FPs kept by threshold bin j
-    dice_tail = np.cumsum(counts.present_dice[::-1])[::-1]
-    fp = fp_tail / counts.n_absent if counts.n_absent else np.zeros(BINS)
-    dice = dice_tail / counts.n_present if counts.n_present else np.full(BINS, np.nan)
+def _best_offset(dice_sum: np.ndarray, n: float) -> int:
+    """Index into OFFSETS of the best mean Dice (dice_sum: (len(OFFSETS),) summed over n
+    queries), ZERO unless it gains MIN_GAIN; among equals the one nearest 0."""
+    if n <= 0:
+        return ZERO
+    mean = dice_sum / n
+    order = np.argsort(np.abs(OFFSETS), kind="stable")  # nearest 0 first wins ties
+    best = int(order[np.argmax(mean[order])])
+    return best if mean[best] - mean[ZERO] >= MIN_GAIN else ZERO
+
+
+def choose_calibration(counts: CalibrationCounts, target_fp_rate: float = 0.05) -> Calibration:
+    """Per-class mask offsets, then the lowest confidence threshold whose false-positive rate
+    on absent classes is <= target_fp_rate (so as few present-class masks as possible are
+    dropped; 0 without absent queries)."""
+    per_class = counts.present_dice.sum(2)  # (C, O)
+    # Dice summed over every query of a class: present ones, plus absent ones left empty
+    score = per_class + counts.n_absent[:, None] - counts.absent_fp.sum(2)
+    n_q = counts.n_present + counts.n_absent
+    n_p, n_a = float(counts.n_present.sum()), float(counts.n_absent.sum())
+    default = _best_offset(score.sum(0), float(n_q.sum()))
+    pick = np.array([_best_offset(score[i], n_q[i]) if n_q[i] > 0 else default
+                     for i in range(len(counts.classes))], dtype=int)
+    rows = np.arange(len(counts.classes))
+    present = counts.present_dice[rows, pick].sum(0) if len(rows) else np.zeros(BINS)
+    absent = counts.absent_fp[rows, pick].sum(0) if len(rows) else np.zeros(BINS)
+    fp_tail = np.cumsum(absent[::-1])[::-1]  # FPs kept by threshold bin j
+    dice_tail = np.cumsum(present[::-1])[::-1]
+    fp = fp_tail / n_a if n_a else np.zeros(BINS)
+    dice = dice_tail / n_p if n_p else np.full(BINS, np.nan)
     ok = np.nonzero(fp <= target_fp_rate)[0]
     j = int(ok[0]) if len(ok) else BINS - 1
 
     def num(x: float) -> float | None:
         return None if np.isnan(x) else round(float(x), 4)
 
-    return Calibration(j / BINS, num(fp[j]) if counts.n_absent else None,
-                       num(fp[0]) if counts.n_absent else None, num(dice[j]), num(dice[0]),
-                       counts.n_present, counts.n_absent, target_fp_rate)
+    no_offset = per_class[:, ZERO].sum() / n_p if n_p else np.nan
+    offsets = {c: float(OFFSETS[k]) for c, k in zip(counts.classes, pick) if k != default}
+    return Calibration(j / BINS, num(fp[j]) if n_a else None, num(fp[0]) if n_a else None,
+                       num(dice[j]), num(dice[0]), int(n_p), int(n_a), target_fp_rate,
+                       num(no_offset), float(OFFSETS[default]), offsets)

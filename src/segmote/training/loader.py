@@ -101,6 +101,13 @@ class CachedSlices(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def class_names(self) -> list[str]:
+        """Every class name a query may ask for (sorted; one name shared by two datasets is
+        one class to the text prompt, so it is one here too)."""
+        names = {n for per in self.classes.values() for n in per.values()}
+        return sorted(names | {s.class_name for s in self.samples})
+
     def key(self, i: int) -> str:
         s = self.samples[i]
         return f"{s.dataset}/{s.class_name}"

@@ -263,8 +263,9 @@ def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any) -> np.ndarray:
 def predict_auto(model: SegMoTE, batch: Batch, texts: dict[str, Tensor], autocast: Any,
                  names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Prompt-free prediction of the class `names[i]` (default: each sample's own class) on
-    each sample's slice: PPT tokens conditioned on the class text. Returns (B, H, W) bool masks
-    at mask resolution and (B,) confidences (the selected expert token's predicted IoU)."""
+    each sample's slice: PPT tokens conditioned on the class text. Returns (B, H, W) float32
+    mask logits at mask resolution (the mask is logits > 0 before calibration) and (B,)
+    confidences (the selected expert token's predicted IoU)."""
     names = names or batch.class_names
     # callers score these masks against `batch.class_target` (text names every instance)
     text = torch.stack([texts[n] for n in names]).to(batch.target.device) \
@@ -273,7 +274,7 @@ def predict_auto(model: SegMoTE, batch: Batch, texts: dict[str, Tensor], autocas
         out = model.decode(model.prepare_image(EncoderOutput(batch.image_embedding,
                                                              batch.early_features)),
                            text=text, auto=True)
-    return (out.masks[:, 0].float() > 0).cpu().numpy(), out.iou_pred[:, 0].float().cpu().numpy()
+    return out.masks[:, 0].float().cpu().numpy(), out.iou_pred[:, 0].float().cpu().numpy()
 
 
 def dice_scores(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from segmote.training.stages import check_initial_adapter, load_initial_adapter
 from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
                                      sample_weights)
 from segmote.training.state import load_state, rng_state, save_state, set_rng_state
-from segmote.training.calibration import choose_threshold
+from segmote.training.calibration import choose_calibration
 from segmote.training.step import TrainStep, train_step
 from segmote.training.validation import validate, validate_auto  # noqa: F401 (re-exported)
 
@@ -365,7 +365,7 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
                     counts = validate_auto(model, calib_data, local_batch, info, autocast,
                                            texts)[1] if last else None
                 if counts is not None:
-                    calibration = choose_threshold(counts, cfg.auto_fp_target).to_dict()
+                    calibration = choose_calibration(counts, cfg.auto_fp_target).to_dict()
                     val["auto"]["calibration"] = calibration
                     meta["auto"] = {**calibration, "calibrated_on": cfg.calibrate_on}
             val["ppt_share"] = step.mix.get("text", 0.0) if step.has_text or step.has_ppt \

@@ -12,7 +12,7 @@ import torch
 
 from segmote.modeling.segmote import SegMoTE
 from segmote.training import distributed as ddp
-from segmote.training.calibration import CalibrationCounts
+from segmote.training.calibration import ZERO, CalibrationCounts, offset_dice, offset_nonempty
 from segmote.training.loader import CachedSlices, make_loader
 from segmote.training.step import dice_scores, predict_auto, predict_boxes
 
@@ -45,12 +45,13 @@ def validate(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.Dist
 def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.DistInfo,
                   autocast: Callable[[], Any], texts: dict[str, torch.Tensor]
                   ) -> tuple[dict[str, Any], CalibrationCounts]:
-    """Prompt-free Dice per dataset and class (each sample's own class, no threshold) and the
-    calibration histograms: every sample also asks for one class of its dataset that is absent
-    from its slice (chosen by position, deterministic)."""
+    """Prompt-free Dice per dataset and class (each sample's own class, no offset or threshold)
+    and the calibration histograms (`segmote.training.calibration`; classes: `data.class_names`):
+    every sample also asks for one class of its dataset that is absent from its slice (chosen
+    by position, deterministic)."""
     keys = sorted({data.key(i) for i in range(len(data))})
     sums = torch.zeros(2, len(keys), dtype=torch.float64)
-    counts = CalibrationCounts()
+    counts = CalibrationCounts(data.class_names)
     was_training = model.training
     model.eval()
     mine = [(i, i) for i in range(info.rank, len(data), info.world_size)]
@@ -60,11 +61,11 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
         batch = batch.to(info.device)
         target = batch.class_target if batch.class_target is not None else batch.target
         gt = target[:, 0].cpu().numpy() > 0.5
-        pred, conf = predict_auto(model, batch, texts, autocast)
-        for key, d, c in zip(batch.keys, dice_scores(pred, gt), conf):
-            sums[0, keys.index(key)] += d
+        logits, conf = predict_auto(model, batch, texts, autocast)
+        for key, name, d, c in zip(batch.keys, batch.class_names, offset_dice(logits, gt), conf):
+            sums[0, keys.index(key)] += d[ZERO]
             sums[1, keys.index(key)] += 1
-            counts.add_present(float(d), float(c))
+            counts.add_present(name, d, float(c))
         rows = [i for i, a in enumerate(batch.absent or []) if a]
         if rows:
             names = [batch.absent[i][batch.seeds[i][2] % len(batch.absent[i])] for i in rows]
@@ -73,14 +74,14 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
                 early_features=batch.early_features[rows], target=batch.target[rows],
                 seeds=[batch.seeds[i] for i in rows], keys=[batch.keys[i] for i in rows],
                 class_names=names, absent=None, class_target=None)
-            pred, conf = predict_auto(model, sub, texts, autocast)
-            for m, c in zip(pred, conf):
-                counts.add_absent(bool(m.any()), float(c))
+            logits, conf = predict_auto(model, sub, texts, autocast)
+            for name, m, c in zip(names, offset_nonempty(logits), conf):
+                counts.add_absent(name, m, float(c))
     model.train(was_training)
     sums = ddp.all_reduce_sum(sums.to(info.device), info).cpu()
     reduced = ddp.all_reduce_sum(torch.from_numpy(counts.array()).to(info.device), info).cpu()
     return (class_means(keys, sums),
-            CalibrationCounts.from_array(reduced.numpy()))
+            CalibrationCounts.from_array(reduced.numpy(), data.class_names))
 
 
 def class_means(keys: list[str], sums: torch.Tensor) -> dict[str, Any]:
