@@ -6,7 +6,8 @@
 Held-out = the "val" part of the run's split (see bench_default_adapter.py for how honest each
 hold-out is). Every held-out (slice, class) with >= 20 foreground pixels, under the protocols of
 `segmote.evaluation.prompted`: box, box_text (box + class name), text (class name alone: PPT,
-raw mask) and auto (text with the adapter's calibrated confidence threshold). Absent classes: on
+the mask at the class's calibrated offset; one query per slice and class) and auto (text with
+the adapter's calibrated confidence threshold). Absent classes: on
 every held-out slice, every class of its dataset with no pixel there is asked for in automatic
 mode; a kept non-empty mask is a false positive. Cost: one automatic multi-class pass on a 2-D
 image vs one encoder pass, same process, median of repeats.

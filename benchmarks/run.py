@@ -290,16 +290,22 @@ def section_auto(r: dict) -> list[str]:
            f"Adapter `{_shipped(r)}` (sha256 {r['adapter_sha256'][:12]}) on the held-out data of "
            f"the default-adapter section (same cases, same honesty notes); n = (slice, class) "
            f"samples; class-mean Dice per dataset. Protocols: box (tight box + 2 px), box_text "
-           f"(box + class name), text (class name alone: PPT, raw mask), auto (text with the "
-           f"calibrated confidence threshold {cal.get('threshold', 0):.2f}, chosen on "
-           f"{cal.get('calibrated_on', '?')} data). Machine: {_machine(r.get('machine'))}.", "",
-           "| dataset | n | box | box + text | text alone | auto |", "|---|---|---|---|---|---|"]
+           f"(box + class name), text (class name alone: PPT, the mask at the class's "
+           f"calibrated offset; a query names every instance, so the nuclei of one image are one "
+           f"query: n text), auto (text with the calibrated confidence threshold "
+           f"{cal.get('threshold', 0):.2f}). Offsets and threshold were chosen on "
+           f"{cal.get('calibrated_on', '?')} data. Machine: {_machine(r.get('machine'))}.", "",
+           "| dataset | n box | box | box + text | n text | text alone | auto |",
+           "|---|---|---|---|---|---|---|"]
     for d in s["box"]["datasets"]:
-        out.append(f"| {d} | {s['box']['datasets'][d]['n']} | " + " | ".join(
-            f"{s[p]['datasets'][d]['dice']:.3f}" for p in ("box", "box_text", "text", "auto"))
-            + " |")
-    out.append(f"| **mean over datasets** | {r['n_samples']} | " + " | ".join(
-        f"{s[p]['mean']:.3f}" for p in ("box", "box_text", "text", "auto")) + " |")
+        dice = {p: f"{s[p]['datasets'][d]['dice']:.3f}" for p in ("box", "box_text", "text",
+                                                                  "auto")}
+        out.append(f"| {d} | {s['box']['datasets'][d]['n']} | {dice['box']} | "
+                   f"{dice['box_text']} | {s['text']['datasets'][d]['n']} | {dice['text']} | "
+                   f"{dice['auto']} |")
+    out.append(f"| **mean over datasets** | {r['n_samples']} | {s['box']['mean']:.3f} | "
+               f"{s['box_text']['mean']:.3f} | | {s['text']['mean']:.3f} | "
+               f"{s['auto']['mean']:.3f} |")
     a = r["absent"]
     out += ["", "Absent classes (every class of a dataset with no pixel in a held-out slice, asked "
             "for in automatic mode):", "", "| dataset | queries | false positives | rate |",
@@ -321,6 +327,14 @@ def section_auto(r: dict) -> list[str]:
                    f"{cost['encoder_plus_auto_s'] * 1000:.0f} ms: "
                    f"{cost['per_class_fraction_of_encoder'] * 100:.1f} % per class | "
                    f"{'yes' if c['auto_cost_ok'] else 'no'} |")
+    before = _load("auto_no_offsets")
+    if before and "checks" in before:
+        b = before["checks"]
+        br = ", ".join(f"{d} {v:.2f}" for d, v in b["prompt_free_over_box"].items())
+        out += ["", "The same weights before per-class mask offsets (`auto_no_offsets.json`: "
+                f"threshold {(before.get('calibration') or {}).get('threshold', 0):.2f} only): "
+                f"prompt-free / box {br}, absent-class false positives "
+                f"{b['absent_fp_rate'] * 100:.1f} %."]
     trial = _load("auto_stage2_trial")
     if trial and "checks" in trial:
         t = trial["checks"]

@@ -13,10 +13,12 @@ and for every model compared:
   larger error region (missed foreground -> positive, false positive -> negative), with the
   previous low-res logits as mask prompt (the interactive protocol of SAM-style papers);
 - ``box_text``: ``box`` plus the class name as a text prompt;
-- ``text``: the class name alone: prompt-free segmentation of that class (PPT), the raw mask;
+- ``text``: the class name alone: prompt-free segmentation of that class (PPT) at the class's
+  calibrated mask offset, with no confidence threshold;
 - ``auto``: ``text`` with the mask dropped (empty) when its confidence is below the adapter's
   calibrated threshold, as `segmote predict --text` / `--auto` do. No prompt of these two comes
-  from the ground truth.
+  from the ground truth. Their target is every instance of the class in the slice, so the
+  samples of one slice and class (the nuclei of one image) are one query, scored once.
 
 Text protocols need an adapter trained with text (and PPT for ``text``) and score only the
 adapter's output: the base decoder has no text prompt to compare with.
@@ -226,6 +228,7 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
     seg = Segmenter(model)
     planes, files = _Planes(), _LastFile()
     current = None
+    asked: set[tuple[Any, ...]] = set()  # (slice, class) already asked by text alone
     samples = list(samples)
     for sample in samples:
         key = (str(sample.image), sample.slice_index, sample.axis)
@@ -247,6 +250,13 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
         whole = class_mask(plane, sample)
         for protocol in protocols:
             target = whole if protocol.prompt in ("text", "auto") else gt
+            if protocol.prompt in ("text", "auto"):
+                # the query names the class, not the instance: the instances of one slice
+                # (nuclei) are one query, counted once
+                query = (protocol.prompt, protocol.seed, *key, sample.class_name)
+                if query in asked:
+                    continue
+                asked.add(query)
             scores, pred = evaluate_slice(seg, target, protocol,
                                           sample_seed(protocol.seed, sample), sample.class_name)
             token = experts = None
