@@ -118,6 +118,20 @@ class Segmenter:
         return np.array([per.get(n, normal.get(normalize_class_name(n), default))
                          for n in names], np.float32)
 
+    def text_beside_prompt(self, names: Sequence[str]) -> np.ndarray:
+        """(N,) bool: is each class's text used beside a box / points? Calibrated per class on
+        the adapter's training data (`segmote.training.calibration`): a class whose text made
+        its box masks worse there is segmented from the box alone. Names are matched as in
+        `mask_offsets`; unknown ones get the adapter's default (True without calibration)."""
+        from segmote.text.names import normalize_class_name
+
+        calib = getattr(self.model, "adapter_metadata", {}).get("auto") or {}
+        per = calib.get("text_beside_prompt") or {}
+        default = bool(calib.get("text_beside_prompt_default", True))
+        normal = {normalize_class_name(k): bool(v) for k, v in per.items()}
+        return np.array([per.get(n, normal.get(normalize_class_name(n), default))
+                         for n in names], bool)
+
     def embed_text(self, texts: Sequence[str]) -> Tensor:
         """(N, text_dim) embeddings of class names (normalised and put in the template the
         adapter was trained with), cached per Segmenter."""
@@ -237,13 +251,18 @@ class Segmenter:
         p = self._points(points, labels)
         texts = None if text is None else [text] if isinstance(text, str) else list(text)
         t = self.embed_text(texts) if texts is not None else None
+        use_text = None  # per text: used beside the box / points (calibrated per class)
+        if t is not None and (b is not None or p is not None):
+            use_text = self.text_beside_prompt(texts)
+            if not use_text.any():
+                t = None
         if t is not None:
             decode_kwargs["text"] = t
         if b is None and p is None and mask_input is None and self.prompt_free:
             decode_kwargs.setdefault("auto", True)
         n = max(len(b) if b is not None else 1, p[0].shape[0] if p is not None else 1)
-        if t is not None and len(t) not in (1, n) and (b is not None or p is not None):
-            raise InputError(f"{len(t)} text prompts for {n} box / point prompts")
+        if texts is not None and len(texts) not in (1, n) and (b is not None or p is not None):
+            raise InputError(f"{len(texts)} text prompts for {n} box / point prompts")
         if t is not None and b is None and p is None:
             n = len(t)
         if b is not None and p is not None and p[0].shape[0] not in (1, n) or \
@@ -264,13 +283,22 @@ class Segmenter:
                              "module, so it cannot segment without a prompt)")
         out = self.model.decode(self.features, points=tp, boxes=tb,
                                 masks=self._mask_input(mask_input, n), **decode_kwargs)
+        if use_text is not None and t is not None and not use_text.all():
+            # some classes keep their text beside the prompt, some do not: decode both ways
+            plain = {k: v for k, v in decode_kwargs.items() if k != "text"}
+            out = _pick_rows(out, self.model.decode(
+                self.features, points=tp, boxes=tb, masks=self._mask_input(mask_input, n),
+                **plain), torch.from_numpy(use_text).to(out.masks.device))
         if texts is not None and decode_kwargs.get("auto"):
             # a prompt-free mask of a named class: its calibrated mask threshold
             off = torch.from_numpy(self.mask_offsets(texts)).to(out.masks.device)
             out = out._replace(masks=out.masks + off.view(-1, 1, 1, 1).to(out.masks.dtype))
         single = boxes is None and (points is None or np.asarray(points).ndim == 2) and \
             (texts is None or isinstance(text, str))
-        return self._finish(out, single)
+        pred = self._finish(out, single)
+        if use_text is not None:
+            pred.extras["text_used"] = use_text
+        return pred
 
     @torch.inference_mode()
     def predict_auto(self, classes: Sequence[str] | None = None, threshold: float | None = None,
@@ -326,3 +354,19 @@ class Segmenter:
         if single:
             return Prediction(mask[0], float(score[0]), logits[0], lowres, extras)
         return Prediction(mask, score, logits, lowres, extras)
+
+
+def _pick_rows(with_text: Any, without: Any, use: Tensor) -> Any:
+    """Row-wise choice between two decode outputs of the same prompts: row i of `with_text`
+    where use[i], else of `without` (batch is dim 1 of the per-block fields)."""
+    fields = {}
+    for name in with_text._fields:
+        a, b = getattr(with_text, name), getattr(without, name)
+        if a is None or a.dim() == 0:  # scalars (the balance loss): the text decode's
+            fields[name] = a
+            continue
+        dim = 1 if name in ("router_logits", "expert_index") else 0
+        shape = [1] * a.dim()
+        shape[dim] = -1
+        fields[name] = torch.where(use.view(shape), a, b)
+    return type(with_text)(**fields)

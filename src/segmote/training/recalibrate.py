@@ -2,8 +2,9 @@
 
     python -m segmote.training.recalibrate RUN_DIR [--adapter FILE] [-o OUT]
 
-The trainer calibrates prompt-free segmentation after its last epoch (per-class mask offsets,
-then the confidence threshold: `segmote.training.calibration`). This does the same with this
+The trainer calibrates text and prompt-free segmentation at the end of a run (per-class mask
+offsets, the confidence threshold, and per class whether its text is used beside a box:
+`segmote.training.calibration`). This does the same with this
 version's code on the same calibration data (the run's config, split and embedding cache;
 calibrate_on "train": `CALIBRATION_PER_CLASS` training samples per class, "val": the
 validation samples), and writes the adapter again with only its "auto" metadata replaced: the
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(off)} classes with their own offset; calibration Dice "
           f"{auto['dice_no_offset']} -> {auto['dice_raw']} (offsets) -> {auto['dice']} "
           f"(threshold), absent-class FP rate {auto['fp_rate']} (n {auto['n_present']} present, "
-          f"{auto['n_absent']} absent)")
+          f"{auto['n_absent']} absent); box Dice {auto['box_dice']}, with the text "
+          f"{auto['box_text_dice']}, with the text where kept {auto['box_text_dice_kept']} "
+          f"(text beside prompts by default: {auto['text_beside_prompt_default']}, "
+          f"{len(auto['text_beside_prompt'])} classes differ)")
     return 0
 
 

@@ -247,15 +247,20 @@ def train_step(step: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any) -> np.ndarray:
+def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any,
+                  texts: dict[str, Tensor] | None = None) -> np.ndarray:
     """Validation prediction with the tight ground-truth box (deterministic: eval mode, no
-    jitter). Returns (B, H, W) bool masks at mask resolution."""
+    jitter); with `texts` (class name -> embedding) each sample's class text is a prompt token
+    beside its box. Returns (B, H, W) bool masks at mask resolution."""
     gt = batch.target[:, 0].cpu().numpy() > 0.5
     boxes = np.stack([to_model_coords(tight_box(m), gt.shape[-1], model.img_size) for m in gt])
+    kw = {}
+    if texts is not None:
+        kw["text"] = torch.stack([texts[n] for n in batch.class_names]).to(batch.target.device)
     with autocast():
         out = model.decode(model.prepare_image(EncoderOutput(batch.image_embedding,
                                                              batch.early_features)),
-                           boxes=torch.from_numpy(boxes).to(batch.target.device))
+                           boxes=torch.from_numpy(boxes).to(batch.target.device), **kw)
     return (out.masks[:, 0].float() > 0).cpu().numpy()
 
 

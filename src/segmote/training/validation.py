@@ -46,9 +46,10 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
                   autocast: Callable[[], Any], texts: dict[str, torch.Tensor]
                   ) -> tuple[dict[str, Any], CalibrationCounts]:
     """Prompt-free Dice per dataset and class (each sample's own class, no offset or threshold)
-    and the calibration histograms (`segmote.training.calibration`; classes: `data.class_names`):
+    and the calibration counts (`segmote.training.calibration`; classes: `data.class_names`):
     every sample also asks for one class of its dataset that is absent from its slice (chosen
-    by position, deterministic)."""
+    by position, deterministic) and, with text, is decoded with its box without and with its
+    class text."""
     keys = sorted({data.key(i) for i in range(len(data))})
     sums = torch.zeros(2, len(keys), dtype=torch.float64)
     counts = CalibrationCounts(data.class_names)
@@ -66,6 +67,12 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
             sums[0, keys.index(key)] += d[ZERO]
             sums[1, keys.index(key)] += 1
             counts.add_present(name, d, float(c))
+        if model.adapter.text is not None:  # does the text help beside the sample's box?
+            box_gt = batch.target[:, 0].cpu().numpy() > 0.5
+            plain = dice_scores(predict_boxes(model, batch, autocast), box_gt)
+            with_text = dice_scores(predict_boxes(model, batch, autocast, texts), box_gt)
+            for name, a, b in zip(batch.class_names, plain, with_text):
+                counts.add_box(name, float(a), float(b))
         rows = [i for i, a in enumerate(batch.absent or []) if a]
         if rows:
             names = [batch.absent[i][batch.seeds[i][2] % len(batch.absent[i])] for i in rows]
