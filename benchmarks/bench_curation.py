@@ -28,6 +28,12 @@ subset: AAL axial; every 4th block of 10 slices is held out (with a 2-slice gap 
     per-class difference averaged over seeds, and what each subset holds vs the held-out set
     (classes, masks per class, mask sizes, slice position within each region's axial extent,
     quality scores). The held-out set chooses nothing: it is only evaluated.
+policy: choosing a curation policy without the held-out set. Inside the subset benchmark's
+    training pool, block 1 of every 4 blocks of 10 slices (2-slice gaps) is a validation set
+    and the rest of the pool is the candidate pool; each --policies entry (default: the default
+    curation, de-duplication of exact-mask copies only, and a random subset) draws --budget
+    masks, trains an adapter as in `subset`, and is scored on the validation set. Only these
+    numbers may choose a policy for `subset`.
 """
 
 from __future__ import annotations
@@ -280,6 +286,88 @@ def _train_pool(z: int) -> bool:
     return not any(_held_out(z + d) for d in range(-2, 3))
 
 
+def _validation_block(z: int) -> bool:
+    """Block 1 of every 4 blocks of 10 slices: inside the training pool (block 3 is held out)."""
+    return (z // 10) % 4 == 1
+
+
+def _policy_split(held_max: int):
+    """(dataset, validation samples, candidate pool): the subset benchmark's training pool cut
+    like the held-out split, one block pattern over (validation: block 1, evenly thinned to
+    held_max; candidates: the pool slices at least 3 away from any validation slice)."""
+    d, _, pool, _ = _subset_split(held_max)
+    val = [s for s in pool if _validation_block(s.slice_index)]
+    if len(val) > held_max:
+        val = [val[i] for i in np.linspace(0, len(val) - 1, held_max).round().astype(int)]
+    cands = [s for s in pool
+             if not any(_validation_block(s.slice_index + k) for k in range(-2, 3))]
+    return d, val, cands
+
+
+# policy name -> CurationConfig overrides (None: a uniformly random subset of the candidates).
+# "curated" is the first default (mask_threshold 0.99: 1 mm stacks thinned); the validation
+# numbers of this comparison made 0.999 the default.
+POLICIES = {"curated": {"mask_threshold": 0.99}, "dedup_copies_only": {"mask_threshold": 0.999},
+            "random": None}
+
+
+def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch: int,
+                 refine: int, held_max: int) -> dict:
+    """One seed of the policy benchmark: each policy's subset trained and scored on the
+    validation blocks (never on the held-out set)."""
+    from segmote.curation.pipeline import CurationConfig, curate
+
+    torch.set_num_threads(1)
+    d, val, cands = _policy_split(held_max)
+    keys = {(s.class_name, s.slice_index) for s in cands}
+    cfg = _train_config(epochs, batch, refine, seed)
+    out: dict = {"seed": seed, "validation_masks": len(val), "candidate_masks": len(cands)}
+    for name in policies:
+        overrides = POLICIES[name]
+        if overrides is None:
+            rng = np.random.default_rng(seed)
+            subset = [cands[i] for i in sorted(rng.choice(len(cands), budget, replace=False))]
+        else:
+            result = curate([d], CurationConfig(budget=str(budget), seed=seed, **overrides),
+                            _cache(), include=lambda s: s.slice_index is not None and (
+                                s.class_name, s.slice_index) in keys)
+            subset = [result.candidates[i].sample for i in result.selected]
+            out[f"{name}_rejected"] = result.reasons()
+        r = _train_and_eval(subset, val, cfg, seed)
+        print(f"policy seed {seed} {name}: {len(subset)} masks, {r['steps']} steps in "
+              f"{r['train_s']} s, validation class-mean Dice {r['held_out_class_mean_dice']}",
+              flush=True)
+        out[name] = {"masks": len(subset), "classes": len({s.class_name for s in subset}),
+                     "validation_class_mean_dice": r["held_out_class_mean_dice"],
+                     "train_s": r["train_s"], "steps": r["steps"]}
+    (Path(tempfile.gettempdir()) / f"segmote-curation-policy-seed{seed}.json").write_text(
+        json.dumps(out))
+    return out
+
+
+def bench_policy(policies: list[str], budget: int, epochs: int, seeds: list[int], batch: int,
+                 refine: int, held_max: int, jobs: int) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max(1, min(jobs, len(seeds))),
+                             mp_context=multiprocessing.get_context("spawn")) as ex:
+        runs = list(ex.map(_policy_seed, *zip(*[(policies, budget, epochs, s, batch, refine,
+                                                 held_max) for s in seeds])))
+    summary = {}
+    for name in policies:
+        v = np.array([r[name]["validation_class_mean_dice"] for r in runs])
+        summary[name] = {"mean": round(float(v.mean()), 4),
+                         "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else 0.0,
+                         "per_seed": v.round(4).tolist()}
+    return {"policies": {k: POLICIES[k] for k in policies}, "budget": budget, "seeds": seeds,
+            "validation_masks": runs[0]["validation_masks"],
+            "candidate_masks": runs[0]["candidate_masks"],
+            "config": {"epochs": epochs, "batch_size": batch, "lr": 1e-3,
+                       "refine_rounds": refine},
+            "validation_class_mean_dice": summary, "per_seed": runs}
+
+
 def _train_and_eval(samples, held, cfg, seed: int) -> dict:
     from segmote.training import distributed as ddp
     from segmote.training.loader import CachedSlices, epoch_plan, make_loader
@@ -462,7 +550,12 @@ def bench_subset(budget: int, epochs: int, seeds: list[int], batch: int, refine:
                       for k in classes}
     pcd = np.array(list(per_class_diff.values()))
     comp_keys = ("curated", "random")
-    out = {"held_out_masks": len(held), "held_out_classes": len(base_val["per_class"]),
+    from segmote.curation.pipeline import CurationConfig
+
+    default = CurationConfig()
+    out = {"curation_config": {"dup_threshold": default.dup_threshold,
+                               "mask_threshold": default.mask_threshold},
+           "held_out_masks": len(held), "held_out_classes": len(base_val["per_class"]),
            "pool_masks_ge10px": len(pool), "subset_size": runs[0]["subset_size"],
            "seeds": seeds,
            "config": {"epochs": epochs, "batch_size": batch, "lr": 1e-3,
@@ -508,7 +601,9 @@ def bench_subset(budget: int, epochs: int, seeds: list[int], batch: int, refine:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=("planted", "speed", "subset"))
+    ap.add_argument("parts", nargs="+", choices=("planted", "speed", "subset", "policy"))
+    ap.add_argument("--policies", nargs="+", choices=tuple(POLICIES), default=list(POLICIES),
+                    help="policy: the curation policies compared on the validation blocks")
     ap.add_argument("--budget", type=int, default=320, help="subset: masks per subset")
     ap.add_argument("--epochs", type=int, default=2, help="subset: training epochs")
     ap.add_argument("--batch", type=int, default=8, help="subset: batch size")
@@ -532,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = bench_planted(Path(tmp))
             elif part == "speed":
                 out = bench_speed(Path(tmp), args.axes, args.copies)
+            elif part == "policy":
+                out = bench_policy(args.policies, args.budget, args.epochs, args.seeds,
+                                   args.batch, args.refine, args.held_max, args.jobs)
             else:
                 out = bench_subset(args.budget, args.epochs, args.seeds, args.batch,
                                    args.refine, args.held_max, args.jobs)

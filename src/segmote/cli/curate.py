@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dup-threshold", type=float,
                    help="cosine similarity of near-duplicates' vectors (default 0.96)")
     p.add_argument("--mask-threshold", type=float,
-                   help="cosine similarity their mask parts must also reach (default 0.99)")
+                   help="cosine similarity their mask parts must also reach (default 0.999)")
     p.add_argument("--no-dedup", action="store_true",
                    help="skip near-duplicate removal (no model, no embeddings)")
     p.add_argument("-w", "--window", help="CT window for scoring and encoding")

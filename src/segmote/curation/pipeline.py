@@ -40,8 +40,11 @@ class CurationConfig:
         copies of a slice re-saved, brightened or with Gaussian noise (sigma 2 grey levels) and
         the same mask score >= 0.9716 (mask part 1.0); slices 8 mm apart score up to 0.9875 but
         their mask parts <= 0.984; 1 mm neighbouring slices median 0.992 (mask part 0.996).
-        0.96 / 0.99 drop the copies with margin, keep slices 8 mm apart, and thin 1 mm stacks
-        where a structure barely changes from slice to slice (the redundancy a volume adds).
+        0.96 / 0.999 drop the copies with margin, keep slices 8 mm apart, and drop a 1 mm
+        neighbour only where the mask is all but unchanged. (0.99, the first default, also
+        thinned 1 mm stacks where a structure changes little; on a validation block pattern
+        inside the AAL training pool that cost 0.023 held-out Dice against 0.999:
+        `bench_curation.py policy`, docs/curation.md.)
     window: CT window for scoring and encoding (None: the modality default).
     """
 
@@ -52,7 +55,7 @@ class CurationConfig:
     thresholds: dict[str, float] = field(default_factory=dict)
     dedup: bool = True
     dup_threshold: float = 0.96
-    mask_threshold: float = 0.99
+    mask_threshold: float = 0.999
     window: str | None = None
 
     def validate(self) -> CurationConfig:

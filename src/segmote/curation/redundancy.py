@@ -10,7 +10,7 @@ Each sample gets one unit vector built from its cached slice (`segmote.data.cach
     v = [g/|g|, s/|s|, m/|m|, k/|k|] / 2        so cos(v_i, v_j) is the mean of the four cosines
 
 Two samples of the same class are near-duplicates when cos(v_i, v_j) >= threshold (0.96) and
-their masks agree: cos(k_i, k_j) >= mask_threshold (0.99). The image parts alone cannot tell a
+their masks agree: cos(k_i, k_j) >= mask_threshold (0.999 in `CurationConfig`). The image parts alone cannot tell a
 re-saved noisy copy from a different slice: measured with LiteMedSAM on Colin27, a copy with
 Gaussian noise (sigma 2 grey levels) scores 0.99 on g while slices 8 mm apart score up to 0.998;
 only the mask part separates them (copies 1.0, slices 8 mm apart <= 0.984). Duplicate groups
@@ -166,7 +166,7 @@ def _suppress(order: np.ndarray, neighbours: Neighbours, chunk: int = 256) -> np
 
 def near_duplicates(vectors: np.ndarray, groups: Sequence[str], quality: Sequence[float],
                     threshold: float = 0.96, exact_limit: int = 20_000, seed: int = 0,
-                    mask_dims: int = 0, mask_threshold: float = 0.99) -> np.ndarray:
+                    mask_dims: int = 0, mask_threshold: float = 0.999) -> np.ndarray:
     """dup_of (n,): -1 for samples kept, else the index of the kept sample each one repeats.
 
     vectors: (n, D) unit vectors; groups: duplicates are looked for within a group only (the
