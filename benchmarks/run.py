@@ -221,6 +221,23 @@ def section_curation(r: dict) -> list[str]:
                 f"| the same, uncached (report) | + {s['embedded_slices']} slices to encode: "
                 f"~{s['uncached_wall_s_idle_estimate'] / 60:.0f} min at the idle encoder speed "
                 f"| report |"]
+    pol = r.get("policy")
+    if pol:
+        v = pol["validation_class_mean_dice"]
+        out += ["", f"Choosing the curation policy without the held-out set (`policy`): inside the "
+                f"training pool, block 1 of every 4 blocks of 10 slices is a validation set "
+                f"(n = {pol['validation_masks']} masks), the rest the candidate pool "
+                f"({pol['candidate_masks']} masks); {pol['budget']} masks per policy, "
+                f"{pol['config']['epochs']} epochs of batch {pol['config']['batch_size']}, seeds "
+                f"{', '.join(map(str, pol['seeds']))}; validation box-prompt class-mean Dice, "
+                f"mean ± std over seeds ({_machine(pol.get('machine'))}):", "",
+                "| policy | settings | validation Dice | per seed |", "|---|---|---|---|"]
+        for name, res in v.items():
+            cfg = pol["policies"][name]
+            what = "uniform random draw" if cfg is None else (
+                ", ".join(f"{k} {x}" for k, x in cfg.items()) or "defaults")
+            out.append(f"| {name} | {what} | {res['mean']:.3f} ± {res['std']:.3f} | "
+                       f"{' / '.join(f'{x:.3f}' for x in res['per_seed'])} |")
     b = r.get("subset")
     if b:
         c = b["config"]
@@ -234,7 +251,10 @@ def section_curation(r: dict) -> list[str]:
             return f"{a['held_out_class_mean_dice']:.3f}" + (
                 f" ± {std:.3f}" if std is not None and n > 1 else "")
 
+        cc = b.get("curation_config") or {}
         out += ["", f"Curated vs random subset of the same size ({b['subset_size']} masks each, "
+                + (f"curation with dup_threshold {cc['dup_threshold']}, mask_threshold "
+                   f"{cc['mask_threshold']}; " if cc else "") +
                 f"Colin27 AAL axial; held-out: every 4th block of 10 slices with a 2-slice gap, "
                 f"n = {b['held_out_masks']} masks, {b['held_out_classes']} classes; adapter "
                 f"trained {b['curated']['steps']} steps, batch {c['batch_size']}, lr {c['lr']}, "
@@ -290,10 +310,12 @@ def section_auto(r: dict) -> list[str]:
            f"Adapter `{_shipped(r)}` (sha256 {r['adapter_sha256'][:12]}) on the held-out data of "
            f"the default-adapter section (same cases, same honesty notes); n = (slice, class) "
            f"samples; class-mean Dice per dataset. Protocols: box (tight box + 2 px), box_text "
-           f"(box + class name), text (class name alone: PPT, the mask at the class's "
+           f"(box + class name, the name used only for the classes whose calibration kept it "
+           f"beside a box), text (class name alone: PPT, the mask at the class's "
            f"calibrated offset; a query names every instance, so the nuclei of one image are one "
            f"query: n text), auto (text with the calibrated confidence threshold "
-           f"{cal.get('threshold', 0):.2f}). Offsets and threshold were chosen on "
+           f"{cal.get('threshold', 0):.2f}). Offsets, threshold and the text-beside-a-box "
+           f"choice were made on "
            f"{cal.get('calibrated_on', '?')} data. Machine: {_machine(r.get('machine'))}.", "",
            "| dataset | n box | box | box + text | n text | text alone | auto |",
            "|---|---|---|---|---|---|---|"]
