@@ -34,7 +34,8 @@ from segmote.modeling.segmote import MoTEConfig, SegMoTE
 FORMAT = "segmote-adapter"
 FORMAT_VERSION = "1"
 _PLAIN = ("format", "format_version", "backbone", "backbone_sha256", "segmote_version")
-_RESERVED = (*_PLAIN, "mote_config", "embed_dim")
+# header keys the format writes itself (callers' metadata may not use them)
+RESERVED_KEYS = (*_PLAIN, "mote_config", "embed_dim")
 
 
 def adapter_state_dict(model: SegMoTE) -> dict[str, Tensor]:
@@ -58,7 +59,7 @@ def save_adapter(model: SegMoTE, path: str | Path, metadata: dict[str, Any] | No
                               "with segmote.build.load_model(adapter='new') or attach_adapter("
                               "..., backbone=..., backbone_sha256=...)")
     extra = dict(metadata or {})
-    clash = sorted(set(extra) & set(_RESERVED))
+    clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise InputError(f"metadata keys {', '.join(clash)} are reserved for the adapter format")
     try:

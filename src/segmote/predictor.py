@@ -104,33 +104,33 @@ class Segmenter:
         """The classes the adapter was trained on (its metadata)."""
         return list(getattr(self.model, "adapter_metadata", {}).get("vocabulary", []))
 
-    def mask_offsets(self, names: Sequence[str]) -> np.ndarray:
-        """(N,) float32 logit offsets of prompt-free masks of these classes, calibrated on the
-        adapter's training data (`segmote.training.calibration`): a mask is logits + offset > 0.
-        A name is matched as written, then by its normalised form ("Kidney_L" = "left kidney");
-        an unknown one gets the adapter's default offset (0 without calibration)."""
+    def _per_class(self, names: Sequence[str], key: str, default_key: str,
+                   default: Any) -> list[Any]:
+        """The adapter's calibrated per-class value for each name (its "auto" metadata: `key`
+        maps classes to values, `default_key` covers the rest, `default` without calibration).
+        A name is matched as written, then by its normalised form ("Kidney_L" = "left
+        kidney")."""
         from segmote.text.names import normalize_class_name
 
         calib = getattr(self.model, "adapter_metadata", {}).get("auto") or {}
-        per = calib.get("mask_offsets") or {}
-        default = float(calib.get("mask_offset_default", 0.0))
-        normal = {normalize_class_name(k): float(v) for k, v in per.items()}
-        return np.array([per.get(n, normal.get(normalize_class_name(n), default))
-                         for n in names], np.float32)
+        per = calib.get(key) or {}
+        default = calib.get(default_key, default)
+        normal = {normalize_class_name(k): v for k, v in per.items()}
+        return [per.get(n, normal.get(normalize_class_name(n), default)) for n in names]
+
+    def mask_offsets(self, names: Sequence[str]) -> np.ndarray:
+        """(N,) float32 logit offsets of prompt-free masks of these classes, calibrated on the
+        adapter's training data (`segmote.training.calibration`): a mask is logits + offset > 0
+        (0 for an adapter without this calibration)."""
+        offsets = self._per_class(names, "mask_offsets", "mask_offset_default", 0.0)
+        return np.array(offsets, np.float32)
 
     def text_beside_prompt(self, names: Sequence[str]) -> np.ndarray:
         """(N,) bool: is each class's text used beside a box / points? Calibrated per class on
         the adapter's training data (`segmote.training.calibration`): a class whose text made
-        its box masks worse there is segmented from the box alone. Names are matched as in
-        `mask_offsets`; unknown ones get the adapter's default (True without calibration)."""
-        from segmote.text.names import normalize_class_name
-
-        calib = getattr(self.model, "adapter_metadata", {}).get("auto") or {}
-        per = calib.get("text_beside_prompt") or {}
-        default = bool(calib.get("text_beside_prompt_default", True))
-        normal = {normalize_class_name(k): bool(v) for k, v in per.items()}
-        return np.array([per.get(n, normal.get(normalize_class_name(n), default))
-                         for n in names], bool)
+        its box masks worse there is segmented from the box alone (True without calibration)."""
+        used = self._per_class(names, "text_beside_prompt", "text_beside_prompt_default", True)
+        return np.array(used, bool)
 
     def embed_text(self, texts: Sequence[str]) -> Tensor:
         """(N, text_dim) embeddings of class names (normalised and put in the template the

@@ -28,7 +28,7 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     write it to `out` (default: over `adapter`, atomically). Returns the new "auto" metadata."""
     import torch
 
-    from segmote.adapter import read_adapter_metadata, save_adapter
+    from segmote.adapter import RESERVED_KEYS, read_adapter_metadata, save_adapter
     from segmote.build import load_model
     from segmote.data.cache import EmbeddingCache
     from segmote.errors import InputError
@@ -36,8 +36,8 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     from segmote.training import calibration as _cal
     from segmote.training.config import load_config
     from segmote.training.loader import CachedSlices
-    from segmote.training.trainer import (CALIBRATION_PER_CLASS, _class_texts, _load_data,
-                                          cap_per_class)
+    from segmote.training.trainer import (_class_texts, _load_data, calibration_samples,
+                                          class_table)
     from segmote.training.validation import validate_auto
 
     run_dir = Path(run_dir)
@@ -56,10 +56,8 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
                          "calibrate")
     names = sorted({s.class_name for s in train + val})
     texts, _ = _class_texts(cfg, names)
-    classes: dict[str, dict[int, str]] = {}
-    for s in train + val:
-        classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
-    samples = val if cfg.calibrate_on == "val" else cap_per_class(train, CALIBRATION_PER_CLASS)
+    classes = class_table(train + val)
+    samples = calibration_samples(cfg, train, val)
     cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache", model,
                            f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
     cache.build(samples, progress=False)
@@ -68,9 +66,7 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     auto = {**_cal.choose_calibration(counts, cfg.auto_fp_target).to_dict(),
             "calibrated_on": cfg.calibrate_on}
     meta = read_adapter_metadata(adapter)
-    keep = {k: v for k, v in meta.items()
-            if k not in ("format", "format_version", "backbone", "backbone_sha256",
-                         "segmote_version", "mote_config", "embed_dim")}
+    keep = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}  # save_adapter writes those
     save_adapter(model, out, {**keep, "auto": auto})
     return auto
 

@@ -171,6 +171,23 @@ def cap_per_class(samples: list[Any], cap: int | None) -> list[Any]:
     return [s for s in samples if id(s) in keep]
 
 
+def class_table(samples: list[Any]) -> dict[str, dict[int, str]]:
+    """dataset -> {label value: class name} of the samples (what `CachedSlices` may ask for)."""
+    classes: dict[str, dict[int, str]] = {}
+    for s in samples:
+        classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
+    return classes
+
+
+def calibration_samples(cfg: TrainConfig, train_samples: list[Any],
+                        val_samples: list[Any]) -> list[Any]:
+    """What the automatic mode is calibrated on (`calibrate_on`): the validation samples, or
+    CALIBRATION_PER_CLASS training samples per class."""
+    if cfg.calibrate_on == "val":
+        return val_samples
+    return cap_per_class(train_samples, CALIBRATION_PER_CLASS)
+
+
 class _Run:
     """Mutable progress of a run: what the resume state holds besides tensors."""
 
@@ -302,13 +319,11 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     model.train()
     step = TrainStep(model, cfg, texts)
     step_module: torch.nn.Module = _wrap_ddp(step, info) if info.enabled else step
-    classes: dict[str, dict[int, str]] = {}
-    for s in train_samples + val_samples:
-        classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
+    classes = class_table(train_samples + val_samples)
     train_data = CachedSlices(cache, train_samples, cfg.seed, classes)
     val_data = CachedSlices(cache, val_samples, cfg.seed, classes)
     calib_data = val_data if cfg.calibrate_on == "val" else CachedSlices(
-        cache, cap_per_class(train_samples, CALIBRATION_PER_CLASS), cfg.seed, classes)
+        cache, calibration_samples(cfg, train_samples, val_samples), cfg.seed, classes)
     meta = {"vocabulary": sorted({s.class_name for s in train_samples}),
             "training_data": {d.name: sorted(d.labels.values()) for d in datasets}}
     if text_meta:
