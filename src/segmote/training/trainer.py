@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
             val = validate(model, val_data, local_batch, info, autocast)
             if model.adapter.ppt is not None:
                 val["auto"], counts = validate_auto(model, val_data, local_batch, info, autocast,
-                                                    texts)
+                                                    texts, calibrate=calib_data is val_data)
                 last = run.epoch == cfg.epochs - 1
                 if calib_data is not val_data:
                     # a pass over training slices costs as much as many steps: only the final

@@ -43,13 +43,13 @@ def validate(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.Dist
 
 @torch.no_grad()
 def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp.DistInfo,
-                  autocast: Callable[[], Any], texts: dict[str, torch.Tensor]
-                  ) -> tuple[dict[str, Any], CalibrationCounts]:
+                  autocast: Callable[[], Any], texts: dict[str, torch.Tensor],
+                  calibrate: bool = True) -> tuple[dict[str, Any], CalibrationCounts]:
     """Prompt-free Dice per dataset and class (each sample's own class, no offset or threshold)
     and the calibration counts (`segmote.training.calibration`; classes: `data.class_names`):
     every sample also asks for one class of its dataset that is absent from its slice (chosen
     by position, deterministic) and, with text, is decoded with its box without and with its
-    class text."""
+    class text. calibrate=False skips those extra decodes (the counts come back empty)."""
     keys = sorted({data.key(i) for i in range(len(data))})
     sums = torch.zeros(2, len(keys), dtype=torch.float64)
     counts = CalibrationCounts(data.class_names)
@@ -66,7 +66,10 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
         for key, name, d, c in zip(batch.keys, batch.class_names, offset_dice(logits, gt), conf):
             sums[0, keys.index(key)] += d[ZERO]
             sums[1, keys.index(key)] += 1
-            counts.add_present(name, d, float(c))
+            if calibrate:
+                counts.add_present(name, d, float(c))
+        if not calibrate:
+            continue
         if model.adapter.text is not None:  # does the text help beside the sample's box?
             box_gt = batch.target[:, 0].cpu().numpy() > 0.5
             plain = dice_scores(predict_boxes(model, batch, autocast), box_gt)
