@@ -1,8 +1,9 @@
-"""Calibration of automatic (prompt-free) segmentation: a mask threshold per class, then a
-confidence threshold.
+"""Calibration of text and automatic (prompt-free) segmentation: a mask threshold per class, a
+confidence threshold, and per class whether the text is used beside a box.
 
 Asked for a class, the automatic mode returns mask logits and a confidence (the selected expert
-token's predicted IoU). Two things are chosen on calibration data (training slices by default):
+token's predicted IoU). Three things are chosen on calibration data (training slices or
+validation cases, `calibrate_on`):
 
 1. **Mask offset per class.** A prompt-free mask is `logits + offset > 0`. Trained with focal +
    Dice loss on few steps, the PPT logits of a class can have the right shape but sit too low
@@ -23,8 +24,8 @@ token's predicted IoU). Two things are chosen on calibration data (training slic
    with and without the text; a class keeps its text beside spatial prompts only when that is
    not worse on average (classes without queries and unknown names: the pooled decision).
 
-Everything is kept as histograms over (class, offset, confidence bin) so DDP ranks can sum
-them with one all-reduce.
+Everything is kept as sums (histograms over (class, offset, confidence bin), per-class box
+Dice sums) so DDP ranks can add them with one all-reduce.
 """
 
 from __future__ import annotations
@@ -50,15 +51,9 @@ def offset_dice(logits: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
     logits: (B, H, W) float; gt: (B, H, W) bool. -> (B, len(OFFSETS)); 1 where both are empty.
     """
-    out = np.empty((len(logits), len(OFFSETS)))
-    g = gt.reshape(len(gt), -1)
-    n_gt = g.sum(1)
-    flat = logits.reshape(len(logits), -1)
-    for j, o in enumerate(OFFSETS):
-        m = flat > -o
-        inter, total = (m & g).sum(1), m.sum(1) + n_gt
-        out[:, j] = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
-    return out
+    from segmote.training.step import dice_scores
+
+    return np.stack([dice_scores(logits > -o, gt) for o in OFFSETS], axis=1)
 
 
 def offset_nonempty(logits: np.ndarray) -> np.ndarray:
