@@ -60,12 +60,12 @@ DUP_SLICES = CLEAN_SLICES[:5]
 KINDS = ("empty", "single_pixel", "shredded", "salt_noise", "inverted", "blank_image")
 
 
-def _cache(model=None):
+def _cache(model=None, root: Path | None = None):
     from segmote.build import build_base, resolve_weights
     from segmote.data.cache import EmbeddingCache
 
     _, sha = resolve_weights("litemedsam", None)
-    return EmbeddingCache(CACHE, model if model is not None else build_base(),
+    return EmbeddingCache(root or CACHE, model if model is not None else build_base(),
                           f"litemedsam-{sha[:16]}")
 
 
@@ -368,7 +368,10 @@ def bench_policy(policies: list[str], budget: int, epochs: int, seeds: list[int]
             "validation_class_mean_dice": summary, "per_seed": runs}
 
 
-def _train_and_eval(samples, held, cfg, seed: int) -> dict:
+def _train_and_eval(samples, held, cfg, seed: int, cache_root: Path | None = None) -> dict:
+    """Train a fresh adapter on `samples` (cfg's epochs, batch order and init from `seed`) and
+    score it on `held` with `validate` (box prompts). cache_root: the embedding cache folder
+    (default: this benchmark's)."""
     from segmote.training import distributed as ddp
     from segmote.training.loader import CachedSlices, epoch_plan, make_loader
     from segmote.training.step import TrainStep, train_step
@@ -377,7 +380,7 @@ def _train_and_eval(samples, held, cfg, seed: int) -> dict:
     device = torch.device("cpu")
     info = ddp.setup("cpu")
     model = build_model(cfg, device)
-    cache = _cache(model)
+    cache = _cache(model, cache_root)
     autocast, _ = autocast_for("none", device)
     held_data = CachedSlices(cache, held, seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -399,6 +402,8 @@ def _train_and_eval(samples, held, cfg, seed: int) -> dict:
     dices = list(val["per_class"].values())
     return {"steps": steps, "train_s": round(train_s, 1),
             "held_out_class_mean_dice": round(float(np.mean(dices)), 4),
+            "held_out_dataset_mean_dice": round(float(val["mean_dice"]), 4),
+            "per_dataset": {k: round(v, 4) for k, v in val["per_dataset"].items()},
             "per_class": val["per_class"]}
 
 

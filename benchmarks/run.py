@@ -18,7 +18,8 @@ DOC = HERE.parent / "docs" / "benchmarks.md"
 SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",
            "mote_decoder": "bench_mote_decoder.py", "train_step": "bench_train.py",
            "evaluate": "bench_evaluate.py", "default_adapter": "bench_default_adapter.py",
-           "curation": "bench_curation.py planted speed subset", "auto": "bench_auto.py"}
+           "curation": "bench_curation.py planted speed subset --epochs 1 --refine 0",
+           "curation_mixed": "bench_curation_mixed.py", "auto": "bench_auto.py"}
 
 
 def _load(name: str) -> dict | None:
@@ -30,7 +31,8 @@ def _machine(m: dict | None) -> str:
     if not m:
         return "unknown machine"
     return (f"{m.get('cores')}-core {m.get('cpu')} CPU, torch {m.get('torch')} "
-            f"({m.get('torch_threads')} threads), {m.get('date')}")
+            f"({m.get('torch_threads')} thread{'' if m.get('torch_threads') == 1 else 's'}), "
+            f"{m.get('date')}")
 
 
 def section_faithfulness(r: dict) -> list[str]:
@@ -286,7 +288,61 @@ def section_curation(r: dict) -> list[str]:
                    if n > 1 and se is not None and diff + 2 * se >= 0 else
                    "**The target (curated not worse) is not met** on this data: see "
                    "docs/curation.md for what this measures and why.")]
+    if r.get("mixed"):
+        out += section_curation_mixed(r["mixed"])
     return out + [""]
+
+
+def section_curation_mixed(m: dict) -> list[str]:
+    """The curated vs random comparison on the default adapter's five pooled datasets."""
+    c, n = m["config"], len(m["seeds"])
+    out = ["", f"Curated vs random subset on a heterogeneous pool (`bench_curation_mixed.py`): "
+           f"the training cases of the default adapter's five datasets "
+           f"({m['pool_masks_ge10px']:,} masks of >= 10 px), {m['subset_size']} masks per "
+           f"subset; held-out: the default adapter's split (unseen CT and MR tumour patients, "
+           f"the held-out nuclei quadrant, held-out Colin27 slabs), masks of >= 20 px, at most "
+           f"{m['held_out_max_per_dataset']} per dataset; adapter trained "
+           f"{m['curated']['steps']} steps of batch {c['batch_size']}, lr {c['lr']}; {n} seeds "
+           f"({', '.join(map(str, m['seeds']))}); box-prompt Dice, mean ± std over seeds "
+           f"({_machine(m.get('machine'))}). Primary metric, fixed before the run: the mean "
+           f"over datasets of their class-mean Dice.", "",
+           "| held-out set | n | base model | random subset (masks) | curated subset (masks) "
+           "| curated - random |", "|---|---|---|---|---|---|"]
+    short = {"Dataset001_PyradiomicsCT": "CT tumour (unseen patient)",
+             "Dataset002_PyradiomicsMR": "MR tumour (unseen patient)",
+             "Dataset005_NucleiQuadrants": "nuclei (held-out quadrant)",
+             "Dataset006_Colin27AALSlabs": "AAL structures (held-out slabs)",
+             "Dataset007_Colin27BrainSlabs": "brain mask (held-out slabs)"}
+
+    def arm(a: dict, d: str) -> str:
+        x = a["per_dataset"][d]
+        return (f"{x['mean']:.3f} ± {x['std']:.3f} "
+                f"({a['masks_per_dataset_mean'].get(d, 0):g})")
+
+    for d, k in m["held_out_masks_per_dataset"].items():
+        out.append(f"| {short.get(d, d)} | {k} | {m['base_model']['per_dataset'][d]:.3f} | "
+                   f"{arm(m['random'], d)} | {arm(m['curated'], d)} | "
+                   f"{m['per_dataset_curated_minus_random'][d]:+.3f} |")
+    for key, label, diff in (("dataset_mean_dice", "**mean over datasets** (primary)",
+                              "dataset_mean"),
+                             ("class_mean_dice", "mean over (dataset, class) pairs",
+                              "class_mean")):
+        r_, c_ = m["random"][key], m["curated"][key]
+        se = m[f"curated_minus_random_{diff}_se"]
+        out.append(f"| {label} | {sum(m['held_out_masks_per_dataset'].values())} | "
+                   f"{m['base_model'][key]:.3f} | {r_['mean']:.3f} ± {r_['std']:.3f} | "
+                   f"{c_['mean']:.3f} ± {c_['std']:.3f} | "
+                   f"{m[f'curated_minus_random_{diff}']:+.3f}"
+                   + (f" (SE {se:.3f})" if se is not None else "") + " |")
+    out += ["", "| seed | curated | random | curated - random |", "|---|---|---|---|"]
+    out += [f"| {q['seed']} | {q['curated']:.3f} | {q['random']:.3f} | "
+            f"{q['curated'] - q['random']:+.3f} |" for q in m["per_seed"]]
+    diff, se = m["curated_minus_random_dataset_mean"], m["curated_minus_random_dataset_mean_se"]
+    out += ["", f"Curated minus random on the primary metric: {diff:+.3f}"
+            + (f" (SE over {n} seeds {se:.3f})" if se is not None else "") + ". "
+            + ("The target (curated not worse) is met on this pool." if diff >= 0 else
+               "**The target (curated not worse) is not met on this pool.**")]
+    return out
 
 
 def section_auto(r: dict) -> list[str]:

@@ -104,8 +104,10 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _check_backbone(path: Path, meta: dict[str, Any], backbone: str | None,
-                    sha256: str | None) -> None:
+def check_backbone(path: Path, meta: dict[str, Any], backbone: str | None,
+                   sha256: str | None) -> None:
+    """CheckpointError unless the adapter at `path` (header `meta`) was trained on this backbone
+    name and weights file (sha256); None for either means the caller cannot tell, also an error."""
     if backbone is None or sha256 is None:
         raise CheckpointError(f"{path}: cannot check which backbone the adapter belongs to; load "
                               f"it with segmote.build.load_model(backbone=..., adapter=...)")
@@ -145,7 +147,7 @@ def attach_adapter(base: Sam, adapter: str | Path | Literal["new"],
     meta: dict[str, Any] = {}
     if path.suffix == ".safetensors":
         meta = read_adapter_metadata(path)
-        _check_backbone(path, meta, backbone, backbone_sha256)
+        check_backbone(path, meta, backbone, backbone_sha256)
         config = _config_from(path, meta, config)
     elif not path.is_file():
         raise CheckpointError(f"{path}: adapter file not found")

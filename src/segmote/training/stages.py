@@ -44,11 +44,11 @@ def load_initial_adapter(model: SegMoTE, path: Path) -> None:
     """Load the adapter file at `path` into `model`'s fresh adapter (config `init_adapter`;
     `check_initial_adapter` has checked its header). Tensors the file lacks keep their
     initialisation, but only the text / PPT modules may be absent."""
-    from segmote.adapter import _check_backbone, read_adapter_metadata
+    from segmote.adapter import check_backbone, read_adapter_metadata
     from segmote.checkpoint import load_strict, read_state_dict
     from segmote.errors import CheckpointError
 
-    _check_backbone(path, read_adapter_metadata(path), model.backbone, model.backbone_sha256)
+    check_backbone(path, read_adapter_metadata(path), model.backbone, model.backbone_sha256)
     state = read_state_dict(path)
     own = model.adapter.state_dict()
     lacking = [k for k in sorted(own) if k not in state and k.split(".")[0] not in NEW_PARTS]
