@@ -51,28 +51,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write_result  # noqa: E402
+from curation_common import (CACHE, aal_cache, aal_root, subset_split,  # noqa: E402
+                             train_and_eval, train_config, train_pool, validation_block)
 
-AAL = "colin27/Dataset003_Colin27AAL"
-CACHE = Path.home() / ".cache" / "segmote" / "curation-bench" / "cache"
 CLEAN_SLICES = list(range(40, 136, 8))  # 12 axial slices, 8 mm apart
 PER_KIND = 10
 DUP_SLICES = CLEAN_SLICES[:5]
 KINDS = ("empty", "single_pixel", "shredded", "salt_noise", "inverted", "blank_image")
-
-
-def _cache(model=None, root: Path | None = None):
-    from segmote.build import build_base, resolve_weights
-    from segmote.data.cache import EmbeddingCache
-
-    _, sha = resolve_weights("litemedsam", None)
-    return EmbeddingCache(root or CACHE, model if model is not None else build_base(),
-                          f"litemedsam-{sha[:16]}")
-
-
-def _aal_root() -> Path:
-    from segmote.samples import fetch_sample, sample_path
-    fetch_sample("colin27")
-    return sample_path("colin27") / AAL.split("/")[1]
 
 
 # ------------------------------------------------------------------ planted
@@ -82,7 +67,7 @@ def _aal_axial() -> tuple[np.ndarray, np.ndarray, dict]:
     from segmote.data.files import read_label
     from segmote.io import read_image
 
-    root = _aal_root()
+    root = aal_root()
     img = np.asarray(read_image(root / "imagesTr" / "colin27_0000.nii.gz").array, np.float32)
     lab = read_label(root / "labelsTr" / "colin27.nii.gz")
     lo, hi = np.percentile(img, [0.5, 99.5])
@@ -162,7 +147,7 @@ def bench_planted(workdir: Path) -> dict:
     root = workdir / "AALPlanted"
     truth = write_planted(root)
     t = time.perf_counter()
-    result = curate(discover([root]), CurationConfig(budget="100%"), _cache())
+    result = curate(discover([root]), CurationConfig(budget="100%"), aal_cache())
     wall = time.perf_counter() - t
     cands = result.candidates
     selected = set(result.selected)
@@ -211,7 +196,7 @@ def bench_planted(workdir: Path) -> dict:
 def _aal_copies(root: Path, copies: int) -> Path:
     """An nnU-Net folder whose `copies` cases all link to the AAL image and label: identical
     content, so they share the cached embeddings (the cache is keyed by content)."""
-    src = _aal_root()
+    src = aal_root()
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     for n in range(copies):
@@ -231,9 +216,9 @@ def bench_speed(workdir: Path, axes: list[int], copies: int) -> dict:
     planted = workdir / "AALPlanted"
     if not planted.is_dir():
         write_planted(planted)
-    aal = _aal_root() if copies <= 1 else _aal_copies(workdir / "AALCopies", copies)
+    aal = aal_root() if copies <= 1 else _aal_copies(workdir / "AALCopies", copies)
     datasets = discover([aal, planted])
-    cache = _cache()
+    cache = aal_cache()
     t, cpu = time.perf_counter(), time.process_time()
     result = curate(datasets, CurationConfig(budget="10%", axes=axes), cache)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -278,29 +263,16 @@ def _find(obj, key: str):
 
 # ------------------------------------------------------------------ curated vs random
 
-def _held_out(z: int) -> bool:
-    return (z // 10) % 4 == 3
-
-
-def _train_pool(z: int) -> bool:
-    return not any(_held_out(z + d) for d in range(-2, 3))
-
-
-def _validation_block(z: int) -> bool:
-    """Block 1 of every 4 blocks of 10 slices: inside the training pool (block 3 is held out)."""
-    return (z // 10) % 4 == 1
-
-
 def _policy_split(held_max: int):
     """(dataset, validation samples, candidate pool): the subset benchmark's training pool cut
     like the held-out split, one block pattern over (validation: block 1, evenly thinned to
     held_max; candidates: the pool slices at least 3 away from any validation slice)."""
-    d, _, pool, _ = _subset_split(held_max)
-    val = [s for s in pool if _validation_block(s.slice_index)]
+    d, _, pool, _ = subset_split(held_max)
+    val = [s for s in pool if validation_block(s.slice_index)]
     if len(val) > held_max:
         val = [val[i] for i in np.linspace(0, len(val) - 1, held_max).round().astype(int)]
     cands = [s for s in pool
-             if not any(_validation_block(s.slice_index + k) for k in range(-2, 3))]
+             if not any(validation_block(s.slice_index + k) for k in range(-2, 3))]
     return d, val, cands
 
 
@@ -320,7 +292,7 @@ def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch
     torch.set_num_threads(1)
     d, val, cands = _policy_split(held_max)
     keys = {(s.class_name, s.slice_index) for s in cands}
-    cfg = _train_config(epochs, batch, refine, seed)
+    cfg = train_config(epochs, batch, refine, seed)
     out: dict = {"seed": seed, "validation_masks": len(val), "candidate_masks": len(cands)}
     for name in policies:
         overrides = POLICIES[name]
@@ -329,11 +301,11 @@ def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch
             subset = [cands[i] for i in sorted(rng.choice(len(cands), budget, replace=False))]
         else:
             result = curate([d], CurationConfig(budget=str(budget), seed=seed, **overrides),
-                            _cache(), include=lambda s: s.slice_index is not None and (
+                            aal_cache(), include=lambda s: s.slice_index is not None and (
                                 s.class_name, s.slice_index) in keys)
             subset = [result.candidates[i].sample for i in result.selected]
             out[f"{name}_rejected"] = result.reasons()
-        r = _train_and_eval(subset, val, cfg, seed)
+        r = train_and_eval(subset, val, cfg, seed)
         print(f"policy seed {seed} {name}: {len(subset)} masks, {r['steps']} steps in "
               f"{r['train_s']} s, validation class-mean Dice {r['held_out_class_mean_dice']}",
               flush=True)
@@ -366,77 +338,6 @@ def bench_policy(policies: list[str], budget: int, epochs: int, seeds: list[int]
             "config": {"epochs": epochs, "batch_size": batch, "lr": 1e-3,
                        "refine_rounds": refine},
             "validation_class_mean_dice": summary, "per_seed": runs}
-
-
-def _train_and_eval(samples, held, cfg, seed: int, cache_root: Path | None = None) -> dict:
-    """Train a fresh adapter on `samples` (cfg's epochs, batch order and init from `seed`) and
-    score it on `held` with `validate` (box prompts). cache_root: the embedding cache folder
-    (default: this benchmark's)."""
-    from segmote.training import distributed as ddp
-    from segmote.training.loader import CachedSlices, epoch_plan, make_loader
-    from segmote.training.step import TrainStep, train_step
-    from segmote.training.trainer import autocast_for, build_model, validate
-
-    device = torch.device("cpu")
-    info = ddp.setup("cpu")
-    model = build_model(cfg, device)
-    cache = _cache(model, cache_root)
-    autocast, _ = autocast_for("none", device)
-    held_data = CachedSlices(cache, held, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = TrainStep(model, cfg)
-    data = CachedSlices(cache, samples, seed)
-    t = time.perf_counter()
-    steps = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        data.epoch = epoch
-        for batch in make_loader(data, epoch_plan(len(samples), cfg.batch_size, seed, epoch),
-                                 0, False):
-            torch.manual_seed(seed * 100003 + steps)
-            train_step(step, batch, opt, params, cfg.grad_clip, autocast, None, device)
-            steps += 1
-    train_s = time.perf_counter() - t
-    val = validate(model, held_data, 16, info, autocast)
-    dices = list(val["per_class"].values())
-    return {"steps": steps, "train_s": round(train_s, 1),
-            "held_out_class_mean_dice": round(float(np.mean(dices)), 4),
-            "held_out_dataset_mean_dice": round(float(val["mean_dice"]), 4),
-            "per_dataset": {k: round(v, 4) for k, v in val["per_dataset"].items()},
-            "per_class": val["per_class"]}
-
-
-def _train_config(epochs: int, batch: int, refine: int, seed: int):
-    """The subset benchmark's TrainConfig: box/point prompts only (text prompts, where the
-    trainer has them, are switched off so every run trains the same adapter)."""
-    import dataclasses
-    from segmote.training.config import TrainConfig
-
-    extra = {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if "text_encoder" in names:
-        extra["text_encoder"] = None
-    if "ppt_queries" in names:
-        extra["ppt_queries"] = 0
-    return TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
-                       milestones=[], **extra)
-
-
-def _subset_split(held_max: int):
-    """(dataset, held-out samples, training pool): AAL axial masks of >= 10 px; held-out =
-    every 4th block of 10 slices (evenly thinned to held_max), pool = the slices at least 3
-    away from any held-out slice."""
-    from segmote.data.datasets import discover, slice_samples
-
-    (d,) = discover([_aal_root()])
-    every = slice_samples([d], {d.name: {"train": ["colin27"], "val": []}}, axis=2,
-                          min_foreground=10).samples
-    held = [s for s in every if _held_out(s.slice_index)]
-    if len(held) > held_max:  # evenly spaced: every held-out slice region stays represented
-        held = [held[i] for i in np.linspace(0, len(held) - 1, held_max).round().astype(int)]
-    pool = [s for s in every if _train_pool(s.slice_index)]
-    return d, held, pool, every
 
 
 def _composition(subset, every, quality: dict) -> dict:
@@ -477,15 +378,15 @@ def _subset_seed(budget: int, epochs: int, seed: int, batch: int, refine: int,
     from segmote.curation.pipeline import CurationConfig, curate
 
     torch.set_num_threads(1)
-    d, held, pool, every = _subset_split(held_max)
-    result = curate([d], CurationConfig(budget=str(budget), seed=seed), _cache(),
-                    include=lambda s: s.slice_index is not None and _train_pool(s.slice_index))
+    d, held, pool, every = subset_split(held_max)
+    result = curate([d], CurationConfig(budget=str(budget), seed=seed), aal_cache(),
+                    include=lambda s: s.slice_index is not None and train_pool(s.slice_index))
     curated = [result.candidates[i].sample for i in result.selected]
     quality = {(c.sample.class_name, c.sample.slice_index): c.quality
                for c in result.candidates}
     rng = np.random.default_rng(seed)
     random_subset = [pool[i] for i in sorted(rng.choice(len(pool), len(curated), replace=False))]
-    cfg = _train_config(epochs, batch, refine, seed)
+    cfg = train_config(epochs, batch, refine, seed)
     out: dict = {"seed": seed, "subset_size": len(curated),
                  "curation_rejected": result.reasons(),
                  "composition": {"held_out": _composition(held, every, quality),
@@ -493,7 +394,7 @@ def _subset_seed(budget: int, epochs: int, seed: int, batch: int, refine: int,
                                  "curated": _composition(curated, every, quality),
                                  "random": _composition(random_subset, every, quality)}}
     for name, subset in (("curated", curated), ("random", random_subset)):
-        r = _train_and_eval(subset, held, cfg, seed)
+        r = train_and_eval(subset, held, cfg, seed)
         print(f"seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, held-out class-mean"
               f" Dice {r['held_out_class_mean_dice']}", flush=True)
         out[name] = r
@@ -523,11 +424,11 @@ def bench_subset(budget: int, epochs: int, seeds: list[int], batch: int, refine:
                              mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [ex.submit(_subset_seed, budget, epochs, s, batch, refine, held_max)
                    for s in seeds]
-        _, held, pool, _ = _subset_split(held_max)
-        cfg = _train_config(epochs, batch, refine, seeds[0])
+        _, held, pool, _ = subset_split(held_max)
+        cfg = train_config(epochs, batch, refine, seeds[0])
         info = ddp.setup("cpu")
         base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
-        base_val = validate(base, CachedSlices(_cache(base), held, seeds[0]), 16, info,
+        base_val = validate(base, CachedSlices(aal_cache(base), held, seeds[0]), 16, info,
                             autocast_for("none", torch.device("cpu"))[0])
         base_dice = round(float(np.mean(list(base_val["per_class"].values()))), 4)
         print(f"base model held-out class-mean Dice {base_dice} on {len(held)} masks", flush=True)

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_curation import _cache, _train_and_eval, _train_config  # noqa: E402
 from common import RESULTS, machine, write_result  # noqa: E402
+from curation_common import aal_cache, train_and_eval, train_config  # noqa: E402
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 DATA = HOME / "mixed-data"
@@ -86,18 +86,18 @@ def _seed(budget: int, epochs: int, seed: int, batch: int, refine: int, data_roo
     torch.set_num_threads(1)
     datasets, pool, held, train_cases = _split(data_root, held_max)
     result = curate(datasets, CurationConfig(budget=str(budget), seed=seed),
-                    _cache(None, cache_root),
+                    aal_cache(None, cache_root),
                     include=lambda s: (s.dataset, s.case_id) in train_cases)
     curated = [result.candidates[i].sample for i in result.selected]
     rng = np.random.default_rng(seed)
     random_subset = [pool[i] for i in sorted(rng.choice(len(pool), len(curated), replace=False))]
-    cfg = _train_config(epochs, batch, refine, seed)
+    cfg = train_config(epochs, batch, refine, seed)
     out: dict = {"seed": seed, "subset_size": len(curated),
                  "curation_rejected": result.reasons(),
                  "masks_per_dataset": {"curated": _per_dataset(curated),
                                        "random": _per_dataset(random_subset)}}
     for name, subset in (("curated", curated), ("random", random_subset)):
-        r = _train_and_eval(subset, held, cfg, seed, cache_root)
+        r = train_and_eval(subset, held, cfg, seed, cache_root)
         print(f"mixed seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, held-out "
               f"dataset-mean Dice {r['held_out_dataset_mean_dice']} (class mean "
               f"{r['held_out_class_mean_dice']}) {r['per_dataset']}", flush=True)
@@ -182,9 +182,9 @@ def run(budget: int, epochs: int, seeds: list[int], batch: int, refine: int, dat
         futures = [ex.submit(_seed, budget, epochs, s, batch, refine, data_root, cache_root,
                              held_max) for s in seeds]
         _, pool, held, _ = _split(data_root, held_max)
-        cfg = _train_config(epochs, batch, refine, seeds[0])
+        cfg = train_config(epochs, batch, refine, seeds[0])
         base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
-        val = validate(base, CachedSlices(_cache(base, cache_root), held, seeds[0]), 16,
+        val = validate(base, CachedSlices(aal_cache(base, cache_root), held, seeds[0]), 16,
                        ddp.setup("cpu"), autocast_for("none", torch.device("cpu"))[0])
         base_scores = {"dataset_mean_dice": round(float(val["mean_dice"]), 4),
                        "class_mean_dice": round(float(np.mean(list(val["per_class"].values()))),

@@ -1,0 +1,116 @@
+"""What the curation benchmarks share: the Colin27/AAL sample, its embedding cache, the
+held-out block pattern of `bench_curation.py subset`, and training + scoring one adapter.
+
+Used by bench_curation.py (planted, speed, subset, policy), bench_curation_mixed.py and
+bench_curation_noisy.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+AAL = "colin27/Dataset003_Colin27AAL"
+CACHE = Path.home() / ".cache" / "segmote" / "curation-bench" / "cache"
+
+
+def aal_cache(model=None, root: Path | None = None):
+    from segmote.build import build_base, resolve_weights
+    from segmote.data.cache import EmbeddingCache
+
+    _, sha = resolve_weights("litemedsam", None)
+    return EmbeddingCache(root or CACHE, model if model is not None else build_base(),
+                          f"litemedsam-{sha[:16]}")
+
+
+def aal_root() -> Path:
+    from segmote.samples import fetch_sample, sample_path
+    fetch_sample("colin27")
+    return sample_path("colin27") / AAL.split("/")[1]
+
+
+def held_out(z: int) -> bool:
+    return (z // 10) % 4 == 3
+
+
+def train_pool(z: int) -> bool:
+    return not any(held_out(z + d) for d in range(-2, 3))
+
+
+def validation_block(z: int) -> bool:
+    """Block 1 of every 4 blocks of 10 slices: inside the training pool (block 3 is held out)."""
+    return (z // 10) % 4 == 1
+
+
+def train_and_eval(samples, held, cfg, seed: int, cache_root: Path | None = None) -> dict:
+    """Train a fresh adapter on `samples` (cfg's epochs, batch order and init from `seed`) and
+    score it on `held` with `validate` (box prompts). cache_root: the embedding cache folder
+    (default: this benchmark's)."""
+    from segmote.training import distributed as ddp
+    from segmote.training.loader import CachedSlices, epoch_plan, make_loader
+    from segmote.training.step import TrainStep, train_step
+    from segmote.training.trainer import autocast_for, build_model, validate
+
+    device = torch.device("cpu")
+    info = ddp.setup("cpu")
+    model = build_model(cfg, device)
+    cache = aal_cache(model, cache_root)
+    autocast, _ = autocast_for("none", device)
+    held_data = CachedSlices(cache, held, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = TrainStep(model, cfg)
+    data = CachedSlices(cache, samples, seed)
+    t = time.perf_counter()
+    steps = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        data.epoch = epoch
+        for batch in make_loader(data, epoch_plan(len(samples), cfg.batch_size, seed, epoch),
+                                 0, False):
+            torch.manual_seed(seed * 100003 + steps)
+            train_step(step, batch, opt, params, cfg.grad_clip, autocast, None, device)
+            steps += 1
+    train_s = time.perf_counter() - t
+    val = validate(model, held_data, 16, info, autocast)
+    dices = list(val["per_class"].values())
+    return {"steps": steps, "train_s": round(train_s, 1),
+            "held_out_class_mean_dice": round(float(np.mean(dices)), 4),
+            "held_out_dataset_mean_dice": round(float(val["mean_dice"]), 4),
+            "per_dataset": {k: round(v, 4) for k, v in val["per_dataset"].items()},
+            "per_class": val["per_class"]}
+
+
+def train_config(epochs: int, batch: int, refine: int, seed: int):
+    """The subset benchmark's TrainConfig: box/point prompts only (text prompts, where the
+    trainer has them, are switched off so every run trains the same adapter)."""
+    import dataclasses
+    from segmote.training.config import TrainConfig
+
+    extra = {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if "text_encoder" in names:
+        extra["text_encoder"] = None
+    if "ppt_queries" in names:
+        extra["ppt_queries"] = 0
+    return TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
+                       milestones=[], **extra)
+
+
+def subset_split(held_max: int):
+    """(dataset, held-out samples, training pool): AAL axial masks of >= 10 px; held-out =
+    every 4th block of 10 slices (evenly thinned to held_max), pool = the slices at least 3
+    away from any held-out slice."""
+    from segmote.data.datasets import discover, slice_samples
+
+    (d,) = discover([aal_root()])
+    every = slice_samples([d], {d.name: {"train": ["colin27"], "val": []}}, axis=2,
+                          min_foreground=10).samples
+    held = [s for s in every if held_out(s.slice_index)]
+    if len(held) > held_max:  # evenly spaced: every held-out slice region stays represented
+        held = [held[i] for i in np.linspace(0, len(held) - 1, held_max).round().astype(int)]
+    pool = [s for s in every if train_pool(s.slice_index)]
+    return d, held, pool, every
