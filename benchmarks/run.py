@@ -19,7 +19,8 @@ SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py
            "mote_decoder": "bench_mote_decoder.py", "train_step": "bench_train.py",
            "evaluate": "bench_evaluate.py", "default_adapter": "bench_default_adapter.py",
            "curation": "bench_curation.py planted speed subset --epochs 1 --refine 0",
-           "curation_mixed": "bench_curation_mixed.py", "auto": "bench_auto.py"}
+           "curation_mixed": "bench_curation_mixed.py",
+           "curation_noisy": "bench_curation_noisy.py", "auto": "bench_auto.py"}
 
 
 def _load(name: str) -> dict | None:
@@ -290,7 +291,41 @@ def section_curation(r: dict) -> list[str]:
                    "docs/curation.md for what this measures and why.")]
     if r.get("mixed"):
         out += section_curation_mixed(r["mixed"])
+    if r.get("noisy"):
+        out += section_curation_noisy(r["noisy"])
     return out + [""]
+
+
+def section_curation_noisy(m: dict) -> list[str]:
+    """Curated vs random from an AAL pool with planted label noise, scored on clean data."""
+    c, n, kinds = m["config"], len(m["seeds"]), m["kinds"]
+    cor = m["corruption"]
+    out = ["", f"Curated vs random subset from a pool with label noise "
+           f"(`bench_curation_noisy.py`): the `subset` experiment (AAL axial, same held-out "
+           f"blocks, n = {m['held_out_masks']} clean masks) with "
+           f"{sum(m['pool_corrupted'].values())} of the pool's masks ({m['noise']:.0%}) "
+           f"corrupted, in equal shares: shredded (1-px grid every 3 px removed), salt "
+           f"({cor['salt_share']:.0%} of the background set to the class), dilated by "
+           f"{cor['dilate_px']} px, shifted {cor['shift_px']} px. {m['subset_size']} masks per "
+           f"subset, {c['epochs']} epoch of batch {c['batch_size']}, {n} seeds; held-out "
+           f"box-prompt class-mean Dice, mean ± std over seeds ({_machine(m.get('machine'))}). "
+           "The quality rules look for fragments and isolated pixels; nothing in them can see "
+           "a dilated or shifted region. Mask counts: per subset, mean over seeds.", "",
+           "| training set | held-out Dice | clean masks | " + " | ".join(kinds) + " |",
+           "|---|---|---|" + "---|" * len(kinds)]
+    for a in ("random", "curated"):
+        k = m[a]["subset_kinds_mean"]
+        out.append(f"| {a} subset | {m[a]['held_out_class_mean_dice']:.3f} ± "
+                   f"{m[a]['held_out_class_mean_dice_std']:.3f} | {k['clean']:g} | "
+                   + " | ".join(f"{k[x]:g}" for x in kinds) + " |")
+    diff, se = m["curated_minus_random_mean"], m["curated_minus_random_se"]
+    out += ["", f"Curated minus random: {diff:+.3f}"
+            + (f" (SE over {n} seeds {se:.3f})" if se is not None else "") + "; per seed "
+            + ", ".join(f"{a - b:+.3f}" for a, b in zip(m["curated"]["per_seed"],
+                                                        m["random"]["per_seed"])) + ". "
+            + ("Within one standard error: no difference shown either way." if se is not None
+               and abs(diff) < se else "")]
+    return out
 
 
 def section_curation_mixed(m: dict) -> list[str]:
