@@ -50,8 +50,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
-from curation_common import (CACHE, aal_cache, aal_root, subset_split,  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+from curation_common import (CACHE, aal_cache, aal_root, save_part, subset_split,  # noqa: E402
                              train_and_eval, train_config, train_pool, validation_block)
 
 CLEAN_SLICES = list(range(40, 136, 8))  # 12 axial slices, 8 mm apart
@@ -525,7 +525,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="speed: AAL cases, all links to the one volume (shared cache entries)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    path = RESULTS / "curation.json"
     with tempfile.TemporaryDirectory(prefix="segmote-curation-") as tmp:
         for part in args.parts:
             t = time.perf_counter()
@@ -544,10 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                                     if not k.endswith("per_class") and not k.startswith("per_")
                                     and k not in ("per_seed", "composition")}, indent=1),
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
-            # read just before writing: parts may run in parallel processes
-            results = json.loads(path.read_text()) if path.is_file() else {}
-            results[part] = out
-            write_result("curation", results)
+            save_part(part, out)
     return 0
 
 

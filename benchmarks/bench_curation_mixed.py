@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
-from curation_common import aal_cache, train_and_eval, train_config  # noqa: E402
+from common import machine  # noqa: E402
+from curation_common import aal_cache, save_part, train_and_eval, train_config  # noqa: E402
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 DATA = HOME / "mixed-data"
@@ -220,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     out["wall_s"] = round(time.perf_counter() - t, 1)
     out["machine"] = machine()
     print(json.dumps({k: v for k, v in out.items() if k != "per_seed"}, indent=1), flush=True)
-    path = RESULTS / "curation.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}  # read just before writing
-    results["mixed"] = out
-    write_result("curation", results)
+    save_part("mixed", out)
     return 0
 
 

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
-from curation_common import (aal_cache, aal_root, subset_split, train_and_eval,  # noqa: E402
-                             train_config, train_pool)
+from common import machine  # noqa: E402
+from curation_common import (aal_cache, aal_root, save_part, subset_split,  # noqa: E402
+                             train_and_eval, train_config, train_pool)
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 KINDS = ("shredded", "salt", "dilated", "shifted")
@@ -230,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out["machine"] = machine()
     print(json.dumps({k: v for k, v in out.items() if not k.startswith("per_seed")}, indent=1),
           flush=True)
-    path = RESULTS / "curation.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}  # read just before writing
-    results["noisy"] = out
-    write_result("curation", results)
+    save_part("noisy", out)
     return 0
 
 

@@ -7,11 +7,14 @@ bench_curation_noisy.py.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import RESULTS, write_result
 
 AAL = "colin27/Dataset003_Colin27AAL"
 CACHE = Path.home() / ".cache" / "segmote" / "curation-bench" / "cache"
@@ -114,3 +117,12 @@ def subset_split(held_max: int):
         held = [held[i] for i in np.linspace(0, len(held) - 1, held_max).round().astype(int)]
     pool = [s for s in every if train_pool(s.slice_index)]
     return d, held, pool, every
+
+
+def save_part(part: str, out: dict) -> None:
+    """Store one benchmark part's result under its key of benchmarks/results/curation.json,
+    keeping the other parts. The file is read just before writing: parts run in parallel."""
+    path = RESULTS / "curation.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[part] = out
+    write_result("curation", results)
