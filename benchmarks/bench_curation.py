@@ -51,8 +51,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine  # noqa: E402
-from curation_common import (CACHE, aal_cache, aal_root, save_part, subset_split,  # noqa: E402
-                             train_and_eval, train_config, train_pool, validation_block)
+from curation_common import (CACHE, aal_root, embedding_cache, save_part,  # noqa: E402
+                             subset_split, train_and_eval, train_config, train_pool,
+                             validation_block)
 
 CLEAN_SLICES = list(range(40, 136, 8))  # 12 axial slices, 8 mm apart
 PER_KIND = 10
@@ -147,7 +148,7 @@ def bench_planted(workdir: Path) -> dict:
     root = workdir / "AALPlanted"
     truth = write_planted(root)
     t = time.perf_counter()
-    result = curate(discover([root]), CurationConfig(budget="100%"), aal_cache())
+    result = curate(discover([root]), CurationConfig(budget="100%"), embedding_cache())
     wall = time.perf_counter() - t
     cands = result.candidates
     selected = set(result.selected)
@@ -218,7 +219,7 @@ def bench_speed(workdir: Path, axes: list[int], copies: int) -> dict:
         write_planted(planted)
     aal = aal_root() if copies <= 1 else _aal_copies(workdir / "AALCopies", copies)
     datasets = discover([aal, planted])
-    cache = aal_cache()
+    cache = embedding_cache()
     t, cpu = time.perf_counter(), time.process_time()
     result = curate(datasets, CurationConfig(budget="10%", axes=axes), cache)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -301,7 +302,7 @@ def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch
             subset = [cands[i] for i in sorted(rng.choice(len(cands), budget, replace=False))]
         else:
             result = curate([d], CurationConfig(budget=str(budget), seed=seed, **overrides),
-                            aal_cache(), include=lambda s: s.slice_index is not None and (
+                            embedding_cache(), include=lambda s: s.slice_index is not None and (
                                 s.class_name, s.slice_index) in keys)
             subset = [result.candidates[i].sample for i in result.selected]
             out[f"{name}_rejected"] = result.reasons()
@@ -379,7 +380,7 @@ def _subset_seed(budget: int, epochs: int, seed: int, batch: int, refine: int,
 
     torch.set_num_threads(1)
     d, held, pool, every = subset_split(held_max)
-    result = curate([d], CurationConfig(budget=str(budget), seed=seed), aal_cache(),
+    result = curate([d], CurationConfig(budget=str(budget), seed=seed), embedding_cache(),
                     include=lambda s: s.slice_index is not None and train_pool(s.slice_index))
     curated = [result.candidates[i].sample for i in result.selected]
     quality = {(c.sample.class_name, c.sample.slice_index): c.quality
@@ -428,7 +429,7 @@ def bench_subset(budget: int, epochs: int, seeds: list[int], batch: int, refine:
         cfg = train_config(epochs, batch, refine, seeds[0])
         info = ddp.setup("cpu")
         base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
-        base_val = validate(base, CachedSlices(aal_cache(base), held, seeds[0]), 16, info,
+        base_val = validate(base, CachedSlices(embedding_cache(base), held, seeds[0]), 16, info,
                             autocast_for("none", torch.device("cpu"))[0])
         base_dice = round(float(np.mean(list(base_val["per_class"].values()))), 4)
         print(f"base model held-out class-mean Dice {base_dice} on {len(held)} masks", flush=True)

@@ -46,7 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-from curation_common import aal_cache, save_part, train_and_eval, train_config  # noqa: E402
+from curation_common import (embedding_cache, save_part, train_and_eval,  # noqa: E402
+                             train_config)
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 DATA = HOME / "mixed-data"
@@ -86,7 +87,7 @@ def _seed(budget: int, epochs: int, seed: int, batch: int, refine: int, data_roo
     torch.set_num_threads(1)
     datasets, pool, held, train_cases = _split(data_root, held_max)
     result = curate(datasets, CurationConfig(budget=str(budget), seed=seed),
-                    aal_cache(None, cache_root),
+                    embedding_cache(None, cache_root),
                     include=lambda s: (s.dataset, s.case_id) in train_cases)
     curated = [result.candidates[i].sample for i in result.selected]
     rng = np.random.default_rng(seed)
@@ -184,7 +185,7 @@ def run(budget: int, epochs: int, seeds: list[int], batch: int, refine: int, dat
         _, pool, held, _ = _split(data_root, held_max)
         cfg = train_config(epochs, batch, refine, seeds[0])
         base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
-        val = validate(base, CachedSlices(aal_cache(base, cache_root), held, seeds[0]), 16,
+        val = validate(base, CachedSlices(embedding_cache(base, cache_root), held, seeds[0]), 16,
                        ddp.setup("cpu"), autocast_for("none", torch.device("cpu"))[0])
         base_scores = {"dataset_mean_dice": round(float(val["mean_dice"]), 4),
                        "class_mean_dice": round(float(np.mean(list(val["per_class"].values()))),

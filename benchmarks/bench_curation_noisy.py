@@ -48,8 +48,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-from curation_common import (aal_cache, aal_root, save_part, subset_split,  # noqa: E402
-                             train_and_eval, train_config, train_pool)
+from curation_common import (aal_root, embedding_cache, save_part,  # noqa: E402
+                             subset_split, train_and_eval, train_config, train_pool)
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 KINDS = ("shredded", "salt", "dilated", "shifted")
@@ -142,7 +142,7 @@ def _seed(root: Path, corrupted_items: list, budget: int, epochs: int, seed: int
     corrupted = {(c, z): k for c, z, k in corrupted_items}
     _, held, _, _ = subset_split(held_max)
     d, pool = _noisy_pool(root)
-    result = curate([d], CurationConfig(budget=str(budget), seed=seed), aal_cache(),
+    result = curate([d], CurationConfig(budget=str(budget), seed=seed), embedding_cache(),
                     include=lambda s: s.slice_index is not None and train_pool(s.slice_index))
     curated = [result.candidates[i].sample for i in result.selected]
     rejected = Counter((corrupted.get((c.sample.class_name, c.sample.slice_index), "clean"),
@@ -175,7 +175,7 @@ def run(noise: float, budget: int, epochs: int, seeds: list[int], batch: int, re
     root, corrupted = write_noisy(HOME / "noisy-data", noise)
     _, pool = _noisy_pool(root)
     t = time.perf_counter()
-    aal_cache().build(pool, progress=False)  # once here, not in each seed's process
+    embedding_cache().build(pool, progress=False)  # once here, not in each seed's process
     print(f"noisy pool: {len(pool)} masks, {len(corrupted)} corrupted, cache built in "
           f"{time.perf_counter() - t:.0f} s", flush=True)
     _, held, _, _ = subset_split(held_max)

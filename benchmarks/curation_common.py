@@ -20,7 +20,9 @@ AAL = "colin27/Dataset003_Colin27AAL"
 CACHE = Path.home() / ".cache" / "segmote" / "curation-bench" / "cache"
 
 
-def aal_cache(model=None, root: Path | None = None):
+def embedding_cache(model=None, root: Path | None = None):
+    """The LiteMedSAM embedding cache in `root` (default: CACHE, the AAL benchmarks' folder);
+    `model` encodes missing entries (default: the base model, built here)."""
     from segmote.build import build_base, resolve_weights
     from segmote.data.cache import EmbeddingCache
 
@@ -60,7 +62,7 @@ def train_and_eval(samples, held, cfg, seed: int, cache_root: Path | None = None
     device = torch.device("cpu")
     info = ddp.setup("cpu")
     model = build_model(cfg, device)
-    cache = aal_cache(model, cache_root)
+    cache = embedding_cache(model, cache_root)
     autocast, _ = autocast_for("none", device)
     held_data = CachedSlices(cache, held, seed)
     params = [p for p in model.parameters() if p.requires_grad]
