@@ -51,9 +51,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine  # noqa: E402
-from curation_common import (CACHE, aal_root, embedding_cache, save_part,  # noqa: E402
-                             subset_split, train_and_eval, train_config, train_pool,
-                             validation_block)
+from curation_common import (CACHE, aal_root, embedding_cache, keep_seed_copy,  # noqa: E402
+                             save_part, subset_split, train_and_eval, train_config,
+                             train_pool, validation_block)
 
 CLEAN_SLICES = list(range(40, 136, 8))  # 12 axial slices, 8 mm apart
 PER_KIND = 10
@@ -313,8 +313,7 @@ def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch
         out[name] = {"masks": len(subset), "classes": len({s.class_name for s in subset}),
                      "validation_class_mean_dice": r["held_out_class_mean_dice"],
                      "train_s": r["train_s"], "steps": r["steps"]}
-    (Path(tempfile.gettempdir()) / f"segmote-curation-policy-seed{seed}.json").write_text(
-        json.dumps(out))
+    keep_seed_copy("policy", seed, out)
     return out
 
 
@@ -406,9 +405,7 @@ def _subset_seed(budget: int, epochs: int, seed: int, batch: int, refine: int,
     out["curated_minus_random_mean"] = round(float(diff.mean()), 4)
     out["curated_minus_random_se_over_classes"] = round(
         float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)
-    # a copy per seed, so a failure later in the parent loses no training run
-    (Path(tempfile.gettempdir()) / f"segmote-curation-subset-seed{seed}.json").write_text(
-        json.dumps(out))
+    keep_seed_copy("subset", seed, out)
     return out
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-from curation_common import (embedding_cache, save_part, train_and_eval,  # noqa: E402
-                             train_config)
+from curation_common import (embedding_cache, keep_seed_copy, save_part,  # noqa: E402
+                             train_and_eval, train_config)
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 DATA = HOME / "mixed-data"
@@ -103,9 +102,7 @@ def _seed(budget: int, epochs: int, seed: int, batch: int, refine: int, data_roo
               f"dataset-mean Dice {r['held_out_dataset_mean_dice']} (class mean "
               f"{r['held_out_class_mean_dice']}) {r['per_dataset']}", flush=True)
         out[name] = r
-    # a copy per seed, so a failure later in the parent loses no training run
-    (Path(tempfile.gettempdir()) / f"segmote-curation-mixed-seed{seed}.json").write_text(
-        json.dumps(out))
+    keep_seed_copy("mixed", seed, out)
     return out
 
 

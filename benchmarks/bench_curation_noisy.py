@@ -38,7 +38,6 @@ import gzip
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,8 +47,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
-from curation_common import (aal_root, embedding_cache, save_part,  # noqa: E402
-                             subset_split, train_and_eval, train_config, train_pool)
+from curation_common import (aal_root, embedding_cache, keep_seed_copy,  # noqa: E402
+                             save_part, subset_split, train_and_eval, train_config,
+                             train_pool)
 
 HOME = Path.home() / ".cache" / "segmote" / "curation-bench"
 KINDS = ("shredded", "salt", "dilated", "shifted")
@@ -162,8 +162,7 @@ def _seed(root: Path, corrupted_items: list, budget: int, epochs: int, seed: int
               f"class-mean Dice {r['held_out_class_mean_dice']}, subset "
               f"{out['subset_kinds'][name]}", flush=True)
         out[name] = r
-    (Path(tempfile.gettempdir()) / f"segmote-curation-noisy-seed{seed}.json").write_text(
-        json.dumps(out))
+    keep_seed_copy("noisy", seed, out)
     return out
 
 

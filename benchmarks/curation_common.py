@@ -8,6 +8,7 @@ bench_curation_noisy.py.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,3 +129,10 @@ def save_part(part: str, out: dict) -> None:
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[part] = out
     write_result("curation", results)
+
+
+def keep_seed_copy(part: str, seed: int, out: dict) -> None:
+    """Write one seed's result to the temp folder as soon as it exists, so a failure later in
+    the parent process loses no training run."""
+    (Path(tempfile.gettempdir()) / f"segmote-curation-{part}-seed{seed}.json").write_text(
+        json.dumps(out))
