@@ -43,6 +43,12 @@ class TrainConfig:
         absent_prob: share of prompt-free samples that ask for a class of the same dataset that
             is absent from the slice (target: an empty mask), so the model learns to answer
             "not here" and its confidence can be calibrated.
+        absent_other_modalities: also count as absent, for a sample of modality M, every class
+            that no dataset of modality M labels (an AAL structure asked on a microscopy image),
+            in training and in calibration, so the automatic mode learns to stay empty on other
+            domains' classes. Right only where the modalities image disjoint anatomy: a CT
+            "kidney" is not absent from an MR abdomen slice. Datasets of unknown modality take
+            no part. Off by default.
         text_encoder: "minilm" (all-MiniLM-L6-v2, offline), "clip" (with text_encoder_path), or
             "none" / null (no text prompts).
         text_encoder_path: a local CLIP text-model folder for text_encoder "clip".
@@ -105,6 +111,7 @@ class TrainConfig:
     progressive: float | None = 0.05
     text_with_prompt: float = 0.5
     absent_prob: float = 0.15
+    absent_other_modalities: bool = False
     text_encoder: str | None = "minilm"
     text_encoder_path: str | None = None
     ppt_queries: int = 2
@@ -203,6 +210,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _number("box_jitter", cfg.box_jitter, 0.0, 1.0)
     _number("text_with_prompt", cfg.text_with_prompt, 0.0, 1.0)
     _number("absent_prob", cfg.absent_prob, 0.0, 1.0)
+    if not isinstance(cfg.absent_other_modalities, bool):
+        raise InputError(f"config absent_other_modalities: expected true or false, got "
+                         f"{cfg.absent_other_modalities!r}")
     if cfg.progressive is not None:
         _number("progressive", cfg.progressive, 0.0, 1.0)
     _positive_int("ppt_queries", cfg.ppt_queries, zero_ok=True)

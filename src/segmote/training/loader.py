@@ -80,16 +80,38 @@ def rank_slice(batch: list[Any], rank: int, world_size: int) -> list[Any]:
     return batch[rank * n:(rank + 1) * n]
 
 
+def other_modality_classes(samples: list[Any]) -> dict[str, list[str]]:
+    """dataset -> the class names that no dataset of its modality labels (sorted), from the
+    samples' (dataset, modality, class name). A dataset of unknown modality (None) gets none,
+    and its classes are never counted as another modality's: it may image anything.
+
+    These are the extra negatives of `absent_other_modalities` (`TrainConfig`)."""
+    modality: dict[str, str | None] = {}
+    names_of: dict[str, set[str]] = {}
+    for s in samples:
+        modality[s.dataset] = s.modality
+        names_of.setdefault(s.dataset, set()).add(s.class_name)
+    labelled: dict[str | None, set[str]] = {}  # modality -> names its datasets label
+    for d, names in names_of.items():
+        labelled.setdefault(modality[d], set()).update(names)
+    unknown = labelled.get(None, set())
+    known = {n for m, names in labelled.items() if m is not None for n in names} - unknown
+    return {d: sorted(known - labelled[m]) for d, m in modality.items() if m is not None}
+
+
 class CachedSlices(Dataset):
     """Cached training / validation slices; items are (position, sample index) pairs.
 
     cache: an `EmbeddingCache` already built for `samples`. seed, epoch: for the prompt seeds.
     classes: dataset -> {label value: class name} of every class a text prompt may name (default:
         the classes of `samples`); an item lists those with no pixel in its slice as "absent".
+    other: dataset -> class names that are absent from every slice of the dataset (classes of
+        other modalities, `other_modality_classes`); added to each item's "absent".
     """
 
     def __init__(self, cache: Any, samples: list[Any], seed: int,
-                 classes: dict[str, dict[int, str]] | None = None) -> None:
+                 classes: dict[str, dict[int, str]] | None = None,
+                 other: dict[str, list[str]] | None = None) -> None:
         self.cache, self.samples, self.seed = cache, samples, seed
         self.epoch = 0
         if classes is None:
@@ -97,6 +119,7 @@ class CachedSlices(Dataset):
             for s in samples:
                 classes.setdefault(s.dataset, {})[int(s.class_value)] = s.class_name
         self.classes = classes
+        self.other = other or {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -124,12 +147,15 @@ class CachedSlices(Dataset):
                 "class_name": s.class_name, "absent": self.absent(s, cached.label)}
 
     def absent(self, sample: Any, label: torch.Tensor) -> list[str]:
-        """Classes of the sample's dataset with no pixel in its label plane (sorted names; a
-        class with several values, e.g. instance ids, counts as present if any value is)."""
+        """Classes of the sample's dataset with no pixel in its label plane (a class with
+        several values, e.g. instance ids, counts as present if any value is), plus the
+        dataset's `other` classes; sorted names."""
         present = set(torch.unique(label).tolist())
         names: dict[str, bool] = {}
         for value, name in self.classes.get(sample.dataset, {}).items():
             names[name] = names.get(name, False) or value in present
+        for name in self.other.get(sample.dataset, ()):
+            names.setdefault(name, False)
         return sorted(n for n, here in names.items() if not here and n != sample.class_name)
 
 

@@ -37,7 +37,7 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     from segmote.training.config import load_config
     from segmote.training.loader import CachedSlices
     from segmote.training.trainer import (_class_texts, _load_data, calibration_samples,
-                                          class_table)
+                                          query_tables)
     from segmote.training.validation import validate_auto
 
     run_dir = Path(run_dir)
@@ -56,12 +56,12 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
                          "calibrate")
     names = sorted({s.class_name for s in train + val})
     texts, _ = _class_texts(cfg, names)
-    classes = class_table(train + val)
+    tables = query_tables(cfg, train + val)
     samples = calibration_samples(cfg, train, val)
     cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache", model,
                            f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
     cache.build(samples, progress=False)
-    data = CachedSlices(cache, samples, cfg.seed, classes)
+    data = CachedSlices(cache, samples, cfg.seed, **tables)
     _, counts = validate_auto(model, data, cfg.batch_size, info, contextlib.nullcontext, texts)
     auto = {**_cal.choose_calibration(counts, cfg.auto_fp_target).to_dict(),
             "calibrated_on": cfg.calibrate_on}

@@ -33,7 +33,8 @@ from segmote.modeling.segmote import SegMoTE
 from segmote.training import distributed as ddp
 from segmote.training.config import TrainConfig, save_config
 from segmote.training.stages import check_initial_adapter, load_initial_adapter
-from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
+from segmote.training.loader import (CachedSlices, epoch_plan, make_loader,
+                                     other_modality_classes, rank_slice,
                                      sample_weights)
 from segmote.training.state import load_state, rng_state, save_state, set_rng_state
 from segmote.training.calibration import choose_calibration
@@ -179,6 +180,14 @@ def class_table(samples: list[Any]) -> dict[str, dict[int, str]]:
     return classes
 
 
+def query_tables(cfg: TrainConfig, samples: list[Any]) -> dict[str, Any]:
+    """The keyword arguments of `CachedSlices` that say which classes a text query may name:
+    `classes` (`class_table`) and, with `absent_other_modalities`, `other`
+    (`other_modality_classes`)."""
+    other = other_modality_classes(samples) if cfg.absent_other_modalities else None
+    return {"classes": class_table(samples), "other": other}
+
+
 def calibration_samples(cfg: TrainConfig, train_samples: list[Any],
                         val_samples: list[Any]) -> list[Any]:
     """What the automatic mode is calibrated on (`calibrate_on`): the validation samples, or
@@ -319,11 +328,11 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     model.train()
     step = TrainStep(model, cfg, texts)
     step_module: torch.nn.Module = _wrap_ddp(step, info) if info.enabled else step
-    classes = class_table(train_samples + val_samples)
-    train_data = CachedSlices(cache, train_samples, cfg.seed, classes)
-    val_data = CachedSlices(cache, val_samples, cfg.seed, classes)
+    tables = query_tables(cfg, train_samples + val_samples)
+    train_data = CachedSlices(cache, train_samples, cfg.seed, **tables)
+    val_data = CachedSlices(cache, val_samples, cfg.seed, **tables)
     calib_data = val_data if cfg.calibrate_on == "val" else CachedSlices(
-        cache, calibration_samples(cfg, train_samples, val_samples), cfg.seed, classes)
+        cache, calibration_samples(cfg, train_samples, val_samples), cfg.seed, **tables)
     meta = {"vocabulary": sorted({s.class_name for s in train_samples}),
             "training_data": {d.name: sorted(d.labels.values()) for d in datasets}}
     if text_meta:
