@@ -9,7 +9,9 @@ hold-out is). Every held-out (slice, class) with >= 20 foreground pixels, under 
 the mask at the class's calibrated offset; one query per slice and class) and auto (text with
 the adapter's calibrated confidence threshold). Absent classes: on
 every held-out slice, every class of its dataset with no pixel there is asked for in automatic
-mode; a kept non-empty mask is a false positive. Cost: one automatic multi-class pass on a 2-D
+mode; a kept non-empty mask is a false positive. Classes of other modalities: on every held-out
+slice, every class that no dataset of its modality labels (nuclei on a CT slice, AAL structures
+on the nuclei image), the same way. Cost: one automatic multi-class pass on a 2-D
 image vs one encoder pass, same process, median of repeats.
 """
 
@@ -31,17 +33,16 @@ from common import RESULTS, machine, median_time, write_result  # noqa: E402
 BINARY = ("Dataset005_NucleiQuadrants", "Dataset007_Colin27BrainSlabs")
 
 
-def _absent(seg, samples, cache) -> dict:
-    """False-positive rate of automatic mode on classes absent from each held-out slice."""
+def _false_positives(seg, samples, cache, ask) -> dict:
+    """False-positive rate of automatic mode on every held-out slice: ask(dataset, present
+    label values) names the classes to query there (all absent); a kept mask is a false
+    positive."""
     import torch
 
     from segmote.data.files import read_label
     from segmote.inference import volume_slice
     from segmote.modeling.encoder_output import EncoderOutput
 
-    classes: dict[str, dict[str, set]] = {}
-    for s in samples:
-        classes.setdefault(s.dataset, {}).setdefault(s.class_name, set()).add(int(s.class_value))
     by_slice: dict = {}
     for s in samples:
         by_slice.setdefault((s.dataset, str(s.label), s.slice_index, s.axis), s)
@@ -51,17 +52,17 @@ def _absent(seg, samples, cache) -> dict:
         if label_path not in labels:
             labels = {label_path: read_label(label_path)}
         plane = labels[label_path] if k is None else volume_slice(labels[label_path], k, axis)
-        present = set(np.unique(plane).tolist())
-        absent = [c for c, values in classes[dataset].items() if not values & present]
-        if not absent:
+        names = ask(dataset, set(np.unique(plane).tolist()))
+        if not names:
             continue
         cached = cache.get(s)
         enc = EncoderOutput(cached.image_embedding[None], cached.early_features[None])
         with torch.inference_mode():
             seg.set_features(seg.model.prepare_image(enc), cached.geometry.orig_hw)
-        pred = seg.predict_auto(absent)
-        e = out.setdefault(dataset, {"queries": 0, "false_positives": 0})
-        e["queries"] += len(absent)
+        pred = seg.predict_auto(names)
+        e = out.setdefault(dataset, {"slices": 0, "queries": 0, "false_positives": 0})
+        e["slices"] += 1
+        e["queries"] += len(names)
         e["false_positives"] += sum(pred.kept.values())
     for e in out.values():
         e["fp_rate"] = e["false_positives"] / e["queries"]
@@ -69,6 +70,34 @@ def _absent(seg, samples, cache) -> dict:
     total_fp = sum(e["false_positives"] for e in out.values())
     return {"per_dataset": out, "queries": total_q, "false_positives": total_fp,
             "fp_rate": total_fp / total_q if total_q else None}
+
+
+def _absent(seg, samples, cache) -> dict:
+    """Classes of the slice's own dataset with no pixel there."""
+    classes: dict[str, dict[str, set]] = {}
+    for s in samples:
+        classes.setdefault(s.dataset, {}).setdefault(s.class_name, set()).add(int(s.class_value))
+    return _false_positives(seg, samples, cache, lambda d, present: [
+        c for c, values in classes[d].items() if not values & present])
+
+
+def _other_modalities(seg, samples, cache, datasets) -> dict:
+    """Classes that no dataset of the slice's modality labels (an AAL structure on the nuclei
+    image, nuclei on a CT slice): absent by construction, as long as the modalities image
+    disjoint anatomy, as these do. Only classes the adapter knows are asked for."""
+    from types import SimpleNamespace
+
+    from segmote.training.loader import other_modality_classes
+
+    known = set(seg.vocabulary)
+    other = other_modality_classes([SimpleNamespace(dataset=d.name, modality=d.modality,
+                                                    class_name=name)
+                                    for d in datasets for name in d.labels.values()])
+    data = _false_positives(seg, samples, cache,
+                            lambda d, present: [c for c in other.get(d, []) if c in known])
+    data["classes_asked"] = {d: len([c for c in names if c in known])
+                             for d, names in other.items()}
+    return data
 
 
 def _cost(seg, image: np.ndarray, classes: list[str], repeats: int = 5) -> dict:
@@ -105,7 +134,9 @@ def _nuclei_image() -> np.ndarray:
     return read_image(bundled_sample_path("nuclei")).array
 
 
-def run(run_dir: Path | None, adapter: str) -> dict:
+def run(run_dir: Path | None, adapter: str, absent_only: str | None = None) -> dict:
+    """The whole benchmark (results/auto.json), or with absent_only=NAME only the two
+    false-positive parts (results/NAME.json)."""
     import torch
 
     from segmote.build import load_model
@@ -135,6 +166,15 @@ def run(run_dir: Path | None, adapter: str) -> dict:
     datasets = discover(data_dirs)
     samples = slice_samples(datasets, split, part="val", axis=2, min_foreground=20).samples
     cache = EmbeddingCache(cache_root, model, f"litemedsam-{model.backbone_sha256[:16]}")
+    if absent_only:
+        data = {"machine": machine(), "adapter": str(adapter_path),
+                "adapter_sha256": sha256_file(adapter_path),
+                "absent": _absent(seg, samples, cache),
+                "other_modalities": _other_modalities(seg, samples, cache, datasets)}
+        write_result(absent_only, data)
+        if tmp is not None:
+            tmp.cleanup()
+        return data
     protocols = [Protocol(p) for p in ("box", "box_text", "text", "auto")]
     start = time.perf_counter()
     results = list(evaluate_samples(model, samples, protocols, cache=cache))
@@ -144,6 +184,7 @@ def run(run_dir: Path | None, adapter: str) -> dict:
     ratios = {d: ours["auto"]["datasets"][d]["dice"] / ours["box"]["datasets"][d]["dice"]
               for d in BINARY if d in ours["box"]["datasets"]}
     absent = _absent(seg, samples, cache)
+    other = _other_modalities(seg, samples, cache, datasets)
     nuclei = next((d for d in datasets if d.name == "Dataset005_NucleiQuadrants"), None)
     cost = None
     if nuclei is not None:
@@ -156,6 +197,8 @@ def run(run_dir: Path | None, adapter: str) -> dict:
         "text_box_ok": ours["box_text"]["mean"] >= ours["box"]["mean"],
         "absent_fp_rate": absent["fp_rate"],
         "absent_fp_ok": absent["fp_rate"] is not None and absent["fp_rate"] < 0.10,
+        "other_modality_fp_rate": other["fp_rate"],
+        "other_modality_fp_ok": other["fp_rate"] is not None and other["fp_rate"] < 0.10,
         "auto_per_class_cost": cost and cost["per_class_fraction_of_encoder"],
         "auto_cost_ok": bool(cost) and cost["per_class_fraction_of_encoder"] < 0.10,
     }
@@ -165,7 +208,7 @@ def run(run_dir: Path | None, adapter: str) -> dict:
             "protocols": [p.to_dict() for p in protocols],
             "held_out": {d: {"cases": split[d]["val"], "note": NOTES.get(d, "")} for d in split},
             "n_samples": len(samples), "eval_seconds": seconds, "summary": ours,
-            "absent": absent, "cost": cost, "checks": checks}
+            "absent": absent, "other_modalities": other, "cost": cost, "checks": checks}
     write_result("auto", data)
     if tmp is not None:
         tmp.cleanup()
@@ -181,6 +224,7 @@ def print_report(data: dict) -> None:
               + " ".join(f"{s[p]['datasets'][d]['dice']:9.4f}" for p in s))
     print(f"{'mean over datasets':32s} {'':5s} " + " ".join(f"{s[p]['mean']:9.4f}" for p in s))
     print("absent classes:", json.dumps(data["absent"]))
+    print("classes of other modalities:", json.dumps(data["other_modalities"]))
     print("cost:", json.dumps(data["cost"]))
     print("checks:", json.dumps(data["checks"]))
 
@@ -190,8 +234,16 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a finished run folder (its split and cache)")
     ap.add_argument("--adapter", help="adapter file (default: the run's latest / the shipped)")
+    ap.add_argument("--absent-only", metavar="NAME",
+                    help="only the false-positive parts, written to results/NAME.json")
     args = ap.parse_args()
-    data = run(args.run, args.adapter or ("latest" if args.run else "default"))
+    data = run(args.run, args.adapter or ("latest" if args.run else "default"),
+               args.absent_only)
+    if args.absent_only:
+        print("absent classes:", json.dumps(data["absent"]))
+        print("classes of other modalities:", json.dumps(data["other_modalities"]))
+        print(f"wrote {RESULTS / (args.absent_only + '.json')}")
+        return
     if "summary" not in data:
         print("cost:", json.dumps(data["cost"]))
         return

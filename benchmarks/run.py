@@ -425,6 +425,21 @@ def section_auto(r: dict) -> list[str]:
             "|---|---|---|---|"]
     for d, e in a["per_dataset"].items():
         out.append(f"| {d} | {e['queries']} | {e['false_positives']} | {e['fp_rate']:.3f} |")
+    o = r.get("other_modalities")
+    if o:
+        before = (_load("auto_other_modalities_before") or {}).get("other_modalities") or {}
+        out += ["", "Classes of other modalities (every class that no dataset of the slice's "
+                "modality labels, e.g. the AAL structures on the nuclei image, nuclei on a CT "
+                "slice; absent by construction), asked for in automatic mode on every held-out "
+                "slice" + (" (before: the previous shipped adapter, trained without such "
+                           "negatives, `auto_other_modalities_before.json`)" if before else "")
+                + ":", "", "| dataset | slices | queries | false positives | rate | before |",
+                "|---|---|---|---|---|---|"]
+        for d, e in o["per_dataset"].items():
+            b = (before.get("per_dataset") or {}).get(d)
+            was = f"{b['false_positives']}/{b['queries']} = {b['fp_rate']:.3f}" if b else ""
+            out.append(f"| {d} | {e['slices']} | {e['queries']} | {e['false_positives']} | "
+                       f"{e['fp_rate']:.3f} | {was} |")
     ratios = ", ".join(f"{d} {v:.2f}" for d, v in c["prompt_free_over_box"].items())
     cost = r.get("cost") or {}
     out += ["", "| target | measured | met |", "|---|---|---|",
@@ -434,6 +449,10 @@ def section_auto(r: dict) -> list[str]:
             f"{'yes' if c['text_box_ok'] else 'no'} |",
             f"| absent classes: < 10 % get a mask | {a['false_positives']}/{a['queries']} = "
             f"{(a['fp_rate'] or 0) * 100:.1f} % | {'yes' if c['absent_fp_ok'] else 'no'} |"]
+    if o:
+        out.append(f"| classes of other modalities: < 10 % get a mask (same target) | "
+                   f"{o['false_positives']}/{o['queries']} = {(o['fp_rate'] or 0) * 100:.1f} % | "
+                   f"{'yes' if c.get('other_modality_fp_ok') else 'no'} |")
     if cost:
         out.append(f"| automatic pass on a 2-D image: encoder + < 10 % per class | encoder "
                    f"{cost['encoder_s'] * 1000:.0f} ms, + {cost['classes']} classes "
