@@ -53,6 +53,18 @@ def test_auto_volume_keeps_geometry(ppt_adapter, tmp_path, capsys):
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
 
 
+def test_auto_without_classes_warns_and_asks_for_every_class(ppt_adapter, tmp_path, capsys):
+    out = tmp_path / "all.png"
+    rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--auto", "--adapter",
+                       str(ppt_adapter)], capsys)
+    assert rc == 0, err
+    assert "note: --auto without --classes" in err and "--classes" in err
+    assert set(np.unique(read_image(out).array)) <= {0, 1, 2}  # nuclei, tumour
+    rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--auto", "--adapter",
+                       str(ppt_adapter), "--classes", "nuclei"], capsys)
+    assert rc == 0 and "note:" not in err
+
+
 def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
     for extra in (["--text", "nuclei", "--label", "7"],
                   ["--text", "nuclei", "--box", NUCLEI_BOX]):

@@ -129,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
         classes=_classes(args.classes), threshold=args.threshold)
+    if args.auto and args.classes is None:
+        # after the run, so a refused request still prints one line. Measured: the default
+        # adapter answers many classes of other domains with a mask (docs/text_and_ppt.md)
+        print("note: --auto without --classes asks for every class the adapter knows; classes "
+              "of other domains (brain structures on a microscopy image) may get masks: name "
+              "the ones that can occur with --classes", file=sys.stderr)
     if args.routing:
         from segmote.routing import format_routing_table
         print(format_routing_table(result.routing))
