@@ -380,6 +380,11 @@ def section_curation_mixed(m: dict) -> list[str]:
     return out
 
 
+def _ratios(checks: dict) -> str:
+    """'dataset ratio, ...' of prompt-free over box Dice from a bench_auto `checks` dict."""
+    return ", ".join(f"{d} {v:.2f}" for d, v in checks["prompt_free_over_box"].items())
+
+
 def section_auto(r: dict) -> list[str]:
     if "summary" not in r:  # the shipped adapter has no PPT / text: the cost only
         cost = r["cost"]
@@ -438,7 +443,7 @@ def section_auto(r: dict) -> list[str]:
         for d, e in o["per_dataset"].items():
             out.append(f"| {d} | {e['slices']} | {e['queries']} | {e['false_positives']} | "
                        f"{e['fp_rate']:.3f} |")
-    ratios = ", ".join(f"{d} {v:.2f}" for d, v in c["prompt_free_over_box"].items())
+    ratios = _ratios(c)
     cost = r.get("cost") or {}
     out += ["", "| target | measured | met |", "|---|---|---|",
             f"| prompt-free (auto) Dice >= 0.85 x box Dice, binary tasks | {ratios} | "
@@ -460,7 +465,7 @@ def section_auto(r: dict) -> list[str]:
     before = _load("auto_no_offsets")
     if before and "checks" in before:
         b = before["checks"]
-        br = ", ".join(f"{d} {v:.2f}" for d, v in b["prompt_free_over_box"].items())
+        br = _ratios(b)
         out += ["", "The same weights before per-class mask offsets (`auto_no_offsets.json`: "
                 f"threshold {(before.get('calibration') or {}).get('threshold', 0):.2f} only): "
                 f"prompt-free / box {br}, absent-class false positives "
@@ -468,7 +473,7 @@ def section_auto(r: dict) -> list[str]:
     trial = _load("auto_stage2_trial")
     if trial and "checks" in trial:
         t = trial["checks"]
-        tr = ", ".join(f"{d} {v:.2f}" for d, v in t["prompt_free_over_box"].items())
+        tr = _ratios(t)
         out += ["", "An earlier stage-2 recipe (`auto_stage2_trial.json`: absent share 0.2, mask "
                 "bias also beside boxes, calibration on 1 sample per class) had prompt-free / box "
                 f"{tr}, text + box {t['text_box_gain']:+.3f}, absent-class false positives "
@@ -477,7 +482,7 @@ def section_auto(r: dict) -> list[str]:
     om = _load("auto_other_modalities_trial")
     if om and "checks" in om:
         t = om["checks"]
-        tr = ", ".join(f"{d} {v:.2f}" for d, v in t["prompt_free_over_box"].items())
+        tr = _ratios(t)
         out += ["", "A stage-2 trial with other-modality negatives in training and calibration "
                 "(`auto_other_modalities_trial.json`, not shipped): other-modality false positives "
                 f"{t['other_modality_fp_rate'] * 100:.1f} %, same-dataset absent classes "
