@@ -22,6 +22,15 @@ def machine() -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def machine_line(m: dict | None) -> str:
+    """One line naming the machine of a result's `machine()` dict (for the report)."""
+    if not m:
+        return "unknown machine"
+    return (f"{m.get('cores')}-core {m.get('cpu')} CPU, torch {m.get('torch')} "
+            f"({m.get('torch_threads')} thread{'' if m.get('torch_threads') == 1 else 's'}), "
+            f"{m.get('date')}")
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds."""
     for _ in range(warmup):
