@@ -36,6 +36,27 @@ def ppt_adapter(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def modality_adapter(tmp_path_factory):
+    """The fresh PPT + text adapter, with the metadata a training run writes about its data:
+    nuclei from a microscopy dataset, tumour from a CT one."""
+    import torch
+
+    from segmote.adapter import save_adapter
+    from segmote.text.classes import class_embeddings
+    from segmote.training.config import load_config
+    from segmote.training.trainer import build_model
+
+    texts = class_embeddings(["tumour", "nuclei"])
+    model = build_model(load_config(), torch.device("cpu"), texts.dim)
+    path = tmp_path_factory.mktemp("adapter") / "modal.safetensors"
+    save_adapter(model, path, {"vocabulary": ["nuclei", "tumour"], "text": texts.metadata(),
+                               "auto": {"threshold": -100.0},
+                               "training_data": {"cells": ["nuclei"], "lungs": ["tumour"]},
+                               "training_modalities": {"cells": "MICROSCOPY", "lungs": "CT"}})
+    return path
+
+
 def _run(args, capsys):
     rc = main(["predict", "-q"] + args)
     out = capsys.readouterr()
@@ -63,6 +84,30 @@ def test_auto_without_classes_warns_and_asks_for_every_class(ppt_adapter, tmp_pa
     rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--auto", "--adapter",
                        str(ppt_adapter), "--classes", "nuclei"], capsys)
     assert rc == 0 and "note:" not in err
+
+
+def test_auto_asks_only_the_classes_trained_on_the_images_modality(modality_adapter, tmp_path,
+                                                                    capsys):
+    from segmote.api import predict_file
+
+    # a CT volume (modality told by its Hounsfield units): only the CT dataset's class
+    ct = predict_file(LUNG, tmp_path / "ct.nii.gz", auto=True, adapter=modality_adapter)
+    assert ct.auto_modality == "CT" and ct.classes == {1: "tumour"}
+    assert set(np.unique(ct.label)) <= {0, 1} and "CT classes" in ct.summary
+    # a PNG says nothing of its modality: every class, unless --modality names one
+    png = predict_file(NUCLEI, tmp_path / "all.png", auto=True, adapter=modality_adapter)
+    assert png.auto_modality is None and png.classes == {1: "nuclei", 2: "tumour"}
+    cells = predict_file(NUCLEI, tmp_path / "cells.png", auto=True, adapter=modality_adapter,
+                         modality="microscopy")
+    assert cells.auto_modality == "MICROSCOPY" and cells.classes == {1: "nuclei"}
+    # a modality the adapter never trained on: every class again (nothing to go by)
+    mr = predict_file(NUCLEI, tmp_path / "mr.png", auto=True, adapter=modality_adapter,
+                      modality="MR")
+    assert mr.auto_modality is None and len(mr.classes) == 2
+    # the CLI's note comes only when every class was asked
+    rc, _, err = _run(["-i", str(NUCLEI), "-o", str(tmp_path / "c.png"), "--auto", "-m",
+                       "microscopy", "--adapter", str(modality_adapter)], capsys)
+    assert rc == 0 and "note:" not in err, err
 
 
 def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):

@@ -250,6 +250,7 @@ def test_cli_end_to_end_writes_every_output(lung_dataset, cache_dir, tmp_path, c
     from segmote.build import load_model
     meta = read_adapter_metadata(out / "adapter_best.safetensors")
     assert meta["training"]["epoch"] == 1 and meta["vocabulary"] == ["tumour"]
+    assert list(meta["training_modalities"].values()) == ["CT"]
     load_model(adapter=str(out / "adapter_best.safetensors"))
     capsys.readouterr()
 

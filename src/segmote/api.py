@@ -25,6 +25,9 @@ class PredictResult:
     routing: list[dict] = field(default_factory=list)
     attention: Path | None = None
     classes: dict[int, str] = field(default_factory=dict)
+    # automatic mode without named classes: the modality whose training classes were asked
+    # (None: every class the adapter knows)
+    auto_modality: str | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,7 +173,8 @@ def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone:
     if not seg.prompt_free or not seg.takes_text:
         raise InputError("this adapter was trained without PPT / text prompts: it cannot "
                          "segment without a box or points (train one with segmote train)")
-    names = list(classes) if classes else seg.vocabulary
+    by_modality = None if classes else seg.classes_for_modality(modality)
+    names = list(classes) if classes else by_modality or seg.vocabulary
     if data.is_volume:
         label, names, kept = auto_volume(seg, data, names, axis, modality, window, threshold,
                                          _tqdm("slices") if progress else None)
@@ -190,6 +194,9 @@ def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone:
         save_overlay(image, volume_slice(label, k, axis) if data.is_volume else label, overlay)
     value_of = {name: value for value, name in mapping.items()}
     listed = ", ".join(f"{value_of[n]}={n} ({why})" for n, why in found.items())
+    asked = f" (the adapter's {modality} classes)" if by_modality else ""
     summary = (f"shape {label.shape}, modality {modality or 'none'}, prompt-free, "
-               f"{len(found)} of {len(names)} classes found" + (f": {listed}" if listed else ""))
-    return PredictResult(written, label, summary, classes=mapping)
+               f"{len(found)} of {len(names)} classes{asked} found"
+               + (f": {listed}" if listed else ""))
+    return PredictResult(written, label, summary, classes=mapping,
+                         auto_modality=modality if by_modality else None)

@@ -104,6 +104,20 @@ class Segmenter:
         """The classes the adapter was trained on (its metadata)."""
         return list(getattr(self.model, "adapter_metadata", {}).get("vocabulary", []))
 
+    def classes_for_modality(self, modality: str | None) -> list[str] | None:
+        """The vocabulary classes that the adapter's training datasets of `modality` label, plus
+        those of datasets of unknown modality (vocabulary order); None when that cannot be told:
+        no modality, an adapter without "training_modalities" metadata (older adapters), or no
+        training dataset of that modality. `--auto` asks only these, since a class of another
+        domain is absent by construction yet may still get a mask (docs/text_and_ppt.md)."""
+        meta = getattr(self.model, "adapter_metadata", {})
+        modalities, data = meta.get("training_modalities"), meta.get("training_data")
+        if modality is None or not modalities or not data or modality not in modalities.values():
+            return None
+        names = {n for d, m in modalities.items() if m in (modality, None)
+                 for n in data.get(d, [])}
+        return [c for c in self.vocabulary if c in names]
+
     def _per_class(self, names: Sequence[str], key: str, default_key: str,
                    default: Any) -> list[Any]:
         """The adapter's calibrated per-class value for each name (its "auto" metadata: `key`

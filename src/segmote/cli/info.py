@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"backbone: {args.backbone}    adapter: {label}")
     meta = getattr(model, "adapter_metadata", None)
     if meta:
-        shown = {k: meta[k] for k in ("segmote_version", "vocabulary", "training_data")
+        shown = {k: meta[k] for k in ("segmote_version", "vocabulary", "training_data",
+                                      "training_modalities")
                  if k in meta}
         for key, value in shown.items():
             print(f"  {key}: {value}")

@@ -89,8 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="class name, e.g. 'left kidney': with --box/--point one more prompt for "
                         "every object; alone, prompt-free segmentation of that class")
     p.add_argument("--auto", action="store_true",
-                   help="prompt-free: segment every class the adapter knows (or --classes) into "
-                        "one label map, value i = i-th class; every slice of a volume")
+                   help="prompt-free: segment every class the adapter knows (only those trained "
+                        "on the image's modality, when the adapter records it and the modality "
+                        "is known), or --classes, into one label map, value i = i-th class; "
+                        "every slice of a volume")
     p.add_argument("--classes", help="comma-separated class names for --auto")
     p.add_argument("--threshold", type=float,
                    help="confidence needed to keep an automatic mask (default: the adapter's "
@@ -129,12 +131,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
         classes=_classes(args.classes), threshold=args.threshold)
-    if args.auto and args.classes is None:
+    if args.auto and args.classes is None and result.auto_modality is None:
         # after the run, so a refused request still prints one line. Measured: the default
         # adapter answers many classes of other domains with a mask (docs/text_and_ppt.md)
-        print("note: --auto without --classes asks for every class the adapter knows; classes "
-              "of other domains (brain structures on a microscopy image) may get masks: name "
-              "the ones that can occur with --classes", file=sys.stderr)
+        print("note: --auto without --classes (and without a modality the adapter was trained "
+              "on) asks for every class the adapter knows; classes of other domains (brain "
+              "structures on a microscopy image) may get masks: name the ones that can occur "
+              "with --classes, or give --modality", file=sys.stderr)
     if args.routing:
         from segmote.routing import format_routing_table
         print(format_routing_table(result.routing))

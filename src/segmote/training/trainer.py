@@ -334,7 +334,9 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     calib_data = val_data if cfg.calibrate_on == "val" else CachedSlices(
         cache, calibration_samples(cfg, train_samples, val_samples), cfg.seed, **tables)
     meta = {"vocabulary": sorted({s.class_name for s in train_samples}),
-            "training_data": {d.name: sorted(d.labels.values()) for d in datasets}}
+            "training_data": {d.name: sorted(d.labels.values()) for d in datasets},
+            # lets --auto ask an image only for classes trained on its modality
+            "training_modalities": {d.name: d.modality for d in datasets}}
     if text_meta:
         meta["text"] = text_meta
     log = RunLog(out_dir, purge_step=run.global_step if resume else None) \
