@@ -18,28 +18,9 @@ NUCLEI = bundled_sample_path("nuclei")
 NUCLEI_BOX = ",".join(map(str, bundled_samples()["nuclei"]["box"]))
 
 
-@pytest.fixture(scope="module")
-def ppt_adapter(tmp_path_factory):
-    import torch
-
-    from segmote.adapter import save_adapter
-    from segmote.text.classes import class_embeddings
-    from segmote.training.config import load_config
-    from segmote.training.trainer import build_model
-
-    texts = class_embeddings(["tumour", "nuclei"])
-    model = build_model(load_config(), torch.device("cpu"), texts.dim)  # text + PPT (defaults)
-    path = tmp_path_factory.mktemp("adapter") / "ppt.safetensors"
-    # a calibrated threshold below every confidence: the test sees the raw automatic masks
-    save_adapter(model, path, {"vocabulary": ["nuclei", "tumour"], "text": texts.metadata(),
-                               "auto": {"threshold": -100.0}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def modality_adapter(tmp_path_factory):
-    """The fresh PPT + text adapter, with the metadata a training run writes about its data:
-    nuclei from a microscopy dataset, tumour from a CT one."""
+def _fresh_adapter(path, **meta):
+    """Save a fresh PPT + text adapter (the training defaults) knowing nuclei and tumour, with a
+    calibrated threshold below every confidence, so tests see the raw automatic masks."""
     import torch
 
     from segmote.adapter import save_adapter
@@ -49,12 +30,23 @@ def modality_adapter(tmp_path_factory):
 
     texts = class_embeddings(["tumour", "nuclei"])
     model = build_model(load_config(), torch.device("cpu"), texts.dim)
-    path = tmp_path_factory.mktemp("adapter") / "modal.safetensors"
     save_adapter(model, path, {"vocabulary": ["nuclei", "tumour"], "text": texts.metadata(),
-                               "auto": {"threshold": -100.0},
-                               "training_data": {"cells": ["nuclei"], "lungs": ["tumour"]},
-                               "training_modalities": {"cells": "MICROSCOPY", "lungs": "CT"}})
+                               "auto": {"threshold": -100.0}, **meta})
     return path
+
+
+@pytest.fixture(scope="module")
+def ppt_adapter(tmp_path_factory):
+    return _fresh_adapter(tmp_path_factory.mktemp("adapter") / "ppt.safetensors")
+
+
+@pytest.fixture(scope="module")
+def modality_adapter(tmp_path_factory):
+    """With the metadata a training run writes about its data: nuclei from a microscopy
+    dataset, tumour from a CT one."""
+    return _fresh_adapter(tmp_path_factory.mktemp("adapter") / "modal.safetensors",
+                          training_data={"cells": ["nuclei"], "lungs": ["tumour"]},
+                          training_modalities={"cells": "MICROSCOPY", "lungs": "CT"})
 
 
 def _run(args, capsys):
