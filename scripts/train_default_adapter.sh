@@ -7,6 +7,9 @@
 #   1. RUN       default_adapter.yaml: expert tokens, MoTE, expert head (box / point prompts)
 #   2. RUN/text  default_adapter_text.yaml: text prompts + PPT on top of stage 1, whose parts stay
 #                frozen (box / point decoding is bit-identical to stage 1's)
+#   3. segmote.training.presence: the class presence head on the frozen stage-2 adapter, with
+#                classes of other modalities as its negatives (these modalities image disjoint
+#                anatomy); every mask stays bit-identical, only --auto's keep / drop changes
 # then benchmarks/bench_default_adapter.py (held-out Dice, base vs adapter, box and point;
 # routing per modality) and benchmarks/bench_auto.py (text, prompt-free, absent classes, cost).
 # --install copies the stage-2 adapter into the package (src/segmote/assets/adapters/default.safetensors).
@@ -38,6 +41,7 @@ middle=$(date +%s)
 /usr/bin/time -v -o "$RUN/train_time_text.txt" .venv/bin/segmote train --data "${DATA[@]}" \
   --split "${prepared[1]}" --config "$TEXT_CONFIG" --out "$RUN/text" --cache-dir "$RUN/cache" \
   --init-adapter "$RUN/adapter_latest.safetensors" --device cpu
+$PY -m segmote.training.presence "$RUN/text" --negatives other-modalities
 end=$(date +%s)
 printf '{"train_seconds_incl_cache": %d, "stage1_seconds_incl_cache": %d, "stage2_seconds": %d, "threads": %d}\n' \
   "$((end - start))" "$((middle - start))" "$((end - middle))" \

@@ -52,8 +52,11 @@ class AutoPrediction:
     label_map: (H, W) uint8/uint16, value i = classes[i - 1] (0: background).
     classes: the classes asked for, in label order.
     confidence: class -> the selected expert token's predicted IoU.
-    kept: class -> its mask was kept (non-empty and confidence >= threshold).
+    kept: class -> its mask was kept (non-empty, confidence >= threshold and, with a presence
+        head, presence >= its threshold).
     threshold: the confidence threshold used.
+    presence: class -> the presence head's probability that the class is in the image (empty
+        for an adapter without one, `segmote.modeling.presence`).
     """
 
     label_map: np.ndarray
@@ -61,6 +64,7 @@ class AutoPrediction:
     confidence: dict[str, float]
     kept: dict[str, bool]
     threshold: float
+    presence: dict[str, float] = field(default_factory=dict)
 
 
 class Segmenter:
@@ -303,15 +307,20 @@ class Segmenter:
             out = _pick_rows(out, self.model.decode(
                 self.features, points=tp, boxes=tb, masks=self._mask_input(mask_input, n),
                 **plain), torch.from_numpy(use_text).to(out.masks.device))
+        presence = None
         if texts is not None and decode_kwargs.get("auto"):
             # a prompt-free mask of a named class: its calibrated mask threshold
             off = torch.from_numpy(self.mask_offsets(texts)).to(out.masks.device)
             out = out._replace(masks=out.masks + off.view(-1, 1, 1, 1).to(out.masks.dtype))
+            presence = self.presence(t)
         single = boxes is None and (points is None or np.asarray(points).ndim == 2) and \
             (texts is None or isinstance(text, str))
         pred = self._finish(out, single)
         if use_text is not None:
             pred.extras["text_used"] = use_text
+        if presence is not None:
+            # the mask is returned as decoded; predict_auto / --text drop it below threshold
+            pred.extras["presence"] = presence[0] if single else presence
         return pred
 
     @torch.inference_mode()
@@ -337,16 +346,21 @@ class Segmenter:
         if threshold is None:
             calib = getattr(self.model, "adapter_metadata", {}).get("auto") or {}
             threshold = float(calib.get("threshold", 0.0))
-        logits, conf = [], []
+        logits, conf, present = [], [], []
         for start in range(0, len(names), chunk):
             part = names[start:start + chunk]
-            out = self.model.decode(self.features, text=self.embed_text(part), auto=True)
+            text = self.embed_text(part)
+            out = self.model.decode(self.features, text=text, auto=True)
             off = torch.from_numpy(self.mask_offsets(part)).to(out.masks.device)
             logits.append(self.geometry.logits_to_original(
                 out.masks[:, :1].float() + off.view(-1, 1, 1, 1))[:, 0].cpu().numpy())
             conf.append(out.iou_pred[:, 0].float().cpu().numpy())
+            present.append(self.presence(text))
         stack, score = np.concatenate(logits), np.concatenate(conf)
         kept = (stack > 0).any(axis=(1, 2)) & (score >= threshold)
+        presence = np.concatenate(present) if self.has_presence else None
+        if presence is not None:
+            kept &= presence >= self.presence_threshold
         dtype = np.uint8 if len(names) < 256 else np.uint16
         label = np.zeros(stack.shape[1:], dtype)
         if kept.any():
@@ -354,7 +368,28 @@ class Segmenter:
             best = masked.argmax(0)
             label = np.where(masked.max(0) > 0, best + 1, 0).astype(dtype)
         return AutoPrediction(label, names, {n: float(c) for n, c in zip(names, score)},
-                              {n: bool(k) for n, k in zip(names, kept)}, threshold)
+                              {n: bool(k) for n, k in zip(names, kept)}, threshold,
+                              {} if presence is None else
+                              {n: float(p) for n, p in zip(names, presence)})
+
+    @property
+    def has_presence(self) -> bool:
+        """The adapter has a class presence head (`segmote.modeling.presence`)."""
+        return getattr(self._adapter, "presence", None) is not None
+
+    @property
+    def presence_threshold(self) -> float:
+        """Keep a prompt-free mask only where the presence probability reaches this."""
+        entry = getattr(self.model, "adapter_metadata", {}).get("presence") or {}
+        return float(entry.get("threshold", 0.5))
+
+    def presence(self, text: Tensor) -> np.ndarray | None:
+        """(N,) probabilities that the classes of text embeddings (N, text_dim) are in the
+        current image (None without a presence head)."""
+        if not self.has_presence:
+            return None
+        logits = self.model.presence_logits(self.features, text)
+        return torch.sigmoid(logits.float()).cpu().numpy()
 
     def _finish(self, out: Any, single: bool) -> Prediction:
         # with several candidate masks per prompt (multimask_output=True) keep the best-scored

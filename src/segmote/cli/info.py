@@ -47,5 +47,9 @@ def run(args: argparse.Namespace) -> int:
                  if k in meta}
         for key, value in shown.items():
             print(f"  {key}: {value}")
+        if "presence" in meta:
+            entry = meta["presence"]
+            print(f"  presence head: threshold {entry.get('threshold')}, negatives "
+                  f"{entry.get('negatives')}, trained on {entry.get('slices')} slices")
     print(format_summary(parameter_summary(model)))
     return 0

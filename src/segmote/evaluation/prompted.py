@@ -16,7 +16,8 @@ and for every model compared:
 - ``text``: the class name alone: prompt-free segmentation of that class (PPT) at the class's
   calibrated mask offset, with no confidence threshold;
 - ``auto``: ``text`` with the mask dropped (empty) when its confidence is below the adapter's
-  calibrated threshold, as `segmote predict --text` / `--auto` do. No prompt of these two comes
+  calibrated threshold or, with a presence head, its presence probability below that head's
+  threshold, as `segmote predict --text` / `--auto` do. No prompt of these two comes
   from the ground truth. Their target is every instance of the class in the slice, so the
   samples of one slice and class (the nuclei of one image) are one query, scored once.
 
@@ -162,7 +163,9 @@ def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
             return {"adapter": dice(pred.mask, gt)}, pred
         pred = seg.predict(text=class_name)
         mask = pred.mask
-        if protocol.prompt == "auto" and pred.score < auto_threshold(seg):
+        presence = pred.extras.get("presence", 1.0)  # 1 without a presence head
+        if protocol.prompt == "auto" and (pred.score < auto_threshold(seg)
+                                          or presence < seg.presence_threshold):
             mask = np.zeros_like(mask)
         return {"adapter": dice(mask, gt)}, pred
     if protocol.prompt in ("box", "box_jitter"):

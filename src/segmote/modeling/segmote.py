@@ -35,6 +35,7 @@ from segmote.modeling.expert_head import ExpertMaskHead
 from segmote.modeling.mask_decoder import expand_image
 from segmote.modeling.mote import MoTE, RouterOutput, load_balance_loss
 from segmote.modeling.ppt import PromptTokenizer, TextPrompt
+from segmote.modeling.presence import PresenceHead, image_summary
 from segmote.modeling.sam import Sam
 from segmote.modeling.transformer import Attention, TwoWayAttentionBlock
 
@@ -56,6 +57,9 @@ class MoTEConfig:
         text_dim: width of the text embeddings the adapter takes (384: all-MiniLM-L6-v2); None ->
             no text prompt (adapters trained before text prompts existed).
         ppt_queries: Q queries of progressive prompt tokenization; 0 -> no PPT.
+        presence: a class presence head (`segmote.modeling.presence`; needs text_dim), trained
+            after the rest (`segmote.training.presence`) to drop absent classes in the
+            automatic mode.
     """
 
     num_expert_tokens: int = 4
@@ -67,6 +71,7 @@ class MoTEConfig:
     head_dim: int | None = None
     text_dim: int | None = None
     ppt_queries: int = 0
+    presence: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_expert_tokens", "num_experts", "top_k", "expert_rank"):
@@ -87,6 +92,9 @@ class MoTEConfig:
                 or self.ppt_queries < 0:
             raise InputError(f"MoTE config: ppt_queries must be an integer >= 0, "
                              f"got {self.ppt_queries!r}")
+        if not isinstance(self.presence, bool) or self.presence and self.text_dim is None:
+            raise InputError(f"MoTE config: presence must be true or false and needs text_dim, "
+                             f"got {self.presence!r}")
         if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
             raise InputError(f"MoTE config: head_dim must be a positive integer or null, "
                              f"got {self.head_dim!r}")
@@ -161,6 +169,8 @@ class MoTEAdapter(nn.Module):
         self.text = TextPrompt(config.text_dim, embed_dim, head_dim) if config.text_dim else None
         self.ppt = PromptTokenizer(embed_dim, config.ppt_queries, config.text_dim) \
             if config.ppt_queries else None
+        self.presence = PresenceHead(embed_dim, config.text_dim) \
+            if config.presence and config.text_dim else None
 
 
 class _Decoded(NamedTuple):
@@ -348,6 +358,13 @@ class SegMoTE(nn.Module):
         return SegMoTEOutput(out_masks, out_iou, all_masks[:, :1], expert_masks, expert_iou,
                              run.router_logits, run.expert_index, selected, run.balance_loss,
                              attention, base_iou[:, :1])
+
+    def presence_logits(self, image: ImageFeatures | EncoderOutput, text: Tensor) -> Tensor:
+        """(B,) logits that each class named by `text` (B, text_dim) is in the image (batch 1);
+        needs an adapter with a presence head."""
+        if self.adapter.presence is None:
+            raise InputError("this adapter has no presence head")
+        return self.adapter.presence(image_summary(image.image_embedding), text)
 
     def _ppt_anchor(self, like: Tensor) -> Tensor:
         """(1, Q, D) the PPT anchor: the prompt encoder's tokens of a box around the whole
