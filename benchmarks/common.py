@@ -50,3 +50,21 @@ def write_result(name: str, data: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def load_result(name: str) -> dict | None:
+    """benchmarks/results/NAME.json, or None if it was not written yet."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def shipped_label(r: dict) -> str:
+    """The packaged adapter's path when the report's adapter is that file, else its own path."""
+    import hashlib
+
+    repo = RESULTS.parent.parent
+    shipped = repo / "src" / "segmote" / "assets" / "adapters" / "default.safetensors"
+    if shipped.is_file() and \
+            hashlib.sha256(shipped.read_bytes()).hexdigest() == r["adapter_sha256"]:
+        return str(shipped.relative_to(repo))
+    return r["adapter"]
