@@ -230,3 +230,24 @@ def test_presence_training_end_to_end(lung_dataset, tmp_path, capsys):  # noqa: 
     assert err.count("error") == 1 and err.splitlines()[-1].startswith("error: ")
     assert "no absent-class query" in err
     assert not (run / "none.safetensors").exists()
+
+
+def test_shipped_adapter_keeps_only_the_classes_of_the_images_domain(tmp_path, capsys):
+    """The default adapter (with its presence head) asked for all 119 classes: on the microscopy
+    image only nuclei (without the head 97 of 119 classes gave a mask there), on a slice of the
+    CT crop only tumour; the CLI prints no note, since the head drops other domains."""
+    import nibabel as nib
+
+    from segmote.build import load_model
+    from segmote.cli.main import main
+
+    out = tmp_path / "out.png"
+    assert main(["predict", "-i", str(ASSETS / "nuclei.png"), "-o", str(out), "--auto"]) == 0
+    err = capsys.readouterr().err
+    assert "note:" not in err and "1 of 119 classes found: 118=nuclei (" in err, err
+    seg = Segmenter(load_model())
+    ct = np.asarray(nib.load(ASSETS / "lung2_ct_crop.nii.gz").dataobj)
+    seg.set_image(ct[..., 10].T, modality="CT")
+    auto = seg.predict_auto()
+    assert [n for n, k in auto.kept.items() if k] == ["tumour"]
+    assert auto.presence["tumour"] > 0.5 and auto.presence["nuclei"] < 0.5

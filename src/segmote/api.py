@@ -28,6 +28,9 @@ class PredictResult:
     # automatic mode without named classes: the modality whose training classes were asked
     # (None: every class the adapter knows)
     auto_modality: str | None = None
+    # automatic mode: the adapter has a class presence head (it drops classes the image cannot
+    # hold, `segmote.modeling.presence`)
+    auto_presence: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -199,4 +202,5 @@ def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone:
                f"{len(found)} of {len(names)} classes{asked} found"
                + (f": {listed}" if listed else ""))
     return PredictResult(written, label, summary, classes=mapping,
-                         auto_modality=modality if by_modality else None)
+                         auto_modality=modality if by_modality else None,
+                         auto_presence=seg.has_presence)
