@@ -205,6 +205,7 @@ def run(run_dir: Path | None, adapter: str, absent_only: str | None = None) -> d
     data = {"machine": machine(), "adapter": str(adapter_path),
             "adapter_sha256": sha256_file(adapter_path),
             "calibration": model.adapter_metadata.get("auto"),
+            "presence": model.adapter_metadata.get("presence"),
             "protocols": [p.to_dict() for p in protocols],
             "held_out": {d: {"cases": split[d]["val"], "note": NOTES.get(d, "")} for d in split},
             "n_samples": len(samples), "eval_seconds": seconds, "summary": ours,

@@ -4,7 +4,53 @@ cross-validation, earlier trials). Called by benchmarks/run.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from common import load_result, machine_line, shipped_label
+
+
+def _presence_entry(r: dict) -> dict | None:
+    """The "presence" header entry of the report's adapter: recorded in the result, else read
+    from the shipped file when the result is of that file (results written before bench_auto
+    recorded it)."""
+    if "presence" in r:
+        return r["presence"]
+    import hashlib
+
+    path = Path(__file__).resolve().parent.parent / r["adapter"]
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != r["adapter_sha256"]:
+        return None
+    from segmote.adapter import read_adapter_metadata
+    return read_adapter_metadata(path).get("presence")
+
+
+def _presence_words(r: dict) -> str:
+    entry = _presence_entry(r)
+    if not entry:
+        return ""
+    return (f" and the class presence head's probability >= {entry['threshold']}, negatives "
+            f"{entry['negatives']}")
+
+
+def _presence_cv() -> list[str]:
+    """The presence head's cross-validation on training cases (`bench_presence_cv.py`)."""
+    cv = load_result("presence_cv")
+    if not cv:
+        return []
+    from bench_presence_cv import totals
+
+    out = ["", f"How the presence head's negatives were chosen (`presence_cv.json`): "
+           f"{cv['folds']}-fold cross-validation on the *training* cases only, one training case "
+           f"per dataset left out in turn ({', '.join(cv['never_left_out'])} never: one training "
+           f"case); queries of the left-out slices kept at threshold {cv['threshold']}:", "",
+           "| negatives | present kept | same-dataset absent kept | other-modality kept |",
+           "|---|---|---|---|"]
+    for negatives, result in cv["results"].items():
+        t = totals(result)
+        cells = [f"{t[k][0]}/{t[k][1]}" if k in t else "-"
+                 for k in ("present", "dataset_absent", "other_modality")]
+        out.append(f"| {negatives} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _ratios(checks: dict) -> str:
@@ -30,14 +76,16 @@ def section_auto(r: dict) -> list[str]:
     s, c = r["summary"], r["checks"]
     cal = r.get("calibration") or {}
     out = ["## Text prompts and prompt-free segmentation (issue 5)", "",
-           f"Adapter `{shipped_label(r)}` (sha256 {r['adapter_sha256'][:12]}) on the held-out data of "
+           f"Adapter `{shipped_label(r)}` (sha256 {r['adapter_sha256'][:12]}) on the held-out "
+           f"data of "
            f"the default-adapter section (same cases, same honesty notes); n = (slice, class) "
            f"samples; class-mean Dice per dataset. Protocols: box (tight box + 2 px), box_text "
            f"(box + class name, the name used only for the classes whose calibration kept it "
            f"beside a box), text (class name alone: PPT, the mask at the class's "
            f"calibrated offset; a query names every instance, so the nuclei of one image are one "
            f"query: n text), auto (text with the calibrated confidence threshold "
-           f"{cal.get('threshold', 0):.2f}). Offsets, threshold and the text-beside-a-box "
+           f"{cal.get('threshold', 0):.2f}{_presence_words(r)}). Offsets, threshold and the "
+           f"text-beside-a-box "
            f"choice were made on "
            f"{cal.get('calibrated_on', '?')} data. Machine: {machine_line(r.get('machine'))}.", "",
            "| dataset | n box | box | box + text | n text | text alone | auto |",
@@ -62,14 +110,22 @@ def section_auto(r: dict) -> list[str]:
     if not o and side and side.get("adapter_sha256") == r.get("adapter_sha256"):
         o = side["other_modalities"]
     if o:
+        where = " (`auto_other_modalities.json`, same adapter)" if o is not r.get(
+            "other_modalities") else ""
         out += ["", "Classes of other modalities (every class that no dataset of the slice's "
                 "modality labels, e.g. the AAL structures on the nuclei image, nuclei on a CT "
                 "slice: absent by construction), asked for in automatic mode on every held-out "
-                "slice (`auto_other_modalities.json`, same adapter):", "",
+                f"slice{where}:", "",
                 "| dataset | slices | queries | false positives | rate |", "|---|---|---|---|---|"]
         for d, e in o["per_dataset"].items():
             out.append(f"| {d} | {e['slices']} | {e['queries']} | {e['false_positives']} | "
                        f"{e['fp_rate']:.3f} |")
+    if side and side.get("adapter_sha256") != r.get("adapter_sha256"):
+        so = side["other_modalities"]
+        out += ["", f"Before the presence head (`auto_other_modalities.json`: the same mask "
+                f"weights, adapter sha256 {side['adapter_sha256'][:12]}): {so['false_positives']}"
+                f"/{so['queries']} = {so['fp_rate'] * 100:.1f} % of these queries gave a mask."]
+    out += _presence_cv()
     ratios = _ratios(c)
     cost = r.get("cost") or {}
     out += ["", "| target | measured | met |", "|---|---|---|",
