@@ -77,6 +77,16 @@ def save_adapter(model: SegMoTE, path: str | Path, metadata: dict[str, Any] | No
     return path
 
 
+def resave_adapter(model: SegMoTE, source: str | Path, path: str | Path,
+                   entries: dict[str, Any]) -> Path:
+    """Write `model`'s adapter to `path` with the header of the adapter file `source`, its
+    `entries` set (e.g. a new calibration): how post-training steps (recalibration, the presence
+    head) rewrite a trained adapter without losing its vocabulary or training metadata."""
+    meta = read_adapter_metadata(source)
+    keep = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}  # save_adapter writes those
+    return save_adapter(model, path, {**keep, **entries})
+
+
 def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
     """Header metadata of a `.safetensors` adapter, JSON values decoded.
 

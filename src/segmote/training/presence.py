@@ -30,7 +30,6 @@ equally, so 0.5 is the balanced decision; nothing is tuned on held-out data).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -185,7 +184,7 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     atomically). negatives: `NEGATIVES`. Returns the "presence" header entry."""
     import torch
 
-    from segmote.adapter import RESERVED_KEYS, read_adapter_metadata, save_adapter
+    from segmote.adapter import read_adapter_metadata, resave_adapter
     from segmote.build import load_model
     from segmote.data.cache import EmbeddingCache
     from segmote.modeling.presence import image_summary
@@ -237,22 +236,17 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     entry = {"threshold": THRESHOLD, "slices": len(items), **dataclasses.asdict(settings),
              "loss": history, "training_counts": presence_counts(head, items, summaries, texts),
              "seconds": round(time.perf_counter() - start, 1)}
-    keep = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
-    save_adapter(model, out, {**keep, "presence": entry})
+    resave_adapter(model, adapter, out, {"presence": entry})
     return entry
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segmote.training.presence",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a finished `segmote train` run folder")
+    from segmote.training.recalibrate import run_adapter_parser
+
+    parser = run_adapter_parser("segmote.training.presence", __doc__, "extend")
     parser.add_argument("--negatives", required=True, choices=NEGATIVES,
                         help="absent queries to learn from (other-modalities: only where the "
                              "modalities image disjoint anatomy)")
-    parser.add_argument("--adapter", help="adapter to extend "
-                        "(default RUN_DIR/adapter_latest.safetensors)")
-    parser.add_argument("-o", "--out", help="where to write it (default: over --adapter)")
-    parser.add_argument("--device", default=None, help="cpu / cuda (default cpu)")
     args = parser.parse_args(argv)
     try:
         entry = train_presence(args.run_dir, args.negatives, args.adapter, args.out,

@@ -28,7 +28,7 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     write it to `out` (default: over `adapter`, atomically). Returns the new "auto" metadata."""
     import torch
 
-    from segmote.adapter import RESERVED_KEYS, read_adapter_metadata, save_adapter
+    from segmote.adapter import resave_adapter
     from segmote.build import load_model
     from segmote.data.cache import EmbeddingCache
     from segmote.errors import InputError
@@ -65,20 +65,24 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     _, counts = validate_auto(model, data, cfg.batch_size, info, contextlib.nullcontext, texts)
     auto = {**_cal.choose_calibration(counts, cfg.auto_fp_target).to_dict(),
             "calibrated_on": cfg.calibrate_on}
-    meta = read_adapter_metadata(adapter)
-    keep = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}  # save_adapter writes those
-    save_adapter(model, out, {**keep, "auto": auto})
+    resave_adapter(model, adapter, out, {"auto": auto})
     return auto
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segmote.training.recalibrate",
-                                     description=__doc__.split("\n\n")[0])
+def run_adapter_parser(module: str, doc: str, verb: str) -> argparse.ArgumentParser:
+    """The arguments every post-training step on a finished run shares: RUN_DIR, --adapter
+    (what to `verb`), -o / --out and --device."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished `segmote train` run folder")
-    parser.add_argument("--adapter", help="adapter to calibrate "
+    parser.add_argument("--adapter", help=f"adapter to {verb} "
                         "(default RUN_DIR/adapter_latest.safetensors)")
     parser.add_argument("-o", "--out", help="where to write it (default: over --adapter)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default cpu)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = run_adapter_parser("segmote.training.recalibrate", __doc__, "calibrate")
     args = parser.parse_args(argv)
     try:
         auto = recalibrate(args.run_dir, args.adapter, args.out, args.device)
