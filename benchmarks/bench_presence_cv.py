@@ -73,18 +73,12 @@ def _kind(name: str, answer: int, dataset: str, other: dict) -> str:
     return "other_modality" if name in other.get(dataset, ()) else "dataset_absent"
 
 
-def _train_items(items: list, negatives: str, other: dict) -> list:
-    """The queries a head with these negatives learns from."""
-    return [(s, {n: y for n, y in t.items()
-                  if y or negatives == "both" or n in other.get(s.dataset, ())})
-            for s, t in items]
-
-
 def run(run_dir: Path | None) -> dict:
     import torch
 
     from segmote.modeling.presence import PresenceHead
-    from segmote.training.presence import THRESHOLD, PresenceSettings, fit_presence
+    from segmote.training.presence import (THRESHOLD, PresenceSettings, fit_presence,
+                                           learned_queries)
 
     start = time.perf_counter()
     items, summaries, texts, other, split, tmp = _queries(run_dir)
@@ -100,7 +94,7 @@ def run(run_dir: Path | None) -> dict:
             settings = PresenceSettings(negatives=negatives)
             torch.manual_seed(settings.seed)  # as `add_presence_head` does
             head = PresenceHead(summaries[0].shape[0] // 2, text_dim)
-            chosen = _train_items([items[i] for i in train], negatives, other)
+            chosen = learned_queries([items[i] for i in train], other, negatives)
             fit_presence(head, chosen, [summaries[i] for i in train], texts, settings)
             with torch.inference_mode():
                 for i in test:

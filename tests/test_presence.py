@@ -20,8 +20,8 @@ from segmote.errors import InputError
 from segmote.modeling.presence import PresenceHead, image_summary
 from segmote.modeling.segmote import MoTEConfig
 from segmote.predictor import Segmenter
-from segmote.training.presence import (PresenceSettings, fit_presence, presence_counts,
-                                       query_weights, slice_targets)
+from segmote.training.presence import (PresenceSettings, fit_presence, learned_queries,
+                                       presence_counts, query_weights, slice_targets)
 from test_auto import DIM, HashEncoder
 from test_train import lung_dataset  # noqa: F401  (fixture)
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
@@ -69,9 +69,13 @@ def test_slice_targets_and_class_balanced_weights():
     assert got == {("ct", 0): {"liver": 1, "kidney": 1, "brain": 0},
                    ("ct", 1): {"liver": 1, "kidney": 0, "brain": 0},
                    ("mr", 0): {"brain": 1, "kidney": 0, "liver": 0}}
-    only_other = {(s.dataset, s.slice_index): t for s, t in
-                  slice_targets(samples, classes, other, labels_of, dataset_absent=False)}
-    assert only_other[("ct", 1)] == {"liver": 1, "brain": 0}  # kidney: not asked
+    items = slice_targets(samples, classes, other, labels_of)
+    learned = {n: {(s.dataset, s.slice_index): t for s, t in learned_queries(items, other, n)}
+               for n in ("other-modalities", "dataset-absent", "both")}
+    assert learned["other-modalities"][("ct", 1)] == {"liver": 1, "brain": 0}  # kidney: not asked
+    assert learned["dataset-absent"][("ct", 1)] == {"liver": 1, "kidney": 0}
+    assert learned["dataset-absent"][("mr", 0)] == {"brain": 1}
+    assert learned["both"][("ct", 1)] == got[("ct", 1)]
 
     w = query_weights(list(got.values()))
     total = {}

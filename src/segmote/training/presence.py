@@ -62,13 +62,11 @@ class PresenceSettings:
 
 
 def slice_targets(samples: list[Any], classes: dict[str, dict[int, str]],
-                  other: dict[str, list[str]], labels_of: Any,
-                  dataset_absent: bool = True) -> list[tuple[Any, dict[str, int]]]:
+                  other: dict[str, list[str]], labels_of: Any) -> list[tuple[Any, dict[str, int]]]:
     """One (representative sample, {class name: 1 present / 0 absent}) per distinct slice.
 
     classes: dataset -> {label value: class name}; other: dataset -> class names absent from all
-    its slices; labels_of(sample) -> the set of label values in its slice; dataset_absent: ask
-    the dataset's classes with no pixel in the slice (as absent) too.
+    its slices; labels_of(sample) -> the set of label values in its slice.
     """
     seen: dict[tuple, Any] = {}
     for s in samples:
@@ -79,12 +77,23 @@ def slice_targets(samples: list[Any], classes: dict[str, dict[int, str]],
         target: dict[str, int] = {}
         for value, name in classes.get(s.dataset, {}).items():
             target[name] = max(target.get(name, 0), int(value in values))
-        if not dataset_absent:
-            target = {n: y for n, y in target.items() if y}
         for name in other.get(s.dataset, ()):
             target.setdefault(name, 0)
         out.append((s, target))
     return out
+
+
+def learned_queries(items: list[tuple[Any, dict[str, int]]], other: dict[str, list[str]],
+                    negatives: str) -> list[tuple[Any, dict[str, int]]]:
+    """The `slice_targets` queries a head with these `negatives` learns from: every present
+    one, and the absent ones of the chosen kind (`other`: the other-modality classes)."""
+    def wanted(dataset: str, name: str, answer: int) -> bool:
+        if answer or negatives == "both":
+            return True
+        is_other = name in other.get(dataset, ())
+        return is_other if negatives == "other-modalities" else not is_other
+
+    return [(s, {n: y for n, y in t.items() if wanted(s.dataset, n, y)}) for s, t in items]
 
 
 def query_weights(targets: list[dict[str, int]]) -> dict[tuple[str, int], float]:
@@ -223,9 +232,8 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
         return set(torch.unique(cached.label).tolist())
 
     items = [(s, {n: y for n, y in t.items() if n in texts})
-             for s, t in slice_targets(train, class_table(train + val), other, labels_of,
-                                       settings.negatives != "other-modalities")]
-    items = [(s, t) for s, t in items if t]
+             for s, t in slice_targets(train, class_table(train + val), other, labels_of)]
+    items = [(s, t) for s, t in learned_queries(items, other, settings.negatives) if t]
     if not items or not any(0 in t.values() for _, t in items):
         hint = "every slice holds every class of its dataset" \
             if settings.negatives == "dataset-absent" else "one modality only"
