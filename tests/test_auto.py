@@ -13,7 +13,7 @@ import torch
 
 from segmote.adapter import attach_adapter
 from segmote.errors import InputError
-from segmote.modeling.segmote import MoTEConfig
+from segmote.modeling.segmote import MoTEConfig, text_ensemble
 from segmote.predictor import Segmenter
 from segmote.training.calibration import (OFFSETS, CalibrationCounts, choose_calibration,
                                           offset_dice, offset_nonempty)
@@ -106,18 +106,42 @@ def test_offsets_are_chosen_per_class_and_shift_the_false_positives():
     assert choose_calibration(c, target_fp_rate=0.0).threshold == pytest.approx(0.41)
 
 
-def test_text_beside_a_box_is_kept_only_where_it_does_not_hurt():
+def test_text_beside_a_box_is_one_pooled_decision():
     c = CalibrationCounts(["helps", "hurts", "unseen"])
     c.add_box("helps", 0.70, 0.75)
     c.add_box("hurts", 0.80, 0.70)
     c.add_box("hurts", 0.80, 0.78)
     cal = choose_calibration(CalibrationCounts.from_array(c.array(), c.classes))
-    # pooled: 2.23 with the text vs 2.30 without -> by default (unseen) the box alone
-    assert cal.text_beside_prompt_default is False
-    assert cal.text_beside_prompt == {"helps": True}
+    # pooled: 2.23 with the text vs 2.30 without -> the box alone, for every class
+    assert cal.text_beside_prompt_default is False and cal.text_beside_prompt == {}
     assert cal.box_dice == pytest.approx(2.3 / 3, abs=1e-4)
     assert cal.box_text_dice == pytest.approx(2.23 / 3, abs=1e-4)
-    assert cal.box_text_dice_kept == pytest.approx((0.75 + 1.6) / 3, abs=1e-4)
+    assert cal.box_text_dice_kept == pytest.approx(2.3 / 3, abs=1e-4)
+    c.add_box("helps", 0.50, 0.65)  # now 2.88 vs 2.80: the text is used, for every class
+    cal = choose_calibration(c)
+    assert cal.text_beside_prompt_default is True and cal.text_beside_prompt == {}
+    assert cal.box_text_dice_kept == pytest.approx(2.88 / 4, abs=1e-4)
+
+
+def test_text_ensemble_averages_the_rows_that_use_the_text():
+    torch.manual_seed(0)
+    model = attach_adapter(tiny_sam(), "new", MoTEConfig(text_dim=DIM),
+                           backbone="tiny", backbone_sha256="0" * 64).eval()
+    image = model.prepare_image(model.encode(torch.rand(1, 3, 64, 64)))
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 8.0, 50.0, 30.0]])
+    text = HashEncoder().encode(["liver", "spleen"])
+    with torch.no_grad():
+        token = model.decode(image, boxes=boxes, text=text)
+        plain = model.decode(image, boxes=boxes)
+        both = text_ensemble(token, plain, torch.tensor([True, False]))
+    assert not torch.equal(token.masks, plain.masks)  # the text token acts
+    torch.testing.assert_close(both.masks[0], (token.masks[0] + plain.masks[0]) / 2)
+    torch.testing.assert_close(both.iou_pred[0], (token.iou_pred[0] + plain.iou_pred[0]) / 2)
+    assert torch.equal(both.masks[1], plain.masks[1])
+    assert torch.equal(both.expert_index[:, 0], token.expert_index[:, 0])
+    assert torch.equal(both.expert_index[:, 1], plain.expert_index[:, 1])
+    assert torch.equal(text_ensemble(token, plain).masks[1],
+                       (token.masks[1] + plain.masks[1]) / 2)
 
 
 @pytest.fixture
@@ -165,7 +189,7 @@ def test_calibrated_mask_offsets_shift_prompt_free_masks_only(seg):
                                before["left kidney"] + 1.0, atol=1e-5)
     np.testing.assert_allclose(seg.predict(text="spleen").logits, before["spleen"] - 0.5,
                                atol=1e-5)
-    # beside a box the text is one more prompt token: no offset
+    # beside a box the text is averaged with the box alone: no offset
     np.testing.assert_array_equal(seg.predict(box=box, text="liver").logits, boxed)
     auto = seg.predict_auto(["liver", "spleen"], threshold=-10.0)
     assert (auto.label_map == 1).sum() >= (auto_before.label_map == 1).sum()
@@ -173,12 +197,19 @@ def test_calibrated_mask_offsets_shift_prompt_free_masks_only(seg):
                           (before["spleen"] - 0.5 > 0))
 
 
-def test_text_beside_prompt_follows_the_calibration_per_class(seg):
+def test_text_beside_prompt_is_the_mean_with_the_box_alone(seg):
     boxes = np.array([[5, 5, 30, 30], [10, 8, 40, 35]], np.float32)
     plain = seg.predict(boxes=boxes)
     with_text = seg.predict(boxes=boxes, text=["liver", "spleen"])
-    assert not np.array_equal(plain.logits, with_text.logits)  # the text token acts
     assert with_text.extras["text_used"].tolist() == [True, True]
+    tb = torch.from_numpy(seg.geometry.boxes_to_input(boxes))
+    with torch.inference_mode():
+        token = seg.model.decode(seg.features, boxes=tb,
+                                 text=seg.embed_text(["liver", "spleen"]))
+    assert not torch.equal(token.masks, plain.lowres_logits)  # the text token acts
+    torch.testing.assert_close(with_text.lowres_logits,
+                               (token.masks + plain.lowres_logits) / 2)
+    # older adapters chose per class: still honoured
     seg.model.adapter_metadata["auto"] = {"threshold": 0.0, "text_beside_prompt_default": True,
                                           "text_beside_prompt": {"Spleen": False}}
     assert seg.text_beside_prompt(["liver", "spleen", "other"]).tolist() == [True, False, True]

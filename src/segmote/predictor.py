@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from segmote.errors import InputError
+from segmote.modeling.segmote import text_ensemble
 from segmote.transforms import ResizeGeometry, preprocess
 
 # A binary mask given as a prompt becomes logits of this magnitude (SAM expects logits).
@@ -144,9 +145,10 @@ class Segmenter:
         return np.array(offsets, np.float32)
 
     def text_beside_prompt(self, names: Sequence[str]) -> np.ndarray:
-        """(N,) bool: is each class's text used beside a box / points? Calibrated per class on
-        the adapter's training data (`segmote.training.calibration`): a class whose text made
-        its box masks worse there is segmented from the box alone (True without calibration)."""
+        """(N,) bool: is each class's text used beside a box / points? Calibrated on the
+        adapter's training data (`segmote.training.calibration`: one decision for all classes;
+        older calibrations stored one per class, still honoured); where not
+        used a class is segmented from the box alone (True without calibration)."""
         used = self._per_class(names, "text_beside_prompt", "text_beside_prompt_default", True)
         return np.array(used, bool)
 
@@ -258,8 +260,9 @@ class Segmenter:
         points: [(x, y), ...] for one prompt, or (N, K, 2) with labels (N, K) for N prompts.
         labels: 1 = foreground, 0 = background (default all 1).
         mask_input: an earlier `Prediction.lowres_logits`, or an (H, W) mask / logit map.
-        text: a class name ("left kidney") or one per prompt; beside a box / points it is one
-            more prompt token; alone, the model segments that class with no spatial prompt
+        text: a class name ("left kidney") or one per prompt; beside a box / points the prompt
+            is decoded with the text as one more prompt token and without it, and the two are
+            averaged (`text_ensemble`); alone, the model segments that class with no spatial prompt
             (PPT). With no prompt at all, a model with PPT segments the foreground (binary).
         decode_kwargs: passed to the model's decode (e.g. output="base" for SegMoTE).
         """
@@ -301,10 +304,11 @@ class Segmenter:
                              "module, so it cannot segment without a prompt)")
         out = self.model.decode(self.features, points=tp, boxes=tb,
                                 masks=self._mask_input(mask_input, n), **decode_kwargs)
-        if use_text is not None and t is not None and not use_text.all():
-            # some classes keep their text beside the prompt, some do not: decode both ways
+        if use_text is not None and t is not None:
+            # beside a box / points the text is a second opinion: the mean of the decodes with
+            # and without it (`text_ensemble`), for the classes whose calibration uses it
             plain = {k: v for k, v in decode_kwargs.items() if k != "text"}
-            out = _pick_rows(out, self.model.decode(
+            out = text_ensemble(out, self.model.decode(
                 self.features, points=tp, boxes=tb, masks=self._mask_input(mask_input, n),
                 **plain), torch.from_numpy(use_text).to(out.masks.device))
         presence = None
@@ -403,19 +407,3 @@ class Segmenter:
         if single:
             return Prediction(mask[0], float(score[0]), logits[0], lowres, extras)
         return Prediction(mask, score, logits, lowres, extras)
-
-
-def _pick_rows(with_text: Any, without: Any, use: Tensor) -> Any:
-    """Row-wise choice between two decode outputs of the same prompts: row i of `with_text`
-    where use[i], else of `without` (batch is dim 1 of the per-block fields)."""
-    fields = {}
-    for name in with_text._fields:
-        a, b = getattr(with_text, name), getattr(without, name)
-        if a is None or a.dim() == 0:  # scalars (the balance loss): the text decode's
-            fields[name] = a
-            continue
-        dim = 1 if name in ("router_logits", "expert_index") else 0
-        shape = [1] * a.dim()
-        shape[dim] = -1
-        fields[name] = torch.where(use.view(shape), a, b)
-    return type(with_text)(**fields)

@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(threshold), absent-class FP rate {auto['fp_rate']} (n {auto['n_present']} present, "
           f"{auto['n_absent']} absent); box Dice {auto['box_dice']}, with the text "
           f"{auto['box_text_dice']}, with the text where kept {auto['box_text_dice_kept']} "
-          f"(text beside prompts by default: {auto['text_beside_prompt_default']}, "
-          f"{len(auto['text_beside_prompt'])} classes differ)")
+          f"(text used beside prompts: {auto['text_beside_prompt_default']})")
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from segmote.modeling.encoder_output import EncoderOutput
-from segmote.modeling.segmote import ImageFeatures, SegMoTE
+from segmote.modeling.segmote import ImageFeatures, SegMoTE, text_ensemble
 from segmote.training.config import TrainConfig
 from segmote.training.losses import segmote_loss
 from segmote.training.prompts import (Prompt, error_clicks, sample_prompt, tight_box,
@@ -250,17 +250,19 @@ def train_step(step: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
 def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any,
                   texts: dict[str, Tensor] | None = None) -> np.ndarray:
     """Validation prediction with the tight ground-truth box (deterministic: eval mode, no
-    jitter); with `texts` (class name -> embedding) each sample's class text is a prompt token
-    beside its box. Returns (B, H, W) bool masks at mask resolution."""
+    jitter); with `texts` (class name -> embedding) each sample's class text is used beside its
+    box as at inference (`text_ensemble`: the mean of the decodes with and without it).
+    Returns (B, H, W) bool masks at mask resolution."""
     gt = batch.target[:, 0].cpu().numpy() > 0.5
-    boxes = np.stack([to_model_coords(tight_box(m), gt.shape[-1], model.img_size) for m in gt])
-    kw = {}
-    if texts is not None:
-        kw["text"] = torch.stack([texts[n] for n in batch.class_names]).to(batch.target.device)
+    boxes = torch.from_numpy(np.stack([to_model_coords(tight_box(m), gt.shape[-1],
+                                                       model.img_size) for m in gt]))
+    boxes = boxes.to(batch.target.device)
     with autocast():
-        out = model.decode(model.prepare_image(EncoderOutput(batch.image_embedding,
-                                                             batch.early_features)),
-                           boxes=torch.from_numpy(boxes).to(batch.target.device), **kw)
+        image = model.prepare_image(EncoderOutput(batch.image_embedding, batch.early_features))
+        out = model.decode(image, boxes=boxes)
+        if texts is not None:
+            text = torch.stack([texts[n] for n in batch.class_names]).to(batch.target.device)
+            out = text_ensemble(model.decode(image, boxes=boxes, text=text), out)
     return (out.masks[:, 0].float() > 0).cpu().numpy()
 
 
