@@ -196,9 +196,11 @@ def _policy_split(held_max: int):
 
 # policy name -> CurationConfig overrides (None: a uniformly random subset of the candidates).
 # "curated" is the first default (mask_threshold 0.99: 1 mm stacks thinned); the validation
-# numbers of this comparison made 0.999 the default.
+# numbers of this comparison made 0.999 the default. "temperature" adds balance_power 0.5 (cell
+# shares ~ sqrt(cell size), the fix `segmote train`'s default adapter needed when equal dataset
+# shares made it memorise its small sets).
 POLICIES = {"curated": {"mask_threshold": 0.99}, "dedup_copies_only": {"mask_threshold": 0.999},
-            "random": None}
+            "temperature": {"mask_threshold": 0.999, "balance_power": 0.5}, "random": None}
 
 
 def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch: int,

@@ -138,6 +138,14 @@ def test_budget_balance_and_seed():
     assert not np.array_equal(a, select_balanced(cells, quality, 90, seed=4))
     w = select_balanced(cells, quality, 90, seed=3, weights=parse_weights(["MR/*=0"]))
     assert not any(cells[i][0] == "MR" for i in w) and len(w) == 90
+    # temperature: shares ~ sqrt(cell size) (55.2 : 15.6 : 19.1 of 90; the one left over goes
+    # to the largest share), power 1: ~ the size
+    sq = select_balanced(cells, quality, 90, seed=3, power=0.5)
+    counts = {c: sum(cells[i] == c for i in sq) for c in set(cells)}
+    assert counts == {("CT", "liver"): 56, ("MR", "liver"): 15, ("CT", "lesion"): 19}
+    lin = select_balanced(cells, quality, 120, seed=3, power=1.0)
+    counts = {c: sum(cells[i] == c for i in lin) for c in set(cells)}
+    assert counts == {("CT", "liver"): 100, ("MR", "liver"): 8, ("CT", "lesion"): 12}
     # quality-weighted draw: the better half of a cell is favoured
     top = select_balanced([("CT", "x")] * 1000, np.r_[np.full(500, 0.05), np.ones(500)], 100, 0)
     assert (top >= 500).sum() > 80

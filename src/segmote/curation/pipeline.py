@@ -32,6 +32,10 @@ class CurationConfig:
     axes: volumes are cut along each of these axes (2 = axial for RAS volumes, what `segmote
         train` uses; [0, 1, 2] adds sagittal and coronal planes; a manifest entry names its axis).
     weights: ["MODALITY/CLASS=W", ...] cell weights (shell wildcards; default 1 each).
+    balance_power: each cell's weight is also multiplied by (its accepted samples) **
+        balance_power: 0 (default) gives every (modality, class) cell the same share, 0.5 shares
+        proportional to the square root of a cell's size (temperature sampling), 1 shares
+        proportional to its size.
     thresholds: overrides of `QualityThresholds` fields.
     dedup: remove near-duplicates (needs the encoder's embeddings).
     dup_threshold, mask_threshold: two samples of a class are duplicates when the cosine of
@@ -52,6 +56,7 @@ class CurationConfig:
     seed: int = 0
     axes: list[int] = field(default_factory=lambda: [2])
     weights: list[str] = field(default_factory=list)
+    balance_power: float = 0.0
     thresholds: dict[str, float] = field(default_factory=dict)
     dedup: bool = True
     dup_threshold: float = 0.96
@@ -59,9 +64,15 @@ class CurationConfig:
     window: str | None = None
 
     def validate(self) -> CurationConfig:
+        for name in ("dup_threshold", "mask_threshold", "balance_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{name} must be a number, got {value!r}")
         for name in ("dup_threshold", "mask_threshold"):
             if not 0 < getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 <= self.balance_power <= 1:
+            raise InputError(f"balance_power must be in [0, 1], got {self.balance_power}")
         if not self.axes or any(a not in (0, 1, 2) for a in self.axes) \
                 or len(set(self.axes)) != len(self.axes):
             raise InputError(f"axes must be distinct values of 0, 1, 2, got {self.axes}")
@@ -140,7 +151,8 @@ def curate(datasets: list[DatasetInfo], config: CurationConfig, cache: Any = Non
     t = time.perf_counter()
     ok = [i for i, c in enumerate(cands) if c.reason is None]
     picked = select_balanced([cell_of(cands[i]) for i in ok], [cands[i].quality for i in ok],
-                             budget, config.seed, parse_weights(config.weights))
+                             budget, config.seed, parse_weights(config.weights),
+                             config.balance_power)
     timings["select"] = time.perf_counter() - t
     return CurationResult(cands, [ok[j] for j in picked.tolist()], budget, config, datasets,
                           timings, found.degenerate_planes)

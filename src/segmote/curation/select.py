@@ -1,7 +1,10 @@
 """Budgeted selection balanced over modality x class cells, seeded.
 
 The budget is split over the cells in proportion to their weights (default 1 each: every
-(modality, class) pair gets the same share), by water-filling: a cell with fewer accepted samples
+(modality, class) pair gets the same share; with `power` p > 0 a cell's weight is multiplied by
+(its accepted samples) ** p, the temperature sampling `segmote train` uses for its
+`balance_power`: 0.5 gives shares proportional to the square root of a cell's size, 1 shares
+proportional to its size, as a uniform draw), by water-filling: a cell with fewer accepted samples
 than its share gives everything it has and the rest is shared again among the others, until the
 budget or the samples run out. Within a cell, samples are drawn without replacement with
 probability proportional to their quality score (Efraimidis-Spirakis keys u^(1/q)), so the best
@@ -93,17 +96,19 @@ def allocate(capacity: np.ndarray, weights: np.ndarray, budget: int) -> np.ndarr
 
 
 def select_balanced(cells: Sequence[Cell], quality: Sequence[float], budget: int, seed: int,
-                    weights: dict[str, float] | None = None) -> np.ndarray:
+                    weights: dict[str, float] | None = None, power: float = 0.0) -> np.ndarray:
     """Indices (sorted) of the selected samples among `cells` (one cell per sample).
 
-    quality: > 0 raises a sample's chance within its cell (0 or less: drawn last)."""
+    quality: > 0 raises a sample's chance within its cell (0 or less: drawn last).
+    power: cell weights are multiplied by (samples in the cell) ** power (0: equal shares)."""
     weights = weights or {}
     names = sorted(set(cells))
     members: dict[Cell, list[int]] = {c: [] for c in names}
     for i, c in enumerate(cells):
         members[c].append(i)
     cap = np.array([len(members[c]) for c in names])
-    quota = allocate(cap, np.array([cell_weight(c, weights) for c in names]), budget)
+    w = np.array([cell_weight(c, weights) for c in names]) * cap.astype(np.float64) ** power
+    quota = allocate(cap, w, budget)
     rng = np.random.default_rng(seed)
     q = np.asarray(quality, np.float64)
     chosen: list[int] = []
