@@ -22,8 +22,8 @@ from segmote.modeling.segmote import MoTEConfig
 from segmote.predictor import Segmenter
 from segmote.training.presence import (PresenceSettings, fit_presence, learned_queries,
                                        presence_counts, query_weights, slice_targets)
+from lung_case import lung_dataset  # noqa: F401  (fixture)
 from test_auto import DIM, HashEncoder
-from test_train import lung_dataset  # noqa: F401  (fixture)
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
 
 ASSETS = Path(segmote.__file__).parent / "assets" / "samples"
