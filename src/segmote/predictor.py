@@ -147,8 +147,8 @@ class Segmenter:
     def text_beside_prompt(self, names: Sequence[str]) -> np.ndarray:
         """(N,) bool: is each class's text used beside a box / points? Calibrated on the
         adapter's training data (`segmote.training.calibration`: one decision for all classes;
-        older calibrations stored one per class, still honoured); where not
-        used a class is segmented from the box alone (True without calibration)."""
+        older calibrations stored one per class, still honoured); where not used, a class is
+        segmented from the box alone (True without calibration)."""
         used = self._per_class(names, "text_beside_prompt", "text_beside_prompt_default", True)
         return np.array(used, bool)
 
