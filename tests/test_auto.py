@@ -13,7 +13,8 @@ import torch
 
 from segmote.adapter import attach_adapter
 from segmote.errors import InputError
-from segmote.modeling.segmote import MoTEConfig, text_ensemble
+from segmote.modeling.segmote import MoTEConfig
+from segmote.modeling.text_ensemble import text_ensemble
 from segmote.predictor import Segmenter
 from segmote.training.calibration import (OFFSETS, CalibrationCounts, choose_calibration,
                                           offset_dice, offset_nonempty)

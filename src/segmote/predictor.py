@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from segmote.errors import InputError
-from segmote.modeling.segmote import text_ensemble
+from segmote.modeling.text_ensemble import text_ensemble
 from segmote.transforms import ResizeGeometry, preprocess
 
 # A binary mask given as a prompt becomes logits of this magnitude (SAM expects logits).

@@ -19,7 +19,7 @@ validation cases, `calibrate_on`):
    absent-class queries (a non-empty mask, at the class's offset) is <= a target.
 3. **Text beside a box.** Beside a box or points the prompt is decoded with the class name as
    one more prompt token and without it, and the two are averaged
-   (`segmote.modeling.segmote.text_ensemble`). Each present-class query is also decoded that
+   (`segmote.modeling.text_ensemble`). Each present-class query is also decoded that
    way with its tight box; the text is used beside spatial prompts when the average is not
    worse than the box alone over all queries pooled. One decision for all classes, not one
    per class: with a handful of queries per class a per-class choice follows noise (the

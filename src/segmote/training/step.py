@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from segmote.modeling.encoder_output import EncoderOutput
-from segmote.modeling.segmote import ImageFeatures, SegMoTE, text_ensemble
+from segmote.modeling.segmote import ImageFeatures, SegMoTE
+from segmote.modeling.text_ensemble import text_ensemble
 from segmote.training.config import TrainConfig
 from segmote.training.losses import segmote_loss
 from segmote.training.prompts import (Prompt, error_clicks, sample_prompt, tight_box,
