@@ -93,7 +93,9 @@ def section_curation(r: dict) -> list[str]:
                 + (f"; per class, averaged over seeds: {pc['mean']:+.3f} ± {pc['se']:.3f} SE "
                    f"over {pc['classes']} classes, curated better on {pc['classes_curated_better']}"
                    f", random on {pc['classes_random_better']}" if pc else "") + ". "
-                + ("The target (curated not worse) is met." if diff >= 0 else
+                + ("The curated mean is not below random on this benchmark" + (
+                    f" (within {abs(diff) / se:.1f} standard errors of 0: no difference shown "
+                    f"either way)" if n > 1 and se else "") + "." if diff >= 0 else
                    "**The target (curated not worse) is not met**: the curated mean is below "
                    "random, though within 2 standard errors over seeds (no significant "
                    "difference either way); see docs/curation.md."
