@@ -249,22 +249,25 @@ def train_step(step: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def predict_boxes(model: SegMoTE, batch: Batch, autocast: Any,
-                  texts: dict[str, Tensor] | None = None) -> np.ndarray:
+                  texts: dict[str, Tensor] | None = None
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Validation prediction with the tight ground-truth box (deterministic: eval mode, no
-    jitter); with `texts` (class name -> embedding) each sample's class text is used beside its
-    box as at inference (`text_ensemble`: the mean of the decodes with and without it).
-    Returns (B, H, W) bool masks at mask resolution."""
+    jitter). Returns (B, H, W) bool masks at mask resolution; with `texts` (class name ->
+    embedding) also the masks with each sample's class text used beside its box as at inference
+    (`text_ensemble`: the mean of the decodes with and without it), as (box alone, with text),
+    from one decode without the text."""
     gt = batch.target[:, 0].cpu().numpy() > 0.5
     boxes = torch.from_numpy(np.stack([to_model_coords(tight_box(m), gt.shape[-1],
                                                        model.img_size) for m in gt]))
     boxes = boxes.to(batch.target.device)
     with autocast():
         image = model.prepare_image(EncoderOutput(batch.image_embedding, batch.early_features))
-        out = model.decode(image, boxes=boxes)
-        if texts is not None:
-            text = torch.stack([texts[n] for n in batch.class_names]).to(batch.target.device)
-            out = text_ensemble(model.decode(image, boxes=boxes, text=text), out)
-    return (out.masks[:, 0].float() > 0).cpu().numpy()
+        plain = model.decode(image, boxes=boxes)
+        if texts is None:
+            return (plain.masks[:, 0].float() > 0).cpu().numpy()
+        text = torch.stack([texts[n] for n in batch.class_names]).to(batch.target.device)
+        both = text_ensemble(model.decode(image, boxes=boxes, text=text), plain)
+    return tuple((o.masks[:, 0].float() > 0).cpu().numpy() for o in (plain, both))
 
 
 @torch.no_grad()

@@ -72,8 +72,8 @@ def validate_auto(model: SegMoTE, data: CachedSlices, batch_size: int, info: ddp
             continue
         if model.adapter.text is not None:  # does the text help beside the sample's box?
             box_gt = batch.target[:, 0].cpu().numpy() > 0.5
-            plain = dice_scores(predict_boxes(model, batch, autocast), box_gt)
-            with_text = dice_scores(predict_boxes(model, batch, autocast, texts), box_gt)
+            plain, with_text = (dice_scores(m, box_gt)
+                                for m in predict_boxes(model, batch, autocast, texts))
             for name, a, b in zip(batch.class_names, plain, with_text):
                 counts.add_box(name, float(a), float(b))
         rows = [i for i, a in enumerate(batch.absent or []) if a]
