@@ -53,6 +53,7 @@ def test_curate_writes_manifest_and_report(data, tmp_path, tiny_cache, capsys):
     (["--budget", "5", "--threshold", "min_pixls=3"], "unknown threshold"),
     (["--budget", "5", "--dup-threshold", "1.5"], "dup_threshold"),
     (["--budget", "5", "--balance-power", "2"], "balance_power"),
+    (["--budget", "5", "--balance", "dataset"], "balance must be one of cell, modality"),
 ])
 def test_bad_options_one_line_nothing_written(data, tmp_path, tiny_cache, capsys, argv,
                                               message):
@@ -71,6 +72,9 @@ def test_bad_data_and_config(tmp_path, capsys):
     cfg.write_text("balance_power: half\n")
     assert main(["curate", "--data", str(tmp_path), "-o", str(out), "-c", str(cfg)]) == 1
     assert "balance_power must be a number" in capsys.readouterr().err
+    cfg.write_text("balance: dataset\n")
+    assert main(["curate", "--data", str(tmp_path), "-o", str(out), "-c", str(cfg)]) == 1
+    assert "balance must be one of cell, modality" in capsys.readouterr().err
     cfg.write_text("budjet: 5\n")
     assert main(["curate", "--data", str(tmp_path), "-o", str(out), "-c", str(cfg)]) == 1
     assert "unknown key(s) budjet" in capsys.readouterr().err

@@ -5,6 +5,7 @@ draw is seeded, and the manifest round-trips into training samples (or fails in 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -146,9 +147,32 @@ def test_budget_balance_and_seed():
     lin = select_balanced(cells, quality, 120, seed=3, power=1.0)
     counts = {c: sum(cells[i] == c for i in lin) for c in set(cells)}
     assert counts == {("CT", "liver"): 100, ("MR", "liver"): 8, ("CT", "lesion"): 12}
+    # two-level balance: each modality half (45), CT's half split over its two classes; MR
+    # holds 40, its remainder goes to CT
+    mod = select_balanced(cells, quality, 90, seed=3, by="modality")
+    counts = {c: sum(cells[i] == c for i in mod) for c in set(cells)}
+    assert counts == {("CT", "liver"): 25, ("MR", "liver"): 40, ("CT", "lesion"): 25}
+    with pytest.raises(InputError, match="balance must be one of cell, modality"):
+        select_balanced(cells, quality, 90, seed=3, by="dataset")
     # quality-weighted draw: the better half of a cell is favoured
     top = select_balanced([("CT", "x")] * 1000, np.r_[np.full(500, 0.05), np.ones(500)], 100, 0)
     assert (top >= 500).sum() > 80
+
+
+def test_modality_balance_keeps_an_atlas_from_taking_the_budget():
+    """One CT class beside a 10-structure MR atlas: by cell CT gets 1/11 of the budget, by
+    modality half of it, and the atlas's half is split evenly over its structures."""
+    cells = [("CT", "tumour")] * 500 + [("MR", f"s{k}") for k in range(10) for _ in range(50)]
+    quality = np.ones(len(cells))
+
+    def counts(by):
+        picked = select_balanced(cells, quality, 100, seed=0, by=by)
+        return Counter(cells[i] for i in picked)
+
+    assert counts("cell")[("CT", "tumour")] == 10  # 100 / 11 -> 9, plus one leftover unit
+    by_modality = counts("modality")
+    assert by_modality[("CT", "tumour")] == 50
+    assert {by_modality[("MR", f"s{k}")] for k in range(10)} == {5}
 
 
 def test_parse_budget_and_weights():

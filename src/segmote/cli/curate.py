@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance-power", type=float, metavar="P",
                    help="cell shares also proportional to (cell size) ** P: 0 equal (default), "
                         "0.5 square root, 1 proportional")
+    p.add_argument("--balance", metavar="{cell,modality}",
+                   help="equal shares per (modality, class) cell (default), or per modality "
+                        "first, then per class within it")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="override a quality threshold (repeatable), e.g. min_pixels=20")
     p.add_argument("--dup-threshold", type=float,
@@ -89,7 +92,8 @@ def load_curation_config(args: argparse.Namespace):
         cfg = dataclasses.replace(cfg, **values)
     flags = {"budget": args.budget, "seed": args.seed, "axes": args.axes,
              "dup_threshold": args.dup_threshold, "mask_threshold": args.mask_threshold,
-             "window": args.window, "balance_power": args.balance_power}
+             "window": args.window, "balance_power": args.balance_power,
+             "balance": args.balance}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     cfg.weights = list(cfg.weights) + list(args.weight or [])
     cfg.thresholds = {**cfg.thresholds, **_pairs(args.threshold, "--threshold")}

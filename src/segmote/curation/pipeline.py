@@ -17,8 +17,8 @@ from typing import Any
 from segmote.curation.candidates import Candidate, enumerate_candidates
 from segmote.curation.redundancy import MASK_DIMS, near_duplicates, sample_vectors
 from segmote.curation.scores import QualityThresholds
-from segmote.curation.select import (UNKNOWN_MODALITY, Cell, parse_budget, parse_weights,
-                                     select_balanced)
+from segmote.curation.select import (BALANCE_LEVELS, UNKNOWN_MODALITY, Cell, parse_budget,
+                                     parse_weights, select_balanced)
 from segmote.data.datasets import DatasetInfo, SliceSample
 from segmote.errors import InputError
 
@@ -36,6 +36,8 @@ class CurationConfig:
         balance_power: 0 (default) gives every (modality, class) cell the same share, 0.5 shares
         proportional to the square root of a cell's size (temperature sampling), 1 shares
         proportional to its size.
+    balance: "cell" (default): every (modality, class) cell the same share; "modality": every
+        modality the same share, split equally among its classes (two-level balance).
     thresholds: overrides of `QualityThresholds` fields.
     dedup: remove near-duplicates (needs the encoder's embeddings).
     dup_threshold, mask_threshold: two samples of a class are duplicates when the cosine of
@@ -57,6 +59,7 @@ class CurationConfig:
     axes: list[int] = field(default_factory=lambda: [2])
     weights: list[str] = field(default_factory=list)
     balance_power: float = 0.0
+    balance: str = "cell"
     thresholds: dict[str, float] = field(default_factory=dict)
     dedup: bool = True
     dup_threshold: float = 0.96
@@ -73,6 +76,9 @@ class CurationConfig:
                 raise InputError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.balance_power <= 1:
             raise InputError(f"balance_power must be in [0, 1], got {self.balance_power}")
+        if self.balance not in BALANCE_LEVELS:
+            raise InputError(f"balance must be one of {', '.join(BALANCE_LEVELS)}, got "
+                             f"{self.balance!r}")
         if not self.axes or any(a not in (0, 1, 2) for a in self.axes) \
                 or len(set(self.axes)) != len(self.axes):
             raise InputError(f"axes must be distinct values of 0, 1, 2, got {self.axes}")
@@ -152,7 +158,7 @@ def curate(datasets: list[DatasetInfo], config: CurationConfig, cache: Any = Non
     ok = [i for i, c in enumerate(cands) if c.reason is None]
     picked = select_balanced([cell_of(cands[i]) for i in ok], [cands[i].quality for i in ok],
                              budget, config.seed, parse_weights(config.weights),
-                             config.balance_power)
+                             config.balance_power, config.balance)
     timings["select"] = time.perf_counter() - t
     return CurationResult(cands, [ok[j] for j in picked.tolist()], budget, config, datasets,
                           timings, found.degenerate_planes)
