@@ -29,6 +29,13 @@ of their class-mean Dice. It is the trainer's own model-selection metric, chosen
 with 116 classes does not outvote a tumour set. Also reported: Dice per dataset, and the mean over
 all (dataset, class) pairs, which the AAL structures dominate. The held-out set chooses nothing;
 it is only evaluated. Seeds run in --jobs parallel processes of one torch thread each.
+
+`--validation` chooses a curation policy without the held-out set (writes the
+"mixed_validation" key): per dataset with >= 2 training cases, its middle training case (index
+n // 2 in split order; the last AAL and brain slabs hold no mask) leaves the pool and its masks
+of >= 20 px (same thinning) are the validation set; CT (one training patient) stays in the
+pool, unscored. The arms are curated subsets with `--balance cell` and `--balance modality`;
+no random arm.
 """
 
 from __future__ import annotations
@@ -54,14 +61,32 @@ CACHE = HOME / "mixed-cache"
 HELD_MIN_PX = 20  # held-out masks: bench_default_adapter's rule
 
 
-def _split(data_root: Path, held_max: int):
+def validation_split(split: dict) -> dict:
+    """The split's training cases only: per dataset with >= 2 training cases the middle one
+    (index n // 2) becomes "val"; a dataset with one training case keeps it in "train" with no
+    "val"."""
+    out = {}
+    for name, entry in split.items():
+        train = list(entry["train"])
+        if len(train) >= 2:
+            mid = len(train) // 2
+            out[name] = {"train": train[:mid] + train[mid + 1:], "val": [train[mid]]}
+        else:
+            out[name] = {"train": train, "val": []}
+    return out
+
+
+def _split(data_root: Path, held_max: int, validation: bool = False):
     """(datasets, pool: training masks of >= 10 px, held-out masks of >= HELD_MIN_PX (at most
-    held_max per dataset, evenly thinned), the split's training cases as (dataset, case))."""
+    held_max per dataset, evenly thinned), the split's training cases as (dataset, case)).
+    validation: held-out = `validation_split`'s "val" cases, which leave the pool."""
     from segmote.data.datasets import discover, load_split, slice_samples
 
     prepared = json.loads((data_root / "prepared.json").read_text())
     datasets = discover([Path(p) for p in prepared["data_dirs"]])
     split = load_split(Path(prepared["split"]))
+    if validation:
+        split = validation_split(split)
     pool = slice_samples(datasets, split, part="train", axis=2, min_foreground=10).samples
     every = slice_samples(datasets, split, part="val", axis=2, min_foreground=HELD_MIN_PX).samples
     held = []
@@ -79,30 +104,41 @@ def _per_dataset(samples) -> dict[str, int]:
 
 
 def _seed(budget: int, epochs: int, seed: int, batch: int, refine: int, data_root: Path,
-          cache_root: Path, held_max: int) -> dict:
-    """One seed: draw both subsets from the pooled training cases, train and score both."""
+          cache_root: Path, held_max: int, arms: dict[str, str | None],
+          validation: bool = False) -> dict:
+    """One seed: draw each arm's subset from the pooled training cases, train and score each.
+    arms: name -> the curation `balance` of a curated arm, or None for the random arm (as many
+    masks, uniformly from the pool)."""
     from segmote.curation.pipeline import CurationConfig, curate
 
     torch.set_num_threads(1)
-    datasets, pool, held, train_cases = _split(data_root, held_max)
-    result = curate(datasets, CurationConfig(budget=str(budget), seed=seed),
-                    embedding_cache(None, cache_root),
-                    include=lambda s: (s.dataset, s.case_id) in train_cases)
-    curated = [result.candidates[i].sample for i in result.selected]
-    rng = np.random.default_rng(seed)
-    random_subset = [pool[i] for i in sorted(rng.choice(len(pool), len(curated), replace=False))]
+    datasets, pool, held, train_cases = _split(data_root, held_max, validation)
+    subsets, rejected = {}, {}
+    for name, balance in arms.items():
+        if balance is not None:
+            result = curate(datasets, CurationConfig(budget=str(budget), seed=seed,
+                                                     balance=balance),
+                            embedding_cache(None, cache_root),
+                            include=lambda s: (s.dataset, s.case_id) in train_cases)
+            subsets[name] = [result.candidates[i].sample for i in result.selected]
+            rejected = result.reasons()
+    size = len(next(iter(subsets.values()))) if subsets else budget
+    for name, balance in arms.items():
+        if balance is None:
+            rng = np.random.default_rng(seed)
+            subsets[name] = [pool[i] for i in sorted(rng.choice(len(pool), size, replace=False))]
     cfg = train_config(epochs, batch, refine, seed)
-    out: dict = {"seed": seed, "subset_size": len(curated),
-                 "curation_rejected": result.reasons(),
-                 "masks_per_dataset": {"curated": _per_dataset(curated),
-                                       "random": _per_dataset(random_subset)}}
-    for name, subset in (("curated", curated), ("random", random_subset)):
-        r = train_and_eval(subset, held, cfg, seed, cache_root)
-        print(f"mixed seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, held-out "
-              f"dataset-mean Dice {r['held_out_dataset_mean_dice']} (class mean "
-              f"{r['held_out_class_mean_dice']}) {r['per_dataset']}", flush=True)
+    out: dict = {"seed": seed, "subset_size": size, "curation_rejected": rejected,
+                 "masks_per_dataset": {n: _per_dataset(v) for n, v in subsets.items()}}
+    part = "mixed_validation" if validation else "mixed"
+    for name in arms:
+        r = train_and_eval(subsets[name], held, cfg, seed, cache_root)
+        print(f"{part} seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, "
+              f"{'validation' if validation else 'held-out'} dataset-mean Dice "
+              f"{r['held_out_dataset_mean_dice']} (class mean {r['held_out_class_mean_dice']}) "
+              f"{r['per_dataset']}", flush=True)
         out[name] = r
-    keep_seed_copy("mixed", seed, out)
+    keep_seed_copy(part, seed, out)
     return out
 
 
@@ -162,8 +198,29 @@ def summarize(runs: list[dict], base: dict, pool: int, held: list, config: dict)
                           "curation_rejected": r["curation_rejected"]} for r in runs]}
 
 
+def summarize_validation(runs: list[dict], arms: list[str], held: list, config: dict) -> dict:
+    """The policy choice's result: per arm, validation Dice mean +- std over seeds."""
+    out: dict = {"primary_metric": "validation mean over datasets of the class-mean box-prompt "
+                                   "Dice (CT, one training patient, is not scored)",
+                 "validation_masks": len(held), "validation_masks_per_dataset": _per_dataset(held),
+                 "subset_size": runs[0]["subset_size"], "seeds": [r["seed"] for r in runs],
+                 "config": config}
+    for name in arms:
+        out[name] = {
+            "dataset_mean_dice": _mean_std([r[name]["held_out_dataset_mean_dice"] for r in runs]),
+            "per_seed": [r[name]["held_out_dataset_mean_dice"] for r in runs],
+            "per_dataset": {d: _mean_std([r[name]["per_dataset"][d] for r in runs])
+                            for d in runs[0][name]["per_dataset"]},
+            "masks_per_dataset_mean": {
+                d: round(float(np.mean([r["masks_per_dataset"][name].get(d, 0) for r in runs])),
+                         1) for d in sorted({d for r in runs
+                                             for d in r["masks_per_dataset"][name]})}}
+    return out
+
+
 def run(budget: int, epochs: int, seeds: list[int], batch: int, refine: int, data_root: Path,
-        cache_root: Path, jobs: int, held_max: int) -> dict:
+        cache_root: Path, jobs: int, held_max: int, balance: str = "cell",
+        validation: bool = False) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -175,11 +232,19 @@ def run(budget: int, epochs: int, seeds: list[int], batch: int, refine: int, dat
     prepared = prepare(data_root / "data")
     (data_root / "prepared.json").write_text(json.dumps(
         {"data_dirs": [str(p) for p in prepared.data_dirs], "split": str(prepared.split)}))
+    arms: dict[str, str | None] = ({"cell": "cell", "modality": "modality"} if validation
+                                   else {"curated": balance, "random": None})
+    config = {"epochs": epochs, "batch_size": batch, "lr": 1e-3, "refine_rounds": refine,
+              "held_max": held_max, "balance": balance}
     with ProcessPoolExecutor(max(1, min(jobs, len(seeds))),
                              mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [ex.submit(_seed, budget, epochs, s, batch, refine, data_root, cache_root,
-                             held_max) for s in seeds]
-        _, pool, held, _ = _split(data_root, held_max)
+                             held_max, arms, validation) for s in seeds]
+        _, pool, held, _ = _split(data_root, held_max, validation)
+        if validation:
+            del config["balance"]
+            return summarize_validation([f.result() for f in futures], list(arms), held,
+                                        config)
         cfg = train_config(epochs, batch, refine, seeds[0])
         base = build_model(cfg, torch.device("cpu"))  # fresh adapter == the base model's masks
         val = validate(base, CachedSlices(embedding_cache(base, cache_root), held, seeds[0]), 16,
@@ -190,9 +255,7 @@ def run(budget: int, epochs: int, seeds: list[int], batch: int, refine: int, dat
                        "per_dataset": {k: round(v, 4) for k, v in val["per_dataset"].items()}}
         print(f"base model held-out {base_scores} on {len(held)} masks", flush=True)
         runs = [f.result() for f in futures]
-    return summarize(runs, base_scores, len(pool), held,
-                     {"epochs": epochs, "batch_size": batch, "lr": 1e-3, "refine_rounds": refine,
-                      "held_max": held_max})
+    return summarize(runs, base_scores, len(pool), held, config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=3, help="seeds in parallel processes")
     ap.add_argument("--held-max", type=int, default=300,
                     help="held-out masks per dataset, at most (evenly thinned; only AAL has more)")
+    ap.add_argument("--balance", default="cell", choices=("cell", "modality"),
+                    help="the curated arm's `segmote curate --balance`")
+    ap.add_argument("--validation", action="store_true",
+                    help="choose the balance on validation cases inside the training pool")
     ap.add_argument("--data", type=Path, default=DATA, help="where the pool is prepared")
     ap.add_argument("--cache", type=Path, default=CACHE,
                     help="embedding cache folder (a default-adapter run's cache can be reused)")
@@ -214,11 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     args.data.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     out = run(args.budget, args.epochs, args.seeds, args.batch, args.refine, args.data,
-              args.cache, args.jobs, args.held_max)
+              args.cache, args.jobs, args.held_max, args.balance, args.validation)
     out["wall_s"] = round(time.perf_counter() - t, 1)
     out["machine"] = machine()
     print(json.dumps({k: v for k, v in out.items() if k != "per_seed"}, indent=1), flush=True)
-    save_part("mixed", out)
+    save_part("mixed_validation" if args.validation else "mixed", out)
     return 0
 
 

@@ -102,6 +102,8 @@ def section_curation(r: dict) -> list[str]:
                    if n > 1 and se is not None and diff + 2 * se >= 0 else
                    "**The target (curated not worse) is not met** on this data: see "
                    "docs/curation.md for what this measures and why.")]
+    if r.get("mixed_validation"):
+        out += section_curation_mixed_validation(r["mixed_validation"])
     if r.get("mixed"):
         out += section_curation_mixed(r["mixed"])
     if r.get("noisy"):
@@ -141,6 +143,42 @@ def section_curation_noisy(m: dict) -> list[str]:
     return out
 
 
+def section_curation_mixed_validation(m: dict) -> list[str]:
+    """Choosing `--balance` on validation cases inside the heterogeneous pool's training cases."""
+    c, n = m["config"], len(m["seeds"])
+    arms = [a for a in ("cell", "modality") if a in m]
+    days = sorted(m["validation_masks_per_dataset"])
+    out = ["", f"Choosing the balance without the held-out set (`bench_curation_mixed.py "
+           f"--validation`): inside the heterogeneous pool's training cases, the middle training "
+           f"case of each dataset with two or more is the validation set (n = "
+           f"{m['validation_masks']} masks; CT, one training patient, stays in the pool and is "
+           f"not scored); {m['subset_size']} masks per subset, {c['epochs']} epoch of batch "
+           f"{c['batch_size']}; seeds {', '.join(map(str, m['seeds']))}; validation box-prompt "
+           f"Dice, mean ± std over {n} seeds ({machine_line(m.get('machine'))}). Rule fixed "
+           "before the run: `--balance modality` becomes the default if its mean over datasets "
+           "beats `cell`'s.", "",
+           "| balance | " + " | ".join(f"{SHORT.get(d, d).split(' (')[0]} (n = "
+                                      f"{m['validation_masks_per_dataset'][d]})" for d in days)
+           + " | **mean over datasets** | per seed | masks per dataset |",
+           "|---|" + "---|" * (len(days) + 3)]
+    for a in arms:
+        x = m[a]
+        out.append(f"| {a} | " + " | ".join(f"{x['per_dataset'][d]['mean']:.3f}" for d in days)
+                   + f" | {x['dataset_mean_dice']['mean']:.3f} ± "
+                     f"{x['dataset_mean_dice']['std']:.3f} | "
+                   + " / ".join(f"{v:.3f}" for v in x["per_seed"]) + " | "
+                   + ", ".join(f"{SHORT.get(d, d).split(' (')[0]} {k:g}"
+                               for d, k in x["masks_per_dataset_mean"].items()) + " |")
+    return out
+
+
+SHORT = {"Dataset001_PyradiomicsCT": "CT tumour (unseen patient)",
+         "Dataset002_PyradiomicsMR": "MR tumour (unseen patient)",
+         "Dataset005_NucleiQuadrants": "nuclei (held-out quadrant)",
+         "Dataset006_Colin27AALSlabs": "AAL structures (held-out slabs)",
+         "Dataset007_Colin27BrainSlabs": "brain mask (held-out slabs)"}
+
+
 def section_curation_mixed(m: dict) -> list[str]:
     """The curated vs random comparison on the default adapter's five pooled datasets."""
     c, n = m["config"], len(m["seeds"])
@@ -149,18 +187,14 @@ def section_curation_mixed(m: dict) -> list[str]:
            f"({m['pool_masks_ge10px']:,} masks of >= 10 px), {m['subset_size']} masks per "
            f"subset; held-out: the default adapter's split (unseen CT and MR tumour patients, "
            f"the held-out nuclei quadrant, held-out Colin27 slabs), masks of >= 20 px, at most "
-           f"{m['held_out_max_per_dataset']} per dataset; adapter trained "
+           f"{m['held_out_max_per_dataset']} per dataset; curated with `--balance "
+           f"{c.get('balance', 'cell')}`; adapter trained "
            f"{m['curated']['steps']} steps of batch {c['batch_size']}, lr {c['lr']}; {n} seeds "
            f"({', '.join(map(str, m['seeds']))}); box-prompt Dice, mean ± std over seeds "
            f"({machine_line(m.get('machine'))}). Primary metric, fixed before the run: the mean "
            f"over datasets of their class-mean Dice.", "",
            "| held-out set | n | base model | random subset (masks) | curated subset (masks) "
            "| curated - random |", "|---|---|---|---|---|---|"]
-    short = {"Dataset001_PyradiomicsCT": "CT tumour (unseen patient)",
-             "Dataset002_PyradiomicsMR": "MR tumour (unseen patient)",
-             "Dataset005_NucleiQuadrants": "nuclei (held-out quadrant)",
-             "Dataset006_Colin27AALSlabs": "AAL structures (held-out slabs)",
-             "Dataset007_Colin27BrainSlabs": "brain mask (held-out slabs)"}
 
     def arm(a: dict, d: str) -> str:
         x = a["per_dataset"][d]
@@ -168,7 +202,7 @@ def section_curation_mixed(m: dict) -> list[str]:
                 f"({a['masks_per_dataset_mean'].get(d, 0):g})")
 
     for d, k in m["held_out_masks_per_dataset"].items():
-        out.append(f"| {short.get(d, d)} | {k} | {m['base_model']['per_dataset'][d]:.3f} | "
+        out.append(f"| {SHORT.get(d, d)} | {k} | {m['base_model']['per_dataset'][d]:.3f} | "
                    f"{arm(m['random'], d)} | {arm(m['curated'], d)} | "
                    f"{m['per_dataset_curated_minus_random'][d]:+.3f} |")
     for key, label, diff in (("dataset_mean_dice", "**mean over datasets** (primary)",
