@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=3, help="seeds in parallel processes")
     ap.add_argument("--held-max", type=int, default=300,
                     help="held-out masks per dataset, at most (evenly thinned; only AAL has more)")
-    ap.add_argument("--balance", default="cell", choices=("cell", "modality"),
-                    help="the curated arm's `segmote curate --balance`")
+    ap.add_argument("--balance", default=None, choices=("cell", "modality"),
+                    help="the curated arm's `segmote curate --balance` (default: curate's)")
     ap.add_argument("--validation", action="store_true",
                     help="choose the balance on validation cases inside the training pool")
     ap.add_argument("--data", type=Path, default=DATA, help="where the pool is prepared")
@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.data.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
+    if args.balance is None:
+        from segmote.curation.pipeline import CurationConfig
+        args.balance = CurationConfig().balance
     out = run(args.budget, args.epochs, args.seeds, args.batch, args.refine, args.data,
               args.cache, args.jobs, args.held_max, args.balance, args.validation)
     out["wall_s"] = round(time.perf_counter() - t, 1)

@@ -104,6 +104,8 @@ def section_curation(r: dict) -> list[str]:
                    "docs/curation.md for what this measures and why.")]
     if r.get("mixed_validation"):
         out += section_curation_mixed_validation(r["mixed_validation"])
+    if r.get("mixed_balance_cell"):
+        out += section_curation_mixed(r["mixed_balance_cell"], current=False)
     if r.get("mixed"):
         out += section_curation_mixed(r["mixed"])
     if r.get("noisy"):
@@ -179,10 +181,12 @@ SHORT = {"Dataset001_PyradiomicsCT": "CT tumour (unseen patient)",
          "Dataset007_Colin27BrainSlabs": "brain mask (held-out slabs)"}
 
 
-def section_curation_mixed(m: dict) -> list[str]:
-    """The curated vs random comparison on the default adapter's five pooled datasets."""
+def section_curation_mixed(m: dict, current: bool = True) -> list[str]:
+    """The curated vs random comparison on the default adapter's five pooled datasets.
+    current: False for a run with a setting that is no longer the default."""
     c, n = m["config"], len(m["seeds"])
-    out = ["", f"Curated vs random subset on a heterogeneous pool (`bench_curation_mixed.py`): "
+    out = ["", ("" if current else "Before: ")
+           + f"Curated vs random subset on a heterogeneous pool (`bench_curation_mixed.py`): "
            f"the training cases of the default adapter's five datasets "
            f"({m['pool_masks_ge10px']:,} masks of >= 10 px), {m['subset_size']} masks per "
            f"subset; held-out: the default adapter's split (unseen CT and MR tumour patients, "
@@ -222,6 +226,8 @@ def section_curation_mixed(m: dict) -> list[str]:
     diff, se = m["curated_minus_random_dataset_mean"], m["curated_minus_random_dataset_mean_se"]
     out += ["", f"Curated minus random on the primary metric: {diff:+.3f}"
             + (f" (SE over {n} seeds {se:.3f})" if se is not None else "") + ". "
-            + ("The target (curated not worse) is met on this pool." if diff >= 0 else
-               "**The target (curated not worse) is not met on this pool.**")]
+            + (("The target (curated not worse) is met on this pool." if diff >= 0 else
+                "**The target (curated not worse) is not met on this pool.**") if current else
+               f"This was the first default (`--balance {c.get('balance', 'cell')}`); it is no "
+               "longer the default.")]
     return out

@@ -17,8 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import load_result, machine_line, shipped_label  # noqa: E402
 from report_auto import section_auto  # noqa: E402
-from report_curation import (section_curation, section_curation_mixed,  # noqa: E402
-                             section_curation_noisy)
+from report_curation import section_curation  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
 SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",

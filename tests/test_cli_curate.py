@@ -40,7 +40,7 @@ def test_curate_writes_manifest_and_report(data, tmp_path, tiny_cache, capsys):
     assert m["config"]["seed"] == 1 and m["summary"]["budget"] == 6
     html = report.read_text()
     assert "data:image/png;base64," in html and "fills_frame" in html and "before" in html
-    assert "balanced by cell" in html and m["config"]["balance"] == "cell"
+    assert "balanced by modality" in html and m["config"]["balance"] == "modality"
     assert "6 selected" in capsys.readouterr().out
     again = tmp_path / "m2.json"
     main(["curate", "--data", str(data), "--budget", "6", "-o", str(again), "-q", "--seed",

@@ -131,25 +131,25 @@ def test_allocate_water_filling():
 def test_budget_balance_and_seed():
     cells = [("CT", "liver")] * 500 + [("MR", "liver")] * 40 + [("CT", "lesion")] * 60
     quality = np.linspace(0.1, 1, len(cells))
-    a = select_balanced(cells, quality, 90, seed=3)
+    a = select_balanced(cells, quality, 90, seed=3, by="cell")
     assert len(a) == 90 and len(set(a.tolist())) == 90
     counts = {c: sum(cells[i] == c for i in a) for c in set(cells)}
     assert set(counts.values()) == {30}
-    assert np.array_equal(a, select_balanced(cells, quality, 90, seed=3))
-    assert not np.array_equal(a, select_balanced(cells, quality, 90, seed=4))
+    assert np.array_equal(a, select_balanced(cells, quality, 90, seed=3, by="cell"))
+    assert not np.array_equal(a, select_balanced(cells, quality, 90, seed=4, by="cell"))
     w = select_balanced(cells, quality, 90, seed=3, weights=parse_weights(["MR/*=0"]))
     assert not any(cells[i][0] == "MR" for i in w) and len(w) == 90
     # temperature: shares ~ sqrt(cell size) (55.2 : 15.6 : 19.1 of 90; the one left over goes
     # to the largest share), power 1: ~ the size
-    sq = select_balanced(cells, quality, 90, seed=3, power=0.5)
+    sq = select_balanced(cells, quality, 90, seed=3, power=0.5, by="cell")
     counts = {c: sum(cells[i] == c for i in sq) for c in set(cells)}
     assert counts == {("CT", "liver"): 56, ("MR", "liver"): 15, ("CT", "lesion"): 19}
-    lin = select_balanced(cells, quality, 120, seed=3, power=1.0)
+    lin = select_balanced(cells, quality, 120, seed=3, power=1.0, by="cell")
     counts = {c: sum(cells[i] == c for i in lin) for c in set(cells)}
     assert counts == {("CT", "liver"): 100, ("MR", "liver"): 8, ("CT", "lesion"): 12}
     # two-level balance: each modality half (45), CT's half split over its two classes; MR
     # holds 40, its remainder goes to CT
-    mod = select_balanced(cells, quality, 90, seed=3, by="modality")
+    mod = select_balanced(cells, quality, 90, seed=3)  # the default: by modality
     counts = {c: sum(cells[i] == c for i in mod) for c in set(cells)}
     assert counts == {("CT", "liver"): 25, ("MR", "liver"): 40, ("CT", "lesion"): 25}
     with pytest.raises(InputError, match="balance must be one of cell, modality"):
@@ -173,6 +173,19 @@ def test_modality_balance_keeps_an_atlas_from_taking_the_budget():
     by_modality = counts("modality")
     assert by_modality[("CT", "tumour")] == 50
     assert {by_modality[("MR", f"s{k}")] for k in range(10)} == {5}
+
+
+def test_one_modality_balances_alike_by_cell_and_by_modality():
+    """With one modality the two levels give the same selection (why the single-atlas
+    benchmarks are unchanged by the modality default), weights and power included."""
+    rng = np.random.default_rng(0)
+    cells = [("MR", f"s{k}") for k in rng.integers(0, 37, 2000)]
+    quality = rng.random(len(cells))
+    for power, weights in ((0.0, {}), (0.5, parse_weights(["MR/s1*=3", "MR/s2=0"]))):
+        for budget in (37, 74, 320, 1999):
+            assert np.array_equal(
+                select_balanced(cells, quality, budget, 1, weights, power, by="cell"),
+                select_balanced(cells, quality, budget, 1, weights, power, by="modality"))
 
 
 def test_parse_budget_and_weights():

@@ -7,7 +7,8 @@
 
 Each (slice, class) mask is scored (clarity, contrast, entropy, foreground ratio, connected
 components, mask sanity), near-duplicates are dropped using the frozen encoder's cached
-embeddings, and up to the budget is drawn, balanced over modality x class. Settings: defaults <
+embeddings, and up to the budget is drawn, balanced over modalities and over classes within
+each (--balance cell: over modality x class cells). Settings: defaults <
 --config YAML (keys of CurationConfig, "thresholds" a mapping) < flags. See docs/curation.md.
 """
 
@@ -39,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cell shares also proportional to (cell size) ** P: 0 equal (default), "
                         "0.5 square root, 1 proportional")
     p.add_argument("--balance", metavar="{cell,modality}",
-                   help="equal shares per (modality, class) cell (default), or per modality "
-                        "first, then per class within it")
+                   help="equal shares per modality first, then per class within it "
+                        "(default), or per (modality, class) cell")
     p.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="override a quality threshold (repeatable), e.g. min_pixels=20")
     p.add_argument("--dup-threshold", type=float,

@@ -1,7 +1,6 @@
 """Budgeted selection balanced over modality x class cells, seeded.
 
-The budget is split over the cells in proportion to their weights (default 1 each: every
-(modality, class) pair gets the same share; with `power` p > 0 a cell's weight is multiplied by
+The budget is split over the cells in proportion to their weights (default 1 each; with `power` p > 0 a cell's weight is multiplied by
 (its accepted samples) ** p, the temperature sampling `segmote train` uses for its
 `balance_power`: 0.5 gives shares proportional to the square root of a cell's size, 1 shares
 proportional to its size, as a uniform draw), by water-filling: a cell with fewer accepted samples
@@ -11,11 +10,13 @@ probability proportional to their quality score (Efraimidis-Spirakis keys u^(1/q
 samples are likely, but not certain, to be taken and a cell is not filled with near-identical
 top scorers only. Same inputs and seed -> same selection.
 
-`by="modality"` balances in two levels: each modality first gets the same share, split equally
-among its classes (a cell's weight is divided by the number of classes of its modality). With
-cells alone, one atlas of 116 structures in one modality takes 116 shares of the budget and a
-one-class dataset of another modality one share; by modality, a modality whose cells run out
-hands its remainder to the others by the same water-filling.
+`by="modality"` (the default) balances in two levels: each modality first gets the same share,
+split equally among its classes (a cell's weight is divided by the number of classes of its
+modality). With cells alone (`by="cell"`), one atlas of 116 structures in one modality takes 116
+shares of the budget and a one-class dataset of another modality one share; by modality, a
+modality whose cells run out hands its remainder to the others by the same water-filling. With
+one modality the two are the same. The default was chosen on validation cases inside a pooled
+training set, not on held-out data (benchmarks/bench_curation_mixed.py --validation).
 """
 
 from __future__ import annotations
@@ -109,13 +110,13 @@ def allocate(capacity: np.ndarray, weights: np.ndarray, budget: int) -> np.ndarr
 
 def select_balanced(cells: Sequence[Cell], quality: Sequence[float], budget: int, seed: int,
                     weights: dict[str, float] | None = None, power: float = 0.0,
-                    by: str = "cell") -> np.ndarray:
+                    by: str = "modality") -> np.ndarray:
     """Indices (sorted) of the selected samples among `cells` (one cell per sample).
 
     quality: > 0 raises a sample's chance within its cell (0 or less: drawn last).
     power: cell weights are multiplied by (samples in the cell) ** power (0: equal shares).
-    by: "cell" (every cell the same share) or "modality" (every modality the same share,
-        split among its cells)."""
+    by: "modality" (every modality the same share, split among its cells; the default) or
+        "cell" (every cell the same share)."""
     if by not in BALANCE_LEVELS:
         raise InputError(f"balance must be one of {', '.join(BALANCE_LEVELS)}, got {by!r}")
     weights = weights or {}
