@@ -219,16 +219,19 @@ def summarize_validation(runs: list[dict], arms: list[str], held: list, config: 
 
 
 def run(budget: int, epochs: int, seeds: list[int], batch: int, refine: int, data_root: Path,
-        cache_root: Path, jobs: int, held_max: int, balance: str = "cell",
+        cache_root: Path, jobs: int, held_max: int, balance: str | None = None,
         validation: bool = False) -> dict:
+    """balance: the curated arm's (None: `CurationConfig`'s default)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from segmote.curation.pipeline import CurationConfig
     from segmote.training import distributed as ddp
     from segmote.training.default_adapter import prepare
     from segmote.training.loader import CachedSlices
     from segmote.training.trainer import autocast_for, build_model, validate
 
+    balance = balance or CurationConfig().balance
     prepared = prepare(data_root / "data")
     (data_root / "prepared.json").write_text(json.dumps(
         {"data_dirs": [str(p) for p in prepared.data_dirs], "split": str(prepared.split)}))
@@ -280,9 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.data.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    if args.balance is None:
-        from segmote.curation.pipeline import CurationConfig
-        args.balance = CurationConfig().balance
     out = run(args.budget, args.epochs, args.seeds, args.batch, args.refine, args.data,
               args.cache, args.jobs, args.held_max, args.balance, args.validation)
     out["wall_s"] = round(time.perf_counter() - t, 1)

@@ -17,7 +17,7 @@ from typing import Any
 from segmote.curation.candidates import Candidate, enumerate_candidates
 from segmote.curation.redundancy import MASK_DIMS, near_duplicates, sample_vectors
 from segmote.curation.scores import QualityThresholds
-from segmote.curation.select import (BALANCE_LEVELS, UNKNOWN_MODALITY, Cell, parse_budget,
+from segmote.curation.select import (UNKNOWN_MODALITY, Cell, check_balance, parse_budget,
                                      parse_weights, select_balanced)
 from segmote.data.datasets import DatasetInfo, SliceSample
 from segmote.errors import InputError
@@ -78,9 +78,7 @@ class CurationConfig:
                 raise InputError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.balance_power <= 1:
             raise InputError(f"balance_power must be in [0, 1], got {self.balance_power}")
-        if self.balance not in BALANCE_LEVELS:
-            raise InputError(f"balance must be one of {', '.join(BALANCE_LEVELS)}, got "
-                             f"{self.balance!r}")
+        check_balance(self.balance)
         if not self.axes or any(a not in (0, 1, 2) for a in self.axes) \
                 or len(set(self.axes)) != len(self.axes):
             raise InputError(f"axes must be distinct values of 0, 1, 2, got {self.axes}")

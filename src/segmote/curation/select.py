@@ -80,6 +80,12 @@ def cell_weight(cell: Cell, weights: dict[str, float]) -> float:
     return w
 
 
+def check_balance(by: str) -> None:
+    """InputError unless `by` is one of BALANCE_LEVELS."""
+    if by not in BALANCE_LEVELS:
+        raise InputError(f"balance must be one of {', '.join(BALANCE_LEVELS)}, got {by!r}")
+
+
 def allocate(capacity: np.ndarray, weights: np.ndarray, budget: int) -> np.ndarray:
     """Integer quota per cell: proportional to `weights`, capped by `capacity`, summing to
     min(budget, capacity of the cells with weight > 0). Each round gives every active cell the
@@ -117,8 +123,7 @@ def select_balanced(cells: Sequence[Cell], quality: Sequence[float], budget: int
     power: cell weights are multiplied by (samples in the cell) ** power (0: equal shares).
     by: "modality" (every modality the same share, split among its cells; the default) or
         "cell" (every cell the same share)."""
-    if by not in BALANCE_LEVELS:
-        raise InputError(f"balance must be one of {', '.join(BALANCE_LEVELS)}, got {by!r}")
+    check_balance(by)
     weights = weights or {}
     names = sorted(set(cells))
     members: dict[Cell, list[int]] = {c: [] for c in names}
