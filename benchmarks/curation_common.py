@@ -1,8 +1,8 @@
 """What the curation benchmarks share: the Colin27/AAL sample, its embedding cache, the
 held-out block pattern of `bench_curation.py subset`, and training + scoring one adapter.
 
-Used by bench_curation.py (planted, speed, subset, policy), bench_curation_mixed.py and
-bench_curation_noisy.py.
+Used by bench_curation.py (planted, speed, subset; its policy part is curation_policy.py),
+bench_curation_mixed.py and bench_curation_noisy.py.
 """
 
 from __future__ import annotations
