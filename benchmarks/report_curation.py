@@ -145,11 +145,19 @@ def section_curation_noisy(m: dict) -> list[str]:
     return out
 
 
+# the mixed pool's datasets, as the tables name them (held-out part in brackets)
+SHORT = {"Dataset001_PyradiomicsCT": "CT tumour (unseen patient)",
+         "Dataset002_PyradiomicsMR": "MR tumour (unseen patient)",
+         "Dataset005_NucleiQuadrants": "nuclei (held-out quadrant)",
+         "Dataset006_Colin27AALSlabs": "AAL structures (held-out slabs)",
+         "Dataset007_Colin27BrainSlabs": "brain mask (held-out slabs)"}
+
+
 def section_curation_mixed_validation(m: dict) -> list[str]:
     """Choosing `--balance` on validation cases inside the heterogeneous pool's training cases."""
     c, n = m["config"], len(m["seeds"])
     arms = [a for a in ("cell", "modality") if a in m]
-    days = sorted(m["validation_masks_per_dataset"])
+    names = sorted(m["validation_masks_per_dataset"])
     out = ["", f"Choosing the balance without the held-out set (`bench_curation_mixed.py "
            f"--validation`): inside the heterogeneous pool's training cases, the middle training "
            f"case of each dataset with two or more is the validation set (n = "
@@ -160,25 +168,18 @@ def section_curation_mixed_validation(m: dict) -> list[str]:
            "before the run: `--balance modality` becomes the default if its mean over datasets "
            "beats `cell`'s.", "",
            "| balance | " + " | ".join(f"{SHORT.get(d, d).split(' (')[0]} (n = "
-                                      f"{m['validation_masks_per_dataset'][d]})" for d in days)
+                                      f"{m['validation_masks_per_dataset'][d]})" for d in names)
            + " | **mean over datasets** | per seed | masks per dataset |",
-           "|---|" + "---|" * (len(days) + 3)]
+           "|---|" + "---|" * (len(names) + 3)]
     for a in arms:
         x = m[a]
-        out.append(f"| {a} | " + " | ".join(f"{x['per_dataset'][d]['mean']:.3f}" for d in days)
+        out.append(f"| {a} | " + " | ".join(f"{x['per_dataset'][d]['mean']:.3f}" for d in names)
                    + f" | {x['dataset_mean_dice']['mean']:.3f} ± "
                      f"{x['dataset_mean_dice']['std']:.3f} | "
                    + " / ".join(f"{v:.3f}" for v in x["per_seed"]) + " | "
                    + ", ".join(f"{SHORT.get(d, d).split(' (')[0]} {k:g}"
                                for d, k in x["masks_per_dataset_mean"].items()) + " |")
     return out
-
-
-SHORT = {"Dataset001_PyradiomicsCT": "CT tumour (unseen patient)",
-         "Dataset002_PyradiomicsMR": "MR tumour (unseen patient)",
-         "Dataset005_NucleiQuadrants": "nuclei (held-out quadrant)",
-         "Dataset006_Colin27AALSlabs": "AAL structures (held-out slabs)",
-         "Dataset007_Colin27BrainSlabs": "brain mask (held-out slabs)"}
 
 
 def section_curation_mixed(m: dict, current: bool = True) -> list[str]:

@@ -8,8 +8,8 @@
 Each (slice, class) mask is scored (clarity, contrast, entropy, foreground ratio, connected
 components, mask sanity), near-duplicates are dropped using the frozen encoder's cached
 embeddings, and up to the budget is drawn, balanced over modalities and over classes within
-each (--balance cell: over modality x class cells). Settings: defaults <
---config YAML (keys of CurationConfig, "thresholds" a mapping) < flags. See docs/curation.md.
+each (--balance cell: over modality x class cells). Settings: defaults < --config YAML (keys
+of CurationConfig, "thresholds" a mapping) < flags. See docs/curation.md.
 """
 
 from __future__ import annotations
