@@ -1,14 +1,14 @@
 """Budgeted selection balanced over modality x class cells, seeded.
 
-The budget is split over the cells in proportion to their weights (default 1 each; with
-`power` p > 0 a cell's weight is multiplied by (its accepted samples) ** p, the temperature
-sampling `segmote train` uses for its `balance_power`: 0.5 gives shares proportional to the
-square root of a cell's size, 1 shares proportional to its size, as a uniform draw), by
-water-filling: a cell with fewer accepted samples than its share gives everything it has and
-the rest is shared again among the others, until the budget or the samples run out. Within a cell, samples are drawn without replacement with
-probability proportional to their quality score (Efraimidis-Spirakis keys u^(1/q)), so the best
-samples are likely, but not certain, to be taken and a cell is not filled with near-identical
-top scorers only. Same inputs and seed -> same selection.
+The budget is split over the cells in proportion to their weights (default 1 each; with `power`
+p > 0 a cell's weight is multiplied by (its accepted samples) ** p, the temperature sampling
+`segmote train` uses for its `balance_power`: 0.5 gives shares proportional to the square root
+of a cell's size, 1 shares proportional to its size, as a uniform draw), by water-filling: a
+cell with fewer accepted samples than its share gives everything it has and the rest is shared
+again among the others, until the budget or the samples run out. Within a cell, samples are
+drawn without replacement with probability proportional to their quality score (Efraimidis-
+Spirakis keys u^(1/q)), so the best samples are likely, but not certain, to be taken and a cell
+is not filled with near-identical top scorers only. Same inputs and seed -> same selection.
 
 `by="modality"` (the default) balances in two levels: each modality first gets the same share,
 split equally among its classes (a cell's weight is divided by the number of classes of its
