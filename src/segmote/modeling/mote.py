@@ -68,7 +68,7 @@ def load_balance_loss(gates: Tensor, expert_index: Tensor, num_experts: int) -> 
     grouped = gates.ndim == 3
     gates = gates if grouped else gates.unsqueeze(0)
     expert_index = expert_index if grouped else expert_index.unsqueeze(0)
-    importance = gates.sum(1)  # G, E
+    importance = gates.float().sum(1)  # G, E; fp32 under any autocast (issue 22)
     load = F.one_hot(expert_index.flatten(1), num_experts).sum(1)  # G, E
     return cv_squared(torch.cat([importance, load.to(importance.dtype)])).sum()
 
@@ -96,15 +96,24 @@ class TokenRouter(nn.Module):
         nn.init.zeros_(self.w_noise.weight)
 
     def forward(self, x: Tensor) -> RouterOutput:
-        """x: (B, T, D) -> RouterOutput with (B, T, E) logits and gates, (B, T, k) indices."""
-        logits = self.w_gate(x)
-        if self.training and self.noisy_gating:
-            logits = logits + F.softplus(self.w_noise(x)) * torch.randn_like(logits)
-        top_logits, top_index = logits.topk(self.top_k, dim=-1)
-        gates = torch.zeros_like(logits).scatter(-1, top_index, top_logits.softmax(-1))
-        if self.top_k == 1 and logits.requires_grad:  # straight-through (adds exactly 0)
-            soft = logits.softmax(-1)
-            gates = gates + (soft - soft.detach())
+        """x: (B, T, D) -> RouterOutput with (B, T, E) logits and gates, (B, T, k) indices,
+        all in fp32 whatever dtype x has and whatever autocast is active.
+
+        Why fp32: under CUDA autocast the gate projection returns bf16 / fp16 while softmax
+        returns fp32 (scattering one into the other crashed, issue 22), and a top-1 choice
+        between low-precision logits that round to the same value is a coin toss. The router
+        is E x D weights on T tokens: fp32 costs nothing here."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            logits = F.linear(x, self.w_gate.weight.float())
+            if self.training and self.noisy_gating:
+                noise = F.softplus(F.linear(x, self.w_noise.weight.float()))
+                logits = logits + noise * torch.randn_like(logits)
+            top_logits, top_index = logits.topk(self.top_k, dim=-1)
+            gates = torch.zeros_like(logits).scatter(-1, top_index, top_logits.softmax(-1))
+            if self.top_k == 1 and logits.requires_grad:  # straight-through (adds exactly 0)
+                soft = logits.softmax(-1)
+                gates = gates + (soft - soft.detach())
         return RouterOutput(logits, gates, top_index)
 
 
