@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from segmote.errors import InputError
+from segmote.precision import AMP_CHOICES
 
 # flag -> config key, for the settings that have a flag of their own
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
@@ -44,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", help="base model (default litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="GPU autocast")
+    p.add_argument("--amp", choices=AMP_CHOICES,
+                   help="mixed precision: auto = bf16 on a GPU (fp16 where it lacks bf16), "
+                   "fp32 on a CPU; bf16 / fp16 on any device; none = fp32")
     p.add_argument("--split", metavar="JSON",
                    help="fixed train/val case split (as RUN_DIR/split.json) instead of a drawn one")
     p.add_argument("--manifest", metavar="JSON",

@@ -13,10 +13,10 @@ from typing import Any
 
 from segmote.atomic import atomic_write_text  # noqa: F401  (re-exported)
 from segmote.errors import InputError
+from segmote.precision import AMP_CHOICES
 from segmote.training.losses import LossWeights
 from segmote.training.prompts import PROMPT_KINDS
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 BALANCE_CHOICES = ("none", "dataset", "dataset_class")
 ADAPTER_PARTS = ("expert_tokens", "mote", "head", "text", "ppt")
 
@@ -80,7 +80,8 @@ class TrainConfig:
         val_per_class: at most this many validation samples per dataset/class, evenly spaced
             (None: all); keeps per-epoch validation cheap on atlases with many classes.
         window: CT window for the cached images (None: the modality default).
-        amp: autocast dtype on GPU ("auto": bf16 where supported, else fp16); CPU runs in fp32.
+        amp: autocast dtype ("auto": bf16 on a GPU that supports it, else fp16 on a GPU, fp32
+            on a CPU; "bf16" / "fp16" on any device, "none": fp32; `segmote.precision`).
         num_workers: DataLoader workers reading cached embeddings.
         cache_dir: embedding cache (None: RUN_DIR/cache).
         mote: MoTEConfig fields except balance_weight (set by loss_weights.balance).

@@ -86,14 +86,12 @@ def build_model(cfg: TrainConfig, device: torch.device, text_dim: int | None = N
 
 def autocast_for(amp: str, device: torch.device) -> tuple[Callable[[], Any],
                                                           torch.amp.GradScaler | None]:
-    """Autocast factory and grad scaler: bf16 (no scaler needed) or fp16 (+ scaler) on GPU;
-    CPU trains in fp32 (CPU autocast is slower than fp32 for these small decoders)."""
-    if device.type != "cuda" or amp == "none":
-        return contextlib.nullcontext, None
-    bf16 = amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported())
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    scaler = None if bf16 else torch.amp.GradScaler("cuda")
-    return functools.partial(torch.autocast, "cuda", dtype=dtype), scaler
+    """Autocast factory and grad scaler of the `amp` setting (`segmote.precision.amp_precision`:
+    bf16 needs no scaler, fp16 gets one; "auto" stays fp32 on a CPU)."""
+    from segmote.precision import amp_precision, autocast, grad_scaler
+
+    precision = amp_precision(amp, device)
+    return functools.partial(autocast, precision, device), grad_scaler(precision, device)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
