@@ -26,7 +26,7 @@ MR = "pyradiomics/Dataset002_PyradiomicsMR"
 
 
 class Counting(nn.Module):
-    """The real model, counting encoder calls."""
+    """The real model, counting the slices it encodes (the cache encodes them in batches)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -37,7 +37,7 @@ class Counting(nn.Module):
     image_encoder = property(lambda self: self.model.image_encoder)
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
-        self.calls += 1
+        self.calls += len(x)
         return self.model.encode(x)
 
 
@@ -177,7 +177,7 @@ class TinyEncoderModel(nn.Module):
         return torch.device("cpu")
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
-        self.encoded.append(float(x.sum()))
+        self.encoded.extend(float(v) for v in x.sum((1, 2, 3)))  # one entry per slice encoded
         feats = self.image_encoder(F.avg_pool2d(x, 16))
         return EncoderOutput(feats.repeat(1, 32, 1, 1), feats)
 

@@ -217,17 +217,27 @@ class EmbeddingCache:
         finally:
             encoder.train(was_training)
 
-    def _encode(self, image: np.ndarray, modality: str | None,
-                ) -> tuple[np.ndarray, np.ndarray, ResizeGeometry]:
+    def _prepare(self, image: np.ndarray, modality: str | None) -> tuple[Tensor, ResizeGeometry]:
+        """One slice preprocessed as `Segmenter.set_image` does: (3, S, S) and its geometry."""
         window = self.window if modality == "CT" else None
-        x, geometry = preprocess(image, int(self.model.img_size), modality, window)
+        return preprocess(image, int(self.model.img_size), modality, window)
+
+    def _encode_many(self, prepared: list[tuple[Tensor, ResizeGeometry]],
+                     ) -> list[tuple[np.ndarray, np.ndarray, ResizeGeometry]]:
+        """Encode preprocessed slices in one encoder call -> per slice the float16 embedding
+        (256, h, w), early features (C, h', w') and geometry."""
+        x = torch.stack([t for t, _ in prepared]).to(self.model.device)
         with self._eval_encoder():
-            out = self.model.encode(x[None].to(self.model.device))
-        emb = out.image_embedding[0].float().cpu().numpy().astype(np.float16)
-        early = out.early_features[0].float().cpu().numpy().astype(np.float16)
+            out = self.model.encode(x)
+        emb = out.image_embedding.float().cpu().numpy().astype(np.float16)
+        early = out.early_features.float().cpu().numpy().astype(np.float16)
         if not (np.isfinite(emb).all() and np.isfinite(early).all()):
             raise RuntimeError("encoder output overflows float16; cannot cache it")
-        return emb, early, geometry
+        return [(emb[i], early[i], g) for i, (_, g) in enumerate(prepared)]
+
+    def _encode(self, image: np.ndarray, modality: str | None,
+                ) -> tuple[np.ndarray, np.ndarray, ResizeGeometry]:
+        return self._encode_many([self._prepare(image, modality)])[0]
 
     def _write_entry(self, d: Path, fields: dict[str, Any], image: np.ndarray,
                      label: np.ndarray,
@@ -254,15 +264,19 @@ class EmbeddingCache:
         return {**arrays, "orig_hw": geometry.orig_hw}
 
     def build(self, samples: list[SliceSample], rank: int = 0, world_size: int = 1,
-              progress: bool = True) -> CacheStats:
+              progress: bool = True, batch_size: int | None = None) -> CacheStats:
         """Encode every (image, slice) of `samples` not cached yet.
 
         Entries that differ only in their label file (e.g. two label sets drawn on one image)
         share one encoder pass. Image slices are sharded as ``slices[rank::world_size]`` so DDP
-        ranks split the work (call a barrier before reading other ranks' entries). Encodes one
-        slice at a time.
+        ranks split the work (call a barrier before reading other ranks' entries). Slices go
+        through the encoder `batch_size` at a time (None: `segmote.batching.default_batch_size`
+        of the model's device); reading, checking and preprocessing the next batch runs in a
+        background thread meanwhile.
         """
         from tqdm.auto import tqdm
+
+        from segmote.batching import check_batch_size, chunks, prefetched
 
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -274,28 +288,43 @@ class EmbeddingCache:
             image_key = json.dumps({k: v for k, v in fields.items() if k != "label_sha256"},
                                    sort_keys=True)
             groups.setdefault(image_key, []).append(pair)
+        mine = list(groups.values())[rank::world_size]
         files = _LastFile()
-        for pairs in tqdm(list(groups.values())[rank::world_size], desc="embedding cache",
-                          unit="slice", disable=not progress):
-            encoded = None
+        size = check_batch_size(batch_size, self.model.device)
+        bar = tqdm(total=len(mine), desc="embedding cache", unit="slice", disable=not progress)
+        for n, todo in prefetched(chunks(mine, size),
+                                  lambda c: (len(c), self._missing(c, files, stats))):
+            encoded = self._encode_many([t[0] for t in todo]) if todo else []
+            for (_, image, entries), enc in zip(todo, encoded):
+                for d, fields, label, existed in entries:
+                    self._write_entry(d, fields, image, label, enc)
+                    stats.rebuilt += existed
+                    stats.built += not existed
+            bar.update(n)
+        bar.close()
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _missing(self, groups: list[list[_Pair]], files: _LastFile, stats: CacheStats,
+                 ) -> list[tuple[tuple[Tensor, ResizeGeometry], np.ndarray, list[tuple]]]:
+        """The image slices of `groups` with an entry to (re)write, read and preprocessed:
+        (prepared input, image, [(entry dir, key fields, label, entry existed)]); counts the
+        valid entries as reused. Runs in the prefetch thread."""
+        todo = []
+        for pairs in groups:
+            image, entries = None, []
             for pair in pairs:
                 fields = self.key_fields(pair)
                 d = self._dir(fields)
                 if self._load(d, fields) is not None:
                     stats.reused += 1
                     continue
-                existed = d.exists()
                 image, label = _read_plane(pair, files.image(pair.image),
                                            files.label(pair.label))
-                if encoded is None:
-                    encoded = self._encode(image, fields["modality"])
-                self._write_entry(d, fields, image, label, encoded)
-                if existed:
-                    stats.rebuilt += 1
-                else:
-                    stats.built += 1
-        stats.seconds = time.perf_counter() - start
-        return stats
+                entries.append((d, fields, label, d.exists()))
+            if entries:
+                todo.append((self._prepare(image, entries[0][1]["modality"]), image, entries))
+        return todo
 
 
 class _LastFile:

@@ -1,0 +1,233 @@
+"""GPU and mixed-precision benchmark (issue 22); on a CPU it runs the same parts at small sizes.
+
+    python benchmarks/bench_gpu.py                 # the GPU when there is one, else the CPU
+    python benchmarks/bench_gpu.py --device cpu
+
+Parts: (1) LiteMedSAM encoder throughput by batch size and precision; (2) one box prompt
+through the base decoder and through SegMoTE (and N prompts in one call); (3) `segmote predict`
+end to end on a synthetic 512 x 512 x Z CT (the real pyradiomics lung2 volume tiled in z) with a
+box over every slice, run as the CLI in a child process (its own peak memory); (4) a training
+step from cached embeddings (forward + backward + AdamW, `segmote.training.step.train_step`) for
+LiteMedSAM and for a SAM ViT-B-sized model with random weights (timing does not depend on the
+weights), each in a child process, with its time and peak memory, plus the ViT-B encoder pass a
+step without the cache would add. Results go to benchmarks/results/gpu.json under the device
+kind ("cpu" / "cuda"), so a GPU run sits beside the CPU one; the report marks what was not
+measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_result, machine, median_time, write_result  # noqa: E402
+
+# sizes per device kind: the CPU run must finish in a few minutes on 2 shared cores
+SIZES = {
+    "cuda": {"batches": (1, 8, 32, 64), "precisions": ("fp32", "bf16", "fp16"), "prompts": 64,
+             "slices": 300, "train_batches": (8, 32, 64), "repeats": 10,
+             "cli": (("fp32", []), ("bf16", ["--precision", "bf16"]))},
+    "cpu": {"batches": (1, 4), "precisions": ("fp32", "bf16"), "prompts": 16, "slices": 8,
+            "train_batches": (2,), "repeats": 3, "cli": (("fp32", []),)},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of fn() (synchronised on a GPU)."""
+    return median_time(lambda: (fn(), _sync(device)), repeats)
+
+
+def encoder_throughput(device: torch.device, size: dict) -> list[dict]:
+    from segmote.build import load_model
+    from segmote.precision import autocast
+
+    model = load_model(adapter=None, device=device)
+    rows = []
+    for precision in size["precisions"]:
+        for b in size["batches"]:
+            x = torch.rand(b, 3, model.img_size, model.img_size, device=device)
+            with torch.inference_mode(), autocast(precision, device):
+                t = _timed(lambda: model.encode(x), device, size["repeats"])
+            rows.append({"precision": precision, "batch": b, "slices_per_s": b / t})
+            print("encoder", rows[-1], flush=True)
+    return rows
+
+
+def prompt_latency(device: torch.device, size: dict) -> list[dict]:
+    """One box prompt after the image is encoded: base decoder vs SegMoTE, per precision;
+    and `prompts` boxes in one decode call."""
+    from segmote.build import load_model
+    from segmote.precision import autocast
+
+    models = {"base": load_model(adapter=None, device=device),
+              "segmote": load_model(device=device)}
+    x = torch.rand(1, 3, 256, 256, device=device)
+    box = torch.tensor([[60.0, 70.0, 160.0, 150.0]], device=device)
+    many = box.expand(size["prompts"], -1).contiguous()
+    rows = []
+    for precision in size["precisions"]:
+        row: dict = {"precision": precision}
+        for name, model in models.items():
+            with torch.inference_mode(), autocast(precision, device):
+                feats = model.prepare_image(model.encode(x))
+                row[f"{name}_ms"] = 1e3 * _timed(lambda: model.decode(feats, boxes=box), device,
+                                                 3 * size["repeats"])
+                row[f"{name}_{size['prompts']}_prompts_ms"] = 1e3 * _timed(
+                    lambda: model.decode(feats, boxes=many), device, size["repeats"])
+        rows.append(row)
+        print("prompt", row, flush=True)
+    return rows
+
+
+def cli_volume(device: torch.device, size: dict) -> list[dict]:
+    """`segmote predict` on a 512 x 512 x Z CT, a box over every slice, in a child process."""
+    from bench_predict import make_volume
+
+    z = size["slices"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "ct.nii.gz"
+        make_volume(src, z)
+        for label, extra in size["cli"]:
+            argv = ["predict", "-i", str(src), "-o", str(Path(tmp) / "seg.nii.gz"),
+                    "--box", f"150,180,0,350,330,{z - 1}", "--device", device.type, *extra]
+            res = _child(["--child-cli", json.dumps(argv)])
+            rows.append({"mode": label, "flags": " ".join(extra), "slices": z,
+                         "slices_per_s": z / res["seconds"], "peak_rss_mb": res["peak_rss_mb"],
+                         "peak_gpu_mb": res.get("peak_gpu_mb")})
+            print("cli", rows[-1], flush=True)
+    return rows
+
+
+def _child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args[0]} failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def _peaks(device: torch.device) -> dict:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return out
+
+
+def child_cli(argv: list[str]) -> dict:
+    from segmote.cli.main import main
+
+    device = torch.device(argv[argv.index("--device") + 1])
+    t = time.perf_counter()
+    rc = main(argv)
+    _sync(device)
+    if rc != 0:
+        raise SystemExit(f"segmote {' '.join(argv)} exited {rc}")
+    return {"seconds": time.perf_counter() - t, **_peaks(device)}
+
+
+def child_train(backbone: str, precision: str, batch: int, device: torch.device,
+                repeats: int) -> dict:
+    """A training step from cached embeddings (random values of the cached shapes) on a
+    freshly built backbone with random weights: time per step and peak memory."""
+    import torch.nn.functional as F
+
+    from segmote.adapter import attach_adapter
+    from segmote.build import get_backbone
+    from segmote.precision import autocast, grad_scaler
+    from segmote.training.config import TrainConfig
+    from segmote.training.step import Batch, TrainStep, train_step
+
+    cfg = TrainConfig()
+    text_dim = 384  # all-MiniLM-L6-v2's width, as the default adapter
+    model = attach_adapter(get_backbone(backbone).build().requires_grad_(False).eval(), "new",
+                           cfg.mote_config(text_dim)).to(device).train()
+    h, w = model.prompt_encoder.image_embedding_size
+    early = model.image_encoder.early_dim
+    mask = 4 * h
+    target = torch.zeros(batch, 1, mask, mask, device=device)
+    target[:, :, mask // 4:mask // 2, mask // 3:2 * mask // 3] = 1
+    data = Batch(torch.randn(batch, model.embed_dim, h, w, device=device),
+                 torch.randn(batch, early, h, w, device=device), target,
+                 [[0, 0, i] for i in range(batch)], ["bench/blob"] * batch, ["blob"] * batch,
+                 [["other"]] * batch)
+    texts = {n: F.normalize(torch.randn(text_dim), dim=0).to(device) for n in ("blob", "other")}
+    step = TrainStep(model, cfg, texts)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    scaler = grad_scaler(precision, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = _timed(lambda: train_step(step, data, opt, params, cfg.grad_clip,
+                                  lambda: autocast(precision, device), scaler, device),
+               device, repeats)
+    out = {"step_s": t, **_peaks(device)}
+    if backbone != "litemedsam":  # what each slice would add without the cache
+        n = min(batch, 8) if device.type == "cuda" else 1
+        x = torch.rand(n, 3, model.img_size, model.img_size, device=device)
+        with torch.inference_mode(), autocast(precision, device):
+            out["encoder_s_per_slice"] = _timed(lambda: model.encode(x), device, 1) / n
+    return out
+
+
+def training(device: torch.device, size: dict) -> list[dict]:
+    rows = []
+    for backbone in ("litemedsam", "sam_vit_b"):
+        for precision in size["precisions"][:2]:  # fp32 and bf16: the "auto" of a GPU
+            for b in size["train_batches"]:
+                res = _child(["--child-train", backbone, precision, str(b), "--device",
+                              device.type, "--repeats", str(size["repeats"])])
+                rows.append({"backbone": backbone, "precision": precision, "batch": b, **res})
+                print("train", rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", choices=("cpu", "cuda"),
+                    default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--child-cli")
+    ap.add_argument("--child-train", nargs=3)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.child_cli:
+        print("RESULT " + json.dumps(child_cli(json.loads(args.child_cli))))
+        return
+    if args.child_train:
+        backbone, precision, batch = args.child_train
+        print("RESULT " + json.dumps(child_train(backbone, precision, int(batch), device,
+                                                 args.repeats or 3)))
+        return
+    size = dict(SIZES[device.type])
+    if args.repeats:
+        size["repeats"] = args.repeats
+    t0 = time.perf_counter()
+    run = {"machine": machine(), "device": torch.cuda.get_device_name(device)
+           if device.type == "cuda" else "cpu", "sizes": {k: v for k, v in size.items()
+                                                          if k != "cli"},
+           "encoder": encoder_throughput(device, size), "prompt": prompt_latency(device, size),
+           "cli": cli_volume(device, size), "train": training(device, size)}
+    run["wall_s"] = time.perf_counter() - t0
+    result = load_result("gpu") or {"runs": {}}
+    result["runs"][device.type] = run
+    print(write_result("gpu", result))
+
+
+if __name__ == "__main__":
+    main()
