@@ -161,3 +161,27 @@ def test_validation_predictions(mode: str) -> None:
     assert np.isfinite(logits).all() and np.isfinite(conf).all()
     for a, b in ((box, ref_box), (with_text, ref_text), (logits > 0, ref_logits > 0)):
         assert (a == b).mean() > 0.95  # a random tiny model: agreement, not a Dice target
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_features_and_decode_in_different_precisions(mode: str) -> None:
+    """Image features cached under autocast, prompts decoded without it (and the reverse): as
+    when `set_image` and `predict` run in different contexts."""
+    dev = mode_device(mode)
+    model = _tiny_adapter_model(dev).eval()
+    x = torch.rand(1, 3, 64, 64, device=dev)
+    box = torch.tensor([[8.0, 8.0, 40.0, 40.0]], device=dev)
+    text = F.normalize(torch.randn(2, 16), dim=-1).to(dev)
+    with torch.inference_mode():
+        for encode_in, decode_in in ((mode_autocast(mode), contextlib.nullcontext),
+                                     (contextlib.nullcontext, mode_autocast(mode))):
+            with encode_in():
+                feats = model.prepare_image(model.encode(x))
+            with decode_in():
+                prompted = model.decode(feats, boxes=box)
+                free = model.decode(feats, text=text, auto=True)
+                base = model.base.decode(feats.image_embedding, boxes=box)  # no adapter
+            assert torch.isfinite(base.masks.float()).all()
+            for out in (prompted, free):
+                assert torch.isfinite(out.masks.float()).all()
+                assert out.router_logits.dtype == torch.float32

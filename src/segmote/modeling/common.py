@@ -7,6 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def weights_dtype_outside_autocast(x: Tensor, weight: Tensor) -> Tensor:
+    """x cast to the weight's dtype unless autocast is on for x's device.
+
+    Image features cached under autocast are bf16 / fp16; decoded later outside autocast they
+    would meet fp32 weights in a matmul (issue 22). Under autocast x is left as it is: autocast
+    casts it per op."""
+    if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(weight.dtype)
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) map (SAM's neck and decoder use it)."""
 

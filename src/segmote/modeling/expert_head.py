@@ -142,7 +142,8 @@ class ExpertMaskHead(nn.Module):
         feat = self.feature_conv(upscaled).flatten(2)  # B, mid, HW
         delta = (hyper @ self.feature_proj.weight) @ feat
         delta = delta + (hyper @ self.feature_proj.bias).unsqueeze(-1)
-        cached = image_features.flatten(2)
+        # features cached under autocast may be bf16 while this decode runs in fp32
+        cached = image_features.flatten(2).to(hyper.dtype)
         if image_features.shape[0] == 1 and b > 1:  # one image, B prompts: one matmul, no copy
             delta = delta + (hyper.reshape(1, b * t, c) @ cached).view(b, t, -1)
         else:
@@ -154,7 +155,7 @@ class ExpertMaskHead(nn.Module):
         """Spatial text bias: vector (B, C) . image_features (1 or B, C, 4h, 4w) ->
         (B, 1, 4h, 4w), added to every expert mask (method.md, text prompts)."""
         b, c = vector.shape
-        g = image_features.flatten(2)  # (1|B, C, HW)
+        g = image_features.flatten(2).to(vector.dtype)  # (1|B, C, HW)
         if g.shape[0] == 1 and b > 1:
             bias = vector @ g[0]  # (B, HW): one matmul, no copy of the map
         else:

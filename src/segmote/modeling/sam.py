@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from segmote.modeling.common import weights_dtype_outside_autocast
 from segmote.modeling.encoder_output import EncoderOutput
 from segmote.modeling.mask_decoder import DecoderOutput, MaskDecoder
 from segmote.modeling.prompt_encoder import PromptEncoder
@@ -69,6 +70,7 @@ class Sam(nn.Module):
         Returns masks (B, M, 4h, 4w) logits and iou_pred (B, M).
         """
         emb = image.image_embedding if isinstance(image, EncoderOutput) else image
+        emb = weights_dtype_outside_autocast(emb, self.mask_decoder.iou_token.weight)
         sparse, dense = self.prompt_encoder(points, boxes, masks)
         return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense,
                                  multimask_output)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segmote.errors import InputError
+from segmote.modeling.common import weights_dtype_outside_autocast
 from segmote.modeling.encoder_output import EncoderOutput
 from segmote.modeling.expert_head import ExpertMaskHead
 from segmote.modeling.mask_decoder import expand_image
@@ -297,6 +298,8 @@ class SegMoTE(nn.Module):
             image = self.prepare_image(image)
         elif not isinstance(image, ImageFeatures):
             raise TypeError("decode() needs prepare_image(...) output or an EncoderOutput")
+        weight = self.adapter.expert_tokens.weight  # features cached in another precision
+        image = ImageFeatures(*(weights_dtype_outside_autocast(t, weight) for t in image))
         dec = self.base.mask_decoder
         if text is not None and self.adapter.text is None:
             raise InputError("this adapter was not trained with text prompts")
