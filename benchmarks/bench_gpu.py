@@ -38,8 +38,10 @@ SIZES = {
              "slices": 300, "train_batches": (8, 32, 64), "repeats": 10,
              "cli": (("fp32", []), ("bf16", ["--precision", "bf16"]))},
     "cpu": {"batches": (1, 4), "precisions": ("fp32", "bf16"), "prompts": 16, "slices": 8,
-            "train_batches": (2,), "repeats": 3, "cli": (("fp32", []),)},
+            "train_batches": (2,), "repeats": 2, "cli": (("fp32", []),)},
 }
+# --quick: every code path once, at the smallest sizes (a smoke test, not a measurement)
+QUICK = {"batches": (1, 2), "prompts": 2, "slices": 2, "train_batches": (1,), "repeats": 1}
 
 
 def _sync(device: torch.device) -> None:
@@ -47,9 +49,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
+def _timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Median seconds of fn() (synchronised on a GPU)."""
-    return median_time(lambda: (fn(), _sync(device)), repeats)
+    return median_time(lambda: (fn(), _sync(device)), repeats, warmup)
 
 
 def encoder_throughput(device: torch.device, size: dict) -> list[dict]:
@@ -122,8 +124,19 @@ def _child(args: list[str]) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    an exec, so a child would report its parent's peak at the fork (the models loaded there)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peaks(device: torch.device) -> dict:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"peak_rss_mb": _peak_rss_mb()}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return out
@@ -181,7 +194,9 @@ def child_train(backbone: str, precision: str, batch: int, device: torch.device,
         n = min(batch, 8) if device.type == "cuda" else 1
         x = torch.rand(n, 3, model.img_size, model.img_size, device=device)
         with torch.inference_mode(), autocast(precision, device):
-            out["encoder_s_per_slice"] = _timed(lambda: model.encode(x), device, 1) / n
+            # one pass, no warm-up on a CPU: a 1024 px ViT-B takes 15+ s there
+            out["encoder_s_per_slice"] = _timed(lambda: model.encode(x), device, 1,
+                                                int(device.type == "cuda")) / n
     return out
 
 
@@ -202,6 +217,7 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"),
                     default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int)
+    ap.add_argument("--quick", action="store_true", help="smallest sizes; writes no result")
     ap.add_argument("--child-cli")
     ap.add_argument("--child-train", nargs=3)
     args = ap.parse_args()
@@ -215,6 +231,8 @@ def main() -> None:
                                                  args.repeats or 3)))
         return
     size = dict(SIZES[device.type])
+    if args.quick:
+        size.update(QUICK)
     if args.repeats:
         size["repeats"] = args.repeats
     t0 = time.perf_counter()
@@ -224,6 +242,9 @@ def main() -> None:
            "encoder": encoder_throughput(device, size), "prompt": prompt_latency(device, size),
            "cli": cli_volume(device, size), "train": training(device, size)}
     run["wall_s"] = time.perf_counter() - t0
+    if args.quick:
+        print(json.dumps(run, indent=1))
+        return
     result = load_result("gpu") or {"runs": {}}
     result["runs"][device.type] = run
     print(write_result("gpu", result))
