@@ -82,6 +82,8 @@ def _walk(args: Any) -> Iterator[torch.Tensor]:
 
 def _kernel(op: Any, policy: str, low: torch.dtype) -> Any:
     """A Python AutocastCPU kernel that casts like AutocastCUDA's kernel for `op`."""
+    names = [a.name for a in op._schema.arguments]
+    dtype_at = names.index("dtype") if "dtype" in names else len(names)
 
     def call(*args: Any, **kwargs: Any) -> Any:
         with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):
@@ -91,9 +93,12 @@ def _kernel(op: Any, policy: str, low: torch.dtype) -> Any:
                 to = low if policy == "lower" else torch.float32
                 args, kwargs = _map(args, lambda t: t.to(to)), \
                     {k: _map(v, lambda t: t.to(to)) for k, v in kwargs.items()}
-            elif policy == "fp32_set_opt_dtype":
-                if args and _eligible(args[0]) and kwargs.get("dtype") is None:
-                    kwargs = {**kwargs, "dtype": torch.float32}
+            elif policy == "fp32_set_opt_dtype":  # an unset dtype argument becomes fp32
+                if args and _eligible(args[0]):
+                    if len(args) > dtype_at and args[dtype_at] is None:
+                        args = (*args[:dtype_at], torch.float32, *args[dtype_at + 1:])
+                    elif len(args) <= dtype_at and kwargs.get("dtype") is None:
+                        kwargs = {**kwargs, "dtype": torch.float32}
             elif policy == "promote":
                 found = {t.dtype for t in _walk([*args, *kwargs.values()])}
                 to = torch.float32 if torch.float32 in found else low
