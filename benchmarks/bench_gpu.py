@@ -218,6 +218,8 @@ def main() -> None:
                     default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--quick", action="store_true", help="smallest sizes; writes no result")
+    ap.add_argument("--parts", nargs="+", choices=("encoder", "prompt", "cli", "train"),
+                    help="run only these parts (the device's others stay as stored)")
     ap.add_argument("--child-cli")
     ap.add_argument("--child-train", nargs=3)
     args = ap.parse_args()
@@ -235,20 +237,24 @@ def main() -> None:
         size.update(QUICK)
     if args.repeats:
         size["repeats"] = args.repeats
-    t0 = time.perf_counter()
-    run = {"machine": machine(), "device": torch.cuda.get_device_name(device)
-           if device.type == "cuda" else "cpu", "sizes": {k: v for k, v in size.items()
-                                                          if k != "cli"},
-           "encoder": encoder_throughput(device, size), "prompt": prompt_latency(device, size),
-           "cli": cli_volume(device, size), "train": training(device, size)}
-    run["wall_s"] = time.perf_counter() - t0
+    parts = {"encoder": encoder_throughput, "prompt": prompt_latency, "cli": cli_volume,
+             "train": training}
+    result = load_result("gpu") or {"runs": {}}
+    # --parts: rerun some parts, keeping this device's other parts from the stored result
+    run = result["runs"].get(device.type, {}) if args.parts else {}
+    run.update({"machine": machine(), "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda" else "cpu",
+                "sizes": {k: v for k, v in size.items() if k != "cli"}})
+    wall = run.setdefault("wall_s", {})
+    for name in args.parts or parts:
+        t0 = time.perf_counter()
+        run[name] = parts[name](device, size)
+        wall[name] = time.perf_counter() - t0
     if args.quick:
         print(json.dumps(run, indent=1))
         return
-    result = load_result("gpu") or {"runs": {}}
     result["runs"][device.type] = run
     print(write_result("gpu", result))
-
 
 if __name__ == "__main__":
     main()

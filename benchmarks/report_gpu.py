@@ -75,7 +75,8 @@ def section_gpu(result: dict | None) -> list[str]:
             continue
         out += [f"### {name}: {run['device']}", "",
                 f"Machine: {machine_line(run.get('machine'))}; median of "
-                f"{run['sizes']['repeats']} runs; the whole run took {run['wall_s']:.0f} s.", "",
+                f"{run['sizes']['repeats']} runs; the parts took "
+                f"{sum(run['wall_s'].values()):.0f} s in all.", "",
                 "Encoder throughput (slices/s):", "", *_encoder(run), "",
                 "Prompt latency:", "", *_prompt(run), "",
                 "End to end, `segmote predict`:", "", *_cli(run), "",

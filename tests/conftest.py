@@ -25,15 +25,15 @@ def samples_home():
 # --- tests marked `cuda` (issue 22) -----------------------------------------------------------
 # They repeat the mixed-precision checks under real CUDA autocast. Where no GPU is present they
 # are deselected, with a note in the summary (never skipped in silence; the CPU runs the same
-# checks under CUDA's casting rules, emulated). `pytest -m cuda` selects them explicitly: then
-# they run, and fail without a GPU.
+# checks under CUDA's casting rules, emulated), unless the -m expression names `cuda`
+# (`pytest -m cuda`): then they run, and fail without a GPU.
 _DESELECTED_CUDA: list[str] = []
 
 
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if config.getoption("markexpr") or torch.cuda.is_available():
+    if "cuda" in config.getoption("markexpr") or torch.cuda.is_available():
         return
     cuda = [item for item in items if item.get_closest_marker("cuda") is not None]
     if cuda:
