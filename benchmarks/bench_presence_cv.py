@@ -49,7 +49,7 @@ def _queries(run_dir: Path | None) -> tuple:
     model = load_model(adapter=str(adapter))
     samples = slice_samples(discover(data_dirs), split, part="train", axis=cfg.axis,
                             min_foreground=cfg.min_foreground).samples
-    names = sorted(model.adapter_metadata.get("vocabulary") or {s.class_name for s in samples})
+    names = sorted(model.card.vocabulary or {s.class_name for s in samples})
     texts, _ = _class_texts(cfg, names)
     cache = EmbeddingCache(cache_root, model, f"{cfg.backbone}-{model.backbone_sha256[:16]}",
                            cfg.window)

@@ -8,7 +8,7 @@ import torch
 
 from segmote.errors import InputError
 from segmote.io import read_image
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 from segmote.samples import bundled_sample_path, bundled_samples
 
 

@@ -4,6 +4,7 @@ the automatic mode drops what it rejects while every mask stays bit-identical, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +20,12 @@ from segmote.adapter import attach_adapter
 from segmote.errors import InputError
 from segmote.modeling.presence import PresenceHead, image_summary
 from segmote.modeling.segmote import MoTEConfig
-from segmote.predictor import Segmenter
+from segmote.predict.auto import presence_threshold
+from segmote.predict.segmenter import Segmenter
 from segmote.training.presence import (PresenceSettings, fit_presence, learned_queries,
                                        presence_counts, query_weights, slice_targets)
 from lung_case import lung_dataset  # noqa: F401  (fixture)
-from test_auto import DIM, HashEncoder
+from test_auto import DIM, HashEncoder, card
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
 
 ASSETS = Path(segmote.__file__).parent / "assets" / "samples"
@@ -132,7 +134,7 @@ def seg_pair():
     image = np.random.default_rng(0).random((40, 50)).astype(np.float32)
     out = []
     for model in (plain, gated):
-        model.adapter_metadata = dict(meta)
+        model.card = card(meta)
         s = Segmenter(model, text_encoder=HashEncoder())
         s.set_image(image)
         out.append(s)
@@ -159,8 +161,9 @@ def test_auto_mode_drops_what_the_head_rejects_and_leaves_masks_alone(seg_pair):
         assert np.array_equal(pa.logits, pb.logits)
         assert "presence" in pb.extras and "presence" not in pa.extras
     assert gated.predict(text="spleen").extras["presence"] < 0.01
-    assert gated.presence_threshold == 0.5
-    gated.model.adapter_metadata["presence"] = {"threshold": 0.0}
+    assert presence_threshold(gated.card) == 0.5
+    gated.model.card = dataclasses.replace(gated.model.card,
+                                           presence=card({"presence": {"threshold": 0.0}}).presence)
     assert gated.predict_auto(threshold=-10.0).kept["spleen"]
 
 

@@ -303,7 +303,7 @@ def test_fresh_adapter_reproduces_litemedsam_on_real_data(base_model: Sam,
 def test_segmenter_with_a_fresh_adapter_matches_the_base(base_model: Sam,
                                                          real_encoded: dict) -> None:
     """The predictor drives SegMoTE like Sam: same mask and score, routing in the extras."""
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
 
     image, _, box, enc = real_encoded["nuclei"]
     base_seg = Segmenter(base_model)

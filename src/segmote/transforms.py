@@ -13,13 +13,14 @@ The pipeline reproduces LiteMedSAM's upstream quality (see docs/preprocessing.md
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 # (level, width) in HU. "lung" (-1000..400 HU) is the window of the LiteMedSAM reference protocol.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -55,12 +56,12 @@ def parse_window(window: str | tuple[float, float] | None) -> tuple[float, float
             try:
                 level, width = (float(v) for v in window.split(","))
             except ValueError:
-                raise InputError(f"--window {window!r}: expected LEVEL,WIDTH or one of "
-                                 f"{', '.join(CT_WINDOWS)}") from None
+                raise ParameterError("window", f"{{window}} {window!r}: expected LEVEL,WIDTH or "
+                                     f"one of {', '.join(CT_WINDOWS)}") from None
     else:
         level, width = window
     if width <= 0:
-        raise InputError(f"--window: width must be positive, got {width}")
+        raise ParameterError("window", f"{{window}}: width must be positive, got {width}")
     return level - width / 2, level + width / 2
 
 
@@ -183,3 +184,30 @@ def preprocess(image: np.ndarray, img_size: int, modality: str | None = None,
     geometry = ResizeGeometry.for_shape(image.shape[:2], img_size)
     clip = intensity_range(image, normalize_modality(modality), window)
     return to_input_tensor(image, geometry, clip), geometry
+
+
+# A binary mask given as a prompt becomes logits of this magnitude (SAM expects logits).
+MASK_PROMPT_LOGIT = 8.0
+
+
+def mask_prompt(mask_input: Any, n: int, geometry: ResizeGeometry, size: int,
+                device: torch.device) -> Tensor | None:
+    """A mask prompt as the decoder takes it: (n, 1, size, size) float32 logits.
+
+    mask_input: None, low-res logits (1 or n, 1, s, s) from an earlier prediction, or an (H, W)
+        mask (bool / 0-1, made +-MASK_PROMPT_LOGIT) or logit map on the original grid.
+    """
+    if mask_input is None:
+        return None
+    if isinstance(mask_input, Tensor) and mask_input.ndim == 4:
+        t = mask_input  # low-res logits from an earlier Prediction
+    else:
+        m = np.asarray(mask_input)
+        if m.shape != geometry.orig_hw:
+            raise InputError(f"mask_input shape {m.shape} differs from the image "
+                             f"{geometry.orig_hw}")
+        if m.dtype == bool or set(np.unique(m)) <= {0, 1}:
+            m = (m.astype(np.float32) * 2 - 1) * MASK_PROMPT_LOGIT
+        t = geometry.mask_to_lowres(m, size)
+    t = t.to(device, torch.float32)
+    return t.expand(n, -1, -1, -1) if t.shape[0] == 1 and n > 1 else t

@@ -17,7 +17,7 @@ from segmote.curation.candidates import Candidate
 from segmote.curation.pipeline import CurationResult
 from segmote.curation.scores import REASONS, normalized_plane
 from segmote.data.files import read_label
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io import read_image
 from segmote.atomic import atomic_write_text
 

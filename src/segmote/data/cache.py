@@ -10,7 +10,7 @@ input size), in ``root/ab/abcdef.../``:
   fields. It is written last, by rename: an entry without it (a killed build) is not an entry.
 
 Slices are preprocessed by `segmote.transforms.preprocess`, the function `Segmenter.set_image`
-uses, and cut by `segmote.inference.volume_slice`, so training sees what inference sees.
+uses, and cut by `segmote.slicing.volume_slice`, so training sees what inference sees.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from segmote.checkpoint import sha256_file
 from segmote.data.datasets import SliceSample
 from segmote.data.files import read_label
 from segmote.errors import InputError
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io import read_image
 from segmote.transforms import ResizeGeometry, normalize_modality, parse_window, preprocess
 

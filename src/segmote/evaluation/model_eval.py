@@ -21,7 +21,7 @@ from segmote.atomic import atomic_write_text
 from segmote.errors import InputError
 from segmote.evaluation.prompted import (PROMPTS, TEXT_PROMPTS, Protocol, check_text_protocol,
                                          evaluate_samples, summarize_results)
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 
 @dataclass
 class ModelEvaluation:

@@ -40,12 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from segmote.adapter.card import Calibration
 from segmote.data.datasets import class_mask
 from segmote.errors import InputError
 from segmote.evaluation import reference
 from segmote.evaluation.reference import dice
-from segmote.inference import volume_slice
-from segmote.predictor import Segmenter
+from segmote.predict.auto import presence_threshold
+from segmote.predict.segmenter import Segmenter
+from segmote.slicing import volume_slice
 from segmote.training.prompts import error_clicks, interior_distance, jittered_box
 
 PROMPTS = ("box", "box_jitter", "point", "clicks", "box_text", "text", "auto")
@@ -144,8 +146,7 @@ def check_text_protocol(seg: Segmenter, prompt: str) -> None:
 
 def auto_threshold(seg: Segmenter) -> float:
     """The adapter's calibrated confidence threshold for prompt-free masks (0 if none)."""
-    calib = getattr(seg.model, "adapter_metadata", {}).get("auto") or {}
-    return float(calib.get("threshold", 0.0))
+    return (seg.card.calibration or Calibration()).threshold
 
 
 def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
@@ -165,7 +166,7 @@ def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
         mask = pred.mask
         presence = pred.extras.get("presence", 1.0)  # 1 without a presence head
         if protocol.prompt == "auto" and (pred.score < auto_threshold(seg)
-                                          or presence < seg.presence_threshold):
+                                          or presence < presence_threshold(seg.card)):
             mask = np.zeros_like(mask)
         return {"adapter": dice(mask, gt)}, pred
     if protocol.prompt in ("box", "box_jitter"):

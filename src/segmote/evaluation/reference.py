@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 
 # data.md's reference Dice for LiteMedSAM (n = instances).
 REFERENCE_DICE: dict[str, float] = {

@@ -225,7 +225,8 @@ class SegMoTE(nn.Module):
         self.base = base.requires_grad_(False).eval()
         self.config = config or MoTEConfig()
         self.backbone, self.backbone_sha256 = backbone, backbone_sha256
-        self.adapter_metadata: dict[str, Any] = {}  # header of a loaded adapter file
+        # the typed header of a loaded adapter file (`segmote.adapter.card.AdapterCard`)
+        self.card: Any = None
         self.adapter = MoTEAdapter(base.embed_dim, base.image_encoder.early_dim,
                                    len(base.mask_decoder.transformer.layers), self.config)
 

@@ -193,7 +193,7 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     atomically). negatives: `NEGATIVES`. Returns the "presence" header entry."""
     import torch
 
-    from segmote.adapter import read_adapter_metadata, resave_adapter
+    from segmote.adapter import read_adapter_card, resave_adapter
     from segmote.build import load_model
     from segmote.data.cache import EmbeddingCache
     from segmote.modeling.presence import image_summary
@@ -216,8 +216,7 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
         raise InputError(f"{adapter}: not trained with text prompts: no class to detect")
     start = time.perf_counter()
     head = add_presence_head(model, settings.seed)
-    meta = read_adapter_metadata(adapter)
-    names = sorted(meta.get("vocabulary") or {s.class_name for s in train})
+    names = sorted(read_adapter_card(adapter).vocabulary or {s.class_name for s in train})
     texts, _ = _class_texts(cfg, names)
     other = other_modality_classes(train + val) if settings.negatives != "dataset-absent" \
         else {}
