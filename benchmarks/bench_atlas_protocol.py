@@ -1,4 +1,4 @@
-"""Which Colin27/AAL protocol reproduces data.md's atlas numbers? (its wording is ambiguous)
+"""Which Colin27/AAL protocol reproduces docs/data.md's atlas numbers? (its wording is ambiguous)
 
 Measures LiteMedSAM tight-box Dice for each intensity handling (MR slice percentiles, raw
 min-max, volume percentiles) and each reading of "structure" (left, left and right separately,

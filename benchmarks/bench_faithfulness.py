@@ -1,4 +1,5 @@
-"""LiteMedSAM faithfulness: our re-implementation vs the reference Dice of data.md (tight boxes).
+"""LiteMedSAM faithfulness: our re-implementation vs the reference Dice of docs/data.md (tight
+boxes).
 
     python benchmarks/bench_faithfulness.py        # fetches the real samples on first use
 """

@@ -28,7 +28,8 @@ def interactive(repeats: int) -> dict:
     from segmote.io import read_image
     from segmote.predict.segmenter import Segmenter
     from segmote.samples import bundled_sample_path
-    from segmote.transforms import ResizeGeometry, intensity_range, to_input_tensor
+    from segmote.intensity import intensity_range
+    from segmote.transforms import ResizeGeometry, to_input_tensor
     torch.set_grad_enabled(False)
     model = load_model(adapter=None)
     seg = Segmenter(model)

@@ -104,7 +104,8 @@ def test_auto_asks_only_the_classes_trained_on_the_images_modality(modality_adap
 
 
 def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
-    for extra in (["--text", "nuclei", "--label", "7"],
+    # the overlay of a prompt-free 2-D result (it once asked a 2-D image for its slice axis)
+    for extra in (["--text", "nuclei", "--label", "7", "--overlay", str(tmp_path / "o.png")],
                   ["--text", "nuclei", "--box", NUCLEI_BOX]):
         out = tmp_path / "m.png"
         rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--adapter", str(ppt_adapter),
@@ -113,6 +114,7 @@ def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
         mask = read_image(out).array
         assert mask.shape == read_image(NUCLEI).array.shape
         assert set(np.unique(mask)) <= ({0, 7} if "--label" in extra else {0, 1})
+    assert (tmp_path / "o.png").is_file()
 
 
 @pytest.mark.parametrize("extra, needle", [

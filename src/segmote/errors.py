@@ -18,6 +18,12 @@ class InputError(SegmoteError):
     """A file or argument given by the user cannot be used (missing, unreadable, out of range)."""
 
 
+class ConfigError(SegmoteError):
+    """A model configuration is invalid, or a model is asked for what it was not built for
+    (text to an adapter trained without text). Raised by model code, which knows no files and
+    no command line."""
+
+
 class CheckpointError(SegmoteError):
     """A weights or adapter file does not fit the requested model or is not safe to load."""
 

@@ -73,6 +73,21 @@ class _Reader:
         return _Reader(self.where, value, f"{self.prefix}{key}.")
 
 
+def decode_header(raw: Mapping[str, str], where: str | Path) -> dict[str, Any]:
+    """A safetensors header's string values, JSON decoded (the plain ones as they are);
+    CheckpointError naming `where` when it is not a segmote adapter's."""
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not a segmote adapter (no format={FORMAT!r} in its "
+                              f"header)")
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = value if key in PLAIN_KEYS else json.loads(value)
+        except json.JSONDecodeError:
+            meta[key] = value
+    return meta
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -162,16 +177,7 @@ class AdapterCard:
     def from_header(cls, raw: Mapping[str, str], where: str | Path) -> AdapterCard:
         """Decode and check a safetensors header (string values); CheckpointError naming
         `where` when it is not a segmote adapter or a value has the wrong type."""
-        if raw.get("format") != FORMAT:
-            raise CheckpointError(f"{where}: not a segmote adapter (no format={FORMAT!r} in its "
-                                  f"header)")
-        meta: dict[str, Any] = {}
-        for key, value in raw.items():
-            try:
-                meta[key] = value if key in PLAIN_KEYS else json.loads(value)
-            except json.JSONDecodeError:
-                meta[key] = value
-        return cls.from_metadata(meta, where)
+        return cls.from_metadata(decode_header(raw, where), where)
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], where: str | Path) -> AdapterCard:

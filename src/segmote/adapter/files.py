@@ -25,7 +25,8 @@ from typing import Any, Literal
 from torch import Tensor
 
 from segmote import __version__
-from segmote.adapter.card import FORMAT, FORMAT_VERSION, PLAIN_KEYS, RESERVED_KEYS, AdapterCard
+from segmote.adapter.card import (FORMAT, FORMAT_VERSION, RESERVED_KEYS, AdapterCard,
+                                  decode_header)
 from segmote.atomic import atomic_path
 from segmote.checkpoint import load_strict, read_state_dict
 from segmote.errors import CheckpointError, InputError, SegmoteError
@@ -102,14 +103,8 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
     Raises CheckpointError when the file is missing, unreadable or not a segmote adapter.
     """
     path = Path(path)
-    raw = _read_header(path)
-    AdapterCard.from_header(raw, path)
-    meta: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            meta[key] = value if key in PLAIN_KEYS else json.loads(value)
-        except json.JSONDecodeError:
-            meta[key] = value
+    meta = decode_header(_read_header(path), path)
+    AdapterCard.from_metadata(meta, path)  # the same checks as every reader
     return meta
 
 

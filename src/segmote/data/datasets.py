@@ -51,7 +51,7 @@ class DatasetInfo:
     """One discovered dataset folder.
 
     labels: label value -> class name, background (0) and nnU-Net's "ignore" label excluded.
-    modality: canonical name of channel 0 (`segmote.transforms.MODALITIES`) or None if unknown.
+    modality: canonical name of channel 0 (`segmote.intensity.MODALITIES`) or None if unknown.
     patient_of_case: case id -> patient id, where dataset.json says; other cases are their own
         patient.
     instance_labels: dataset.json's ``"instance_labels": true`` (a segmote extension): the label

@@ -29,7 +29,7 @@ from segmote.predict.volume import (Progress, auto_image, auto_volume, guess_mod
                                     segment_image, segment_volume)
 from segmote.routing import routing_table, save_attention_png
 from segmote.slicing import volume_slice
-from segmote.transforms import normalize_modality, parse_window
+from segmote.intensity import normalize_modality, parse_window
 
 
 @dataclass
@@ -222,11 +222,12 @@ def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None
         label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)
         mapping = {value: names[0]}
     written = write_label(label, data, out_path)
-    if opts.overlay is not None:
+    if opts.overlay is not None and data.is_volume:  # the middle slice
         k = data.array.shape[opts.axis] // 2
-        image = volume_slice(data.array, k, opts.axis) if data.is_volume else data.array
-        save_overlay(image, volume_slice(label, k, opts.axis) if data.is_volume else label,
+        save_overlay(volume_slice(data.array, k, opts.axis), volume_slice(label, k, opts.axis),
                      opts.overlay)
+    elif opts.overlay is not None:
+        save_overlay(data.array, label, opts.overlay)
     value_of = {name: v for v, name in mapping.items()}
     listed = ", ".join(f"{value_of[n]}={n} ({why})" for n, why in found.items())
     asked = f" (the adapter's {modality} classes)" if by_modality else ""

@@ -33,7 +33,7 @@ def check_initial_adapter(cfg: TrainConfig, text_dim: int | None = None) -> None
         raise CheckpointError(f"{path}: bad or missing mote_config in the header ({err})") \
             from None
     want = cfg.mote_config(text_dim).to_dict()
-    differ = [k for k in sorted(want) if k not in ("text_dim", "ppt_queries", "balance_weight",
+    differ = [k for k in sorted(want) if k not in ("text_dim", "ppt_queries", "balance_loss_weight",
                                                    "presence")
               and stored.get(k) != want[k]]
     differ += [k for k in ("text_dim", "ppt_queries")  # in the file: may not change
