@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import torch
 
-from segmote.errors import InputError
+from segmote.errors import ParameterError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,11 +33,13 @@ def default_batch_size(device: torch.device | str) -> int:
 
 
 def check_batch_size(batch_size: int | None, device: torch.device | str) -> int:
-    """`batch_size`, or the device's default for None; InputError unless a positive integer."""
+    """`batch_size`, or the device's default for None; ParameterError unless a positive
+    integer."""
     if batch_size is None:
         return default_batch_size(device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+        raise ParameterError("batch_size", f"{{batch_size}} {batch_size!r}: expected a positive "
+                             "integer")
     return batch_size
 
 

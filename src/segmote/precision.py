@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 if TYPE_CHECKING:
     import torch
@@ -27,9 +27,10 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 
 
 def check_precision(name: str) -> str:
-    """`name` if it is one of PRECISIONS, else InputError (one line naming the choices)."""
+    """`name` if it is one of PRECISIONS, else a ParameterError naming the choices."""
     if name not in PRECISIONS:
-        raise InputError(f"precision {name!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ParameterError("precision", f"{{precision}} {name!r}: expected one of "
+                             f"{', '.join(PRECISIONS)}")
     return name
 
 
