@@ -4,15 +4,17 @@
     python benchmarks/bench_gpu.py --device cpu
 
 Parts: (1) LiteMedSAM encoder throughput by batch size and precision; (2) one box prompt
-through the base decoder and through SegMoTE (and N prompts in one call); (3) `segmote predict`
-end to end on a synthetic 512 x 512 x Z CT (the real pyradiomics lung2 volume tiled in z) with a
-box over every slice, run as the CLI in a child process (its own peak memory); (4) a training
-step from cached embeddings (forward + backward + AdamW, `segmote.training.step.train_step`) for
-LiteMedSAM and for a SAM ViT-B-sized model with random weights (timing does not depend on the
-weights), each in a child process, with its time and peak memory, plus the ViT-B encoder pass a
-step without the cache would add. Results go to benchmarks/results/gpu.json under the device
-kind ("cpu" / "cuda"), so a GPU run sits beside the CPU one; the report marks what was not
-measured.
+through the base decoder and through SegMoTE (and N prompts in one call); (3) in one process, a
+512 x 512 x Z CT (the real pyradiomics lung2 volume tiled in z) with a box over every slice,
+slice by slice against batched (`segmote.predict.batched`): seconds per slice, their ratio, and
+whether the label maps are identical; (4) `segmote predict` end to end on such volumes (box on
+every slice, or `--auto`), each run as the CLI in a child process (its own peak memory), one
+of them the 512 x 512 x 300 memory check; (5) a training step from cached embeddings (forward +
+backward + AdamW, `segmote.training.step.train_step`) for LiteMedSAM and for a SAM ViT-B-sized
+model with random weights (timing does not depend on the weights), each in a child process,
+with its time and peak memory, plus the ViT-B encoder pass a step without the cache would add.
+Results go to benchmarks/results/gpu.json under the device kind ("cpu" / "cuda"), so a GPU run
+sits beside the CPU one; the report marks what was not measured.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,16 +35,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_result, machine, median_time, write_result  # noqa: E402
 
+# `segmote predict` runs: (name, flags, slices the box covers: None = all); every run but the
+# memory one is timed per slice
+_ONE, _AUTO = ["--batch-size", "1"], ["--auto"]
 # sizes per device kind: the CPU run must finish in a few minutes on 2 shared cores
 SIZES = {
     "cuda": {"batches": (1, 8, 32, 64), "precisions": ("fp32", "bf16", "fp16"), "prompts": 64,
-             "slices": 300, "train_batches": (8, 32, 64), "repeats": 10,
-             "cli": (("fp32", []), ("bf16", ["--precision", "bf16"]))},
+             "slices": 300, "train_batches": (8, 32, 64), "repeats": 10, "volume_batch": 32,
+             "cli": (("fp32, one slice at a time", _ONE, None), ("fp32", [], None),
+                     ("bf16", ["--precision", "bf16"], None), ("auto, fp32", _AUTO, None),
+                     ("auto, bf16", [*_AUTO, "--precision", "bf16"], None))},
     "cpu": {"batches": (1, 4), "precisions": ("fp32", "bf16"), "prompts": 16, "slices": 8,
-            "train_batches": (2,), "repeats": 2, "cli": (("fp32", []),)},
+            "train_batches": (2,), "repeats": 2, "volume_batch": 4,
+            "cli": (("fp32, one slice at a time", _ONE, None), ("fp32", [], None),
+                    ("auto, fp32", _AUTO, None),
+                    ("memory: 512 x 512 x 300, box over 16 slices", ["--slices", "300"], 16))},
 }
 # --quick: every code path once, at the smallest sizes (a smoke test, not a measurement)
-QUICK = {"batches": (1, 2), "prompts": 2, "slices": 2, "train_batches": (1,), "repeats": 1}
+QUICK = {"batches": (1, 2), "prompts": 2, "slices": 2, "train_batches": (1,), "repeats": 1,
+         "volume_batch": 2}
 
 
 def _sync(device: torch.device) -> None:
@@ -97,23 +109,67 @@ def prompt_latency(device: torch.device, size: dict) -> list[dict]:
 
 
 def cli_volume(device: torch.device, size: dict) -> list[dict]:
-    """`segmote predict` on a 512 x 512 x Z CT, a box over every slice, in a child process."""
+    """`segmote predict` on a 512 x 512 x Z CT (a box over every slice, or `--auto`), each run
+    in a child process (its own peak memory), model loading included."""
     from bench_predict import make_volume
 
-    z = size["slices"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "ct.nii.gz"
-        make_volume(src, z)
-        for label, extra in size["cli"]:
-            argv = ["predict", "-i", str(src), "-o", str(Path(tmp) / "seg.nii.gz"),
-                    "--box", f"150,180,0,350,330,{z - 1}", "--device", device.type, *extra]
+        for name, flags, covered in size["cli"]:
+            flags = list(flags)
+            z = int(flags.pop(flags.index("--slices") + 1)) if "--slices" in flags \
+                else size["slices"]
+            flags = [f for f in flags if f != "--slices"]
+            src = Path(tmp) / f"ct{z}.nii.gz"
+            if not src.is_file():
+                make_volume(src, z)
+            box = [] if "--auto" in flags else \
+                ["--box", f"150,180,0,350,330,{(covered or z) - 1}"]
+            argv = ["predict", "-i", str(src), "-o", str(Path(tmp) / "seg.nii.gz"), *box,
+                    "--modality", "CT", "--device", device.type, "-q", *flags]
             res = _child(["--child-cli", json.dumps(argv)])
-            rows.append({"mode": label, "flags": " ".join(extra), "slices": z,
-                         "slices_per_s": z / res["seconds"], "peak_rss_mb": res["peak_rss_mb"],
-                         "peak_gpu_mb": res.get("peak_gpu_mb")})
+            n = covered or z
+            rows.append({"mode": name, "flags": " ".join(flags), "volume_slices": z,
+                         "slices": n, "slices_per_s": n / res["seconds"],
+                         "peak_rss_mb": res["peak_rss_mb"], "peak_gpu_mb": res.get("peak_gpu_mb")})
             print("cli", rows[-1], flush=True)
     return rows
+
+
+def volume_ratio(device: torch.device, size: dict) -> dict:
+    """In one process: a 512 x 512 x Z CT with a box over every slice, slice by slice
+    (`segment_volume`) against batched (`segment_volume_batched`), alternated `repeats` times;
+    seconds per slice and their ratio, and whether the label maps are identical."""
+    from bench_predict import make_volume
+
+    from segmote.build import load_model
+    from segmote.io import read_image
+    from segmote.predict.batched import segment_volume_batched
+    from segmote.predict.prompts import ObjectPrompt
+    from segmote.predict.segmenter import Segmenter
+    from segmote.predict.volume import segment_volume
+
+    z, b = size["slices"], size["volume_batch"]
+    with tempfile.TemporaryDirectory() as tmp:
+        make_volume(Path(tmp) / "ct.nii.gz", z)
+        data = read_image(Path(tmp) / "ct.nii.gz")
+    seg = Segmenter(load_model(device=device))
+    objects = [ObjectPrompt(1, box=(150, 180, 0, 350, 330, z - 1))]
+    times: dict[str, list[float]] = {"one": [], "batched": []}
+    outs = {}
+    for _ in range(size["repeats"]):
+        for name in ("one", "batched"):
+            t = time.perf_counter()
+            if name == "one":
+                outs[name] = segment_volume(seg, data, objects, 2, "CT")
+            else:
+                outs[name] = segment_volume_batched(seg, data, objects, 2, "CT", batch_size=b)
+            _sync(device)
+            times[name].append((time.perf_counter() - t) / z)
+    one, batched = (statistics.median(times[k]) for k in ("one", "batched"))
+    return {"slices": z, "batch_size": b, "n": size["repeats"], "one_s_per_slice": one,
+            "batched_s_per_slice": batched, "batched_over_one": batched / one,
+            "identical": bool(np.array_equal(outs["one"], outs["batched"]))}
 
 
 def _child(args: list[str]) -> dict:
@@ -218,7 +274,7 @@ def main() -> None:
                     default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--quick", action="store_true", help="smallest sizes; writes no result")
-    ap.add_argument("--parts", nargs="+", choices=("encoder", "prompt", "cli", "train"),
+    ap.add_argument("--parts", nargs="+", choices=("encoder", "prompt", "volume", "cli", "train"),
                     help="run only these parts (the device's others stay as stored)")
     ap.add_argument("--child-cli")
     ap.add_argument("--child-train", nargs=3)
@@ -237,8 +293,8 @@ def main() -> None:
         size.update(QUICK)
     if args.repeats:
         size["repeats"] = args.repeats
-    parts = {"encoder": encoder_throughput, "prompt": prompt_latency, "cli": cli_volume,
-             "train": training}
+    parts = {"encoder": encoder_throughput, "prompt": prompt_latency, "volume": volume_ratio,
+             "cli": cli_volume, "train": training}
     result = load_result("gpu") or {"runs": {}}
     # --parts: rerun some parts, keeping this device's other parts from the stored result
     run = result["runs"].get(device.type, {}) if args.parts else {}

@@ -32,13 +32,26 @@ def _prompt(run: dict) -> list[str]:
 
 
 def _cli(run: dict) -> list[str]:
-    out = ["| mode | flags | slices | slices/s | peak RSS | peak GPU memory |",
-           "|---|---|---|---|---|---|"]
+    out = ["| run | flags | volume | slices segmented | slices/s | peak RSS | peak GPU memory |",
+           "|---|---|---|---|---|---|---|"]
     for r in run["cli"]:
         gpu = f"{r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") is not None else "-"
-        out.append(f"| {r['mode']} | `{r['flags'] or '(defaults)'}` | {r['slices']} | "
+        out.append(f"| {r['mode']} | `{r['flags'] or '(defaults)'}` | 512 x 512 x "
+                   f"{r.get('volume_slices', r['slices'])} | {r['slices']} | "
                    f"{r['slices_per_s']:.2f} | {r['peak_rss_mb']:.0f} MB | {gpu} |")
     return out
+
+
+def _volume(run: dict) -> list[str]:
+    v = run.get("volume")
+    if not v:
+        return []
+    return ["In one process, 512 x 512 x " f"{v['slices']} CT, a box over every slice, fp32, "
+            f"alternated {v['n']} times (median): slice by slice "
+            f"{v['one_s_per_slice']:.2f} s per slice, batched (batch {v['batch_size']}) "
+            f"{v['batched_s_per_slice']:.2f} s per slice: **batched / one at a time = "
+            f"{v['batched_over_one']:.2f}** (target <= 1); label maps identical: "
+            f"{'yes' if v['identical'] else 'NO'}.", ""]
 
 
 def _train(run: dict) -> list[str]:
@@ -79,6 +92,7 @@ def section_gpu(result: dict | None) -> list[str]:
                 f"{sum(run['wall_s'].values()):.0f} s in all.", "",
                 "Encoder throughput (slices/s):", "", *_encoder(run), "",
                 "Prompt latency:", "", *_prompt(run), "",
+                "Volumes, batched vs slice by slice:", "", *_volume(run),
                 "End to end, `segmote predict`:", "", *_cli(run), "",
                 "Training step from cached embeddings:", "", *_train(run), ""]
     return out

@@ -14,19 +14,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from segmote.batching import check_batch_size
 from segmote.build import load_model, resolve_device
 from segmote.errors import ParameterError
 from segmote.io import ImageData, output_path_for, read_image, write_label
 from segmote.modeling.segmote import SegMoTE
 from segmote.overlay import check_png, save_overlay
+from segmote.precision import autocast, check_precision, default_precision
+from segmote.predict.batched import auto_volume_batched, segment_volume_batched
 from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_label_value,
                                      check_objects, check_text)
 from segmote.predict.segmenter import Segmenter
-from segmote.predict.volume import (Progress, auto_image, auto_volume, guess_modality,
-                                    segment_image, segment_volume)
+from segmote.predict.volume import Progress, auto_image, guess_modality, segment_image
 from segmote.routing import routing_table, save_attention_png
 from segmote.slicing import volume_slice
 from segmote.intensity import normalize_modality, parse_window
@@ -51,6 +54,10 @@ class PredictOptions:
         those trained on the image's modality when the adapter records it) into one label
         map, value i = i-th class; every slice of a volume. threshold: confidence needed to
         keep a class's mask (default: the adapter's calibrated one).
+    precision: "fp32", "bf16" or "fp16": the autocast of all model work (None: the device's
+        default, `segmote.precision.default_precision`: fp32 until bf16 is measured on a GPU).
+    batch_size: slices of a volume per encoder call (None: the device's default,
+        `segmote.batching.default_batch_size`: 32 on a GPU, 4 on a CPU; 1: one at a time).
     """
 
     backbone: str = "litemedsam"
@@ -68,6 +75,8 @@ class PredictOptions:
     auto: bool = False
     classes: Sequence[str] | None = None
     threshold: float | None = None
+    precision: str | None = None
+    batch_size: int | None = None
 
 
 @dataclass
@@ -138,7 +147,15 @@ def _model_for(opts: PredictOptions, auto: bool):
                              "PPT and text")
     check_png(opts.attention, "attention")
     dev = resolve_device(opts.device)
+    check_batch_size(opts.batch_size, dev)
+    if opts.precision is not None:
+        check_precision(opts.precision)
     return modality, load_model(opts.backbone, opts.checkpoint, adapter=adapter, device=dev)
+
+
+def _autocast(opts: PredictOptions, model) -> Any:
+    """The precision context of the model work (`PredictOptions.precision`)."""
+    return autocast(opts.precision or default_precision(model.device), model.device)
 
 
 def _shown_slice(data: ImageData, first: ObjectPrompt, axis: int) -> int | None:
@@ -174,11 +191,13 @@ def _predict_prompted(data: ImageData, out_path: Path, objects: list[ObjectPromp
 
     rec = record if opts.routing or opts.attention is not None else None
     kw = dict(record=rec, text=opts.text, attention=opts.attention is not None)
-    if data.is_volume:
-        label = segment_volume(seg, data, objects, opts.axis, modality, opts.window,
-                               _tqdm("slices") if opts.progress else None, **kw)
-    else:
-        label = segment_image(seg, data, objects, modality, opts.window, **kw)
+    with _autocast(opts, model):
+        if data.is_volume:
+            label = segment_volume_batched(seg, data, objects, opts.axis, modality, opts.window,
+                                           _tqdm("slices") if opts.progress else None,
+                                           batch_size=opts.batch_size, **kw)
+        else:
+            label = segment_image(seg, data, objects, modality, opts.window, **kw)
     written = write_label(label, data, out_path)
     image = volume_slice(data.array, k_show, opts.axis) if data.is_volume else data.array
     if opts.overlay is not None:
@@ -209,14 +228,16 @@ def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None
     by_modality = None if classes else seg.card.classes_for_modality(modality)
     names = list(classes) if classes else by_modality or seg.vocabulary
     progress = _tqdm("slices") if opts.progress else None
-    if data.is_volume:
-        label, names, kept = auto_volume(seg, data, names, opts.axis, modality, opts.window,
-                                         opts.threshold, progress)
-        found = {n: f"{k} slices" for n, k in kept.items() if k}
-    else:
-        pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
-        label, names = pred.label_map, pred.classes
-        found = {n: f"confidence {pred.confidence[n]:.2f}" for n in names if pred.kept[n]}
+    with _autocast(opts, model):
+        if data.is_volume:
+            label, names, kept = auto_volume_batched(seg, data, names, opts.axis, modality,
+                                                     opts.window, opts.threshold, progress,
+                                                     opts.batch_size)
+            found = {n: f"{k} slices" for n, k in kept.items() if k}
+        else:
+            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
+            label, names = pred.label_map, pred.classes
+            found = {n: f"confidence {pred.confidence[n]:.2f}" for n in names if pred.kept[n]}
     mapping = {i + 1: n for i, n in enumerate(names)}
     if value is not None:  # one class asked by text: write it with the label value asked
         label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)

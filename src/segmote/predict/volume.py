@@ -69,7 +69,7 @@ def combine(logit_maps: list[np.ndarray], labels: list[int], dtype: np.dtype) ->
     return out
 
 
-def _decode(text: str | None, attention: bool) -> dict[str, Any]:
+def decode_arguments(text: str | None, attention: bool) -> dict[str, Any]:
     """The `Segmenter.predict` arguments every object shares."""
     return {**({"text": text} if text is not None else {}),
             **({"return_attention": True} if attention else {})}
@@ -86,7 +86,7 @@ def segment_image(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
     seg.set_image(data.array, modality=modality, window=window)
     maps = []
     for n, obj in enumerate(objects):
-        kw = _decode(text, attention)
+        kw = decode_arguments(text, attention)
         if obj.box is not None:
             kw["box"] = obj.box
         if obj.points:
@@ -112,7 +112,7 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
         seg.set_image(volume_slice(vol, k, axis), modality=modality, window=window)
         maps = []
         for n, kw in plan[k]:
-            pred = seg.predict(**kw, **_decode(text, attention))
+            pred = seg.predict(**kw, **decode_arguments(text, attention))
             if record is not None:
                 record(n, k, pred)
             maps.append(pred.logits)
