@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -302,7 +303,9 @@ def main() -> None:
                 if device.type == "cuda" else "cpu",
                 "sizes": {k: v for k, v in size.items() if k != "cli"}})
     wall = run.setdefault("wall_s", {})
+    loads = run.setdefault("load_avg", {})  # shared machines: how busy it was
     for name in args.parts or parts:
+        loads[name] = os.getloadavg()[0]
         t0 = time.perf_counter()
         run[name] = parts[name](device, size)
         wall[name] = time.perf_counter() - t0

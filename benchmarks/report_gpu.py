@@ -15,7 +15,7 @@ def _encoder(run: dict) -> list[str]:
     out = ["| precision | " + " | ".join(f"batch {b}" for b in run["sizes"]["batches"]) + " |",
            "|---|" + "---|" * len(run["sizes"]["batches"])]
     for p in run["sizes"]["precisions"]:
-        cells = [f"{r['slices_per_s']:.1f}" for r in run["encoder"] if r["precision"] == p]
+        cells = [f"{r['slices_per_s']:.3g}" for r in run["encoder"] if r["precision"] == p]
         out.append(f"| {p} | " + " | ".join(cells) + " |")
     return out
 
@@ -43,15 +43,13 @@ def _cli(run: dict) -> list[str]:
 
 
 def _volume(run: dict) -> list[str]:
-    v = run.get("volume")
-    if not v:
-        return []
+    v = run["volume"]
     return ["In one process, 512 x 512 x " f"{v['slices']} CT, a box over every slice, fp32, "
             f"alternated {v['n']} times (median): slice by slice "
             f"{v['one_s_per_slice']:.2f} s per slice, batched (batch {v['batch_size']}) "
             f"{v['batched_s_per_slice']:.2f} s per slice: **batched / one at a time = "
             f"{v['batched_over_one']:.2f}** (target <= 1); label maps identical: "
-            f"{'yes' if v['identical'] else 'NO'}.", ""]
+            f"{'yes' if v['identical'] else 'NO'}."]
 
 
 def _train(run: dict) -> list[str]:
@@ -67,6 +65,11 @@ def _train(run: dict) -> list[str]:
         out.append(f"| {r['backbone']} | {r['batch']} | {r['precision']} | "
                    f"{r['step_s']:.2f} s | {speed} | {r['peak_rss_mb']:.0f} MB | {gpu} | {enc} |")
     return out
+
+
+def _part(run: dict, key: str, title: str, table) -> list[str]:
+    body = table(run) if run.get(key) else [f"{NOT_MEASURED}."]
+    return [title, "", *body, ""]
 
 
 def section_gpu(result: dict | None) -> list[str]:
@@ -86,13 +89,16 @@ def section_gpu(result: dict | None) -> list[str]:
             out += [f"### {name}", "", f"{NOT_MEASURED} (no {name} run of bench_gpu.py yet: "
                     "the session that wrote it had no GPU).", ""]
             continue
-        out += [f"### {name}: {run['device']}", "",
+        loads = run.get("load_avg", {})
+        load = (f" Load average (1 min) when each part started: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()) + "." if loads else "")
+        out += [f"### {name}" + (f": {run['device']}" if kind == "cuda" else ""), "",
                 f"Machine: {machine_line(run.get('machine'))}; median of "
                 f"{run['sizes']['repeats']} runs; the parts took "
-                f"{sum(run['wall_s'].values()):.0f} s in all.", "",
-                "Encoder throughput (slices/s):", "", *_encoder(run), "",
-                "Prompt latency:", "", *_prompt(run), "",
-                "Volumes, batched vs slice by slice:", "", *_volume(run),
-                "End to end, `segmote predict`:", "", *_cli(run), "",
-                "Training step from cached embeddings:", "", *_train(run), ""]
+                f"{sum(run['wall_s'].values()):.0f} s in all.{load}", "",
+                *_part(run, "encoder", "Encoder throughput (slices/s):", _encoder),
+                *_part(run, "prompt", "Prompt latency:", _prompt),
+                *_part(run, "volume", "Volumes, batched vs slice by slice:", _volume),
+                *_part(run, "cli", "End to end, `segmote predict`:", _cli),
+                *_part(run, "train", "Training step from cached embeddings:", _train)]
     return out

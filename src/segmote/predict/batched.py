@@ -77,7 +77,7 @@ def _decode_batch(seg: Segmenter, features: Any, hw: tuple[int, int],
     groups: dict[tuple[bool, int], list[tuple[int, int, int, dict]]] = {}
     for row in rows:
         groups.setdefault(_structure(row[3]), []).append(row)
-    maps = {}
+    maps, recorded = {}, []
     for (has_box, n_points), group in sorted(groups.items()):
         seg.set_features(_rows(features, [i for i, _, _, _ in group]), hw)
         kw = dict(shared)
@@ -90,7 +90,9 @@ def _decode_batch(seg: Segmenter, features: Any, hw: tuple[int, int],
         for j, (_, k, n, _) in enumerate(group):
             maps[(k, n)] = pred.logits[j]
             if record is not None:
-                record(n, k, _one(pred, j))
+                recorded.append((k, n, _one(pred, j)))
+    for k, n, pred in sorted(recorded, key=lambda r: r[:2]):  # slice by slice's order
+        record(n, k, pred)
     return maps
 
 
