@@ -15,8 +15,8 @@ from segmote.errors import InputError
 
 
 def test_default_batch_size_by_device_and_checks() -> None:
-    assert default_batch_size("cpu") == 4 and default_batch_size(torch.device("cuda")) == 32
-    assert check_batch_size(None, "cpu") == 4 and check_batch_size(7, "cpu") == 7
+    assert default_batch_size("cpu") == 1 and default_batch_size(torch.device("cuda")) == 32
+    assert check_batch_size(None, "cpu") == 1 and check_batch_size(7, "cpu") == 7
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="batch_size"):
             check_batch_size(bad, "cpu")

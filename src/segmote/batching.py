@@ -2,8 +2,12 @@
 
 `default_batch_size(device)`: how many slices one encoder call takes when the caller does not
 say. A GPU is fed 32 (issue 22: the LiteMedSAM encoder ran 278 slices/s fp32 in batches of 32
-on an H200 against ~20 slices/s one at a time); a CPU gains little from batching (its kernels
-are already saturated by one 256 x 256 slice) and pays memory for it, so it gets 4.
+on an H200 against ~20 slices/s one at a time). A CPU gets 1: its kernels are saturated by one
+256 x 256 slice, and on the 2-core test machine batches of 4 were not faster per slice (1.12 x
+the time of one at a time in one process, n = 2, a heavily shared machine) while they added
+~0.9 GB of encoder activations (a 512 x 512 x 300 CT peaked at 1.95 GB against < 2 GB asked);
+the background reading and writing still overlap the model work at batch 1
+(benchmarks/bench_gpu.py, docs/benchmarks.md).
 
 `prefetched(items, prepare)` runs `prepare` on the items one after another in a background
 thread, a few ahead of the consumer: torch and numpy release the GIL in their kernels, so
@@ -24,7 +28,7 @@ from segmote.errors import ParameterError
 T = TypeVar("T")
 R = TypeVar("R")
 
-GPU_BATCH, CPU_BATCH = 32, 4
+GPU_BATCH, CPU_BATCH = 32, 1
 
 
 def default_batch_size(device: torch.device | str) -> int:

@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "faster on GPUs and on CPUs with AMX / AVX-512 BF16, masks may differ near "
                    "their edges, docs/gpu.md)")
     p.add_argument("--batch-size", type=int, metavar="N",
-                   help="volume slices per encoder call (default 32 on a GPU, 4 on a CPU)")
+                   help="volume slices per encoder call (default 32 on a GPU, 1 on a CPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
     p.set_defaults(func=run, flags=FLAGS)
 

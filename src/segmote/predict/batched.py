@@ -3,7 +3,7 @@
 `segment_volume` and `auto_volume` of `segmote.predict.volume` with three changes (issue 22):
 
 - slices go through the encoder `batch_size` at a time (default
-  `segmote.batching.default_batch_size`: 32 on a GPU, 4 on a CPU);
+  `segmote.batching.default_batch_size`: 32 on a GPU, 1 on a CPU);
 - prompted: all prompts of a batch of slices are decoded in one call per prompt structure
   (box, points of one count, or both: `decode` takes one tensor per kind), each prompt against
   its own slice's features; prompt-free: each slice's classes are decoded as `AutoSegmenter`
@@ -11,7 +11,9 @@
 - a background thread reads and preprocesses the next batch while the model works, and a
   writer thread combines each slice's masks into the label volume.
 
-In fp32 the label maps are the ones slice by slice gives (test_volume_batched.py). Memory per
+In fp32 the label maps of the bundled CT in batches of 2 are the ones slice by slice gives
+(test_volume_batched.py); larger batches may round the encoder differently and flip pixels at
+the threshold (bench_gpu.py found a 512 x 512 x 8 CT not identical at batch 4). Memory per
 batch: its slices' inputs and features plus one logit map at the original size per prompt
 (`auto`: per class of one slice at a time, as slice by slice), so the peak stays near the
 volume and the output plus a few slices' worth.

@@ -57,7 +57,7 @@ class PredictOptions:
     precision: "fp32", "bf16" or "fp16": the autocast of all model work (None: the device's
         default, `segmote.precision.default_precision`: fp32 until bf16 is measured on a GPU).
     batch_size: slices of a volume per encoder call (None: the device's default,
-        `segmote.batching.default_batch_size`: 32 on a GPU, 4 on a CPU; 1: one at a time).
+        `segmote.batching.default_batch_size`: 32 on a GPU, 1 on a CPU).
     """
 
     backbone: str = "litemedsam"
