@@ -48,9 +48,11 @@ SIZES = {
                      ("auto, bf16", [*_AUTO, "--precision", "bf16"], None))},
     "cpu": {"batches": (1, 4), "precisions": ("fp32", "bf16"), "prompts": 16, "slices": 8,
             "train_batches": (2,), "repeats": 2, "volume_batch": 4,
-            "cli": (("fp32, one slice at a time", _ONE, None), ("fp32", [], None),
-                    ("auto, fp32", _AUTO, None),
-                    ("memory: 512 x 512 x 300, box over 16 slices", ["--slices", "300"], 16))},
+            "cli": (("fp32, one slice at a time", _ONE, None),
+                    ("fp32, batches of 4", ["--batch-size", "4"], None),
+                    ("auto, fp32, batches of 4", [*_AUTO, "--batch-size", "4"], None),
+                    ("memory: 512 x 512 x 300, box over 16 slices, batches of 4",
+                     ["--slices", "300", "--batch-size", "4"], 16))},
 }
 # --quick: every code path once, at the smallest sizes (a smoke test, not a measurement)
 QUICK = {"batches": (1, 2), "prompts": 2, "slices": 2, "train_batches": (1,), "repeats": 1,

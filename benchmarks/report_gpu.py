@@ -38,7 +38,7 @@ def _cli(run: dict) -> list[str]:
         gpu = f"{r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") is not None else "-"
         out.append(f"| {r['mode']} | `{r['flags'] or '(defaults)'}` | 512 x 512 x "
                    f"{r.get('volume_slices', r['slices'])} | {r['slices']} | "
-                   f"{r['slices_per_s']:.2f} | {r['peak_rss_mb']:.0f} MB | {gpu} |")
+                   f"{r['slices_per_s']:.3g} | {r['peak_rss_mb']:.0f} MB | {gpu} |")
     return out
 
 
