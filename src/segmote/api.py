@@ -75,13 +75,14 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     from segmote.inference import (check_prompts, guess_modality, segment_image, segment_volume,
                                    volume_slice)
     from segmote.io import output_path_for, read_image, write_label
+    from segmote.io.finite import finite_image
     from segmote.overlay import save_overlay
     from segmote.modeling.segmote import SegMoTE
     from segmote.predictor import Segmenter
     from segmote.routing import routing_table, save_attention_png
     from segmote.transforms import normalize_modality, parse_window
 
-    data = read_image(input_path)
+    data = finite_image(read_image(input_path))
     out_path = output_path_for(data, output)
     depth = data.array.shape[axis] if data.is_volume else 1
     prompted = bool(boxes or points)

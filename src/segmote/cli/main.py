@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from segmote import __version__
 from segmote.errors import SegmoteError
@@ -37,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str):
+    """warnings.showwarning that prints `segmote COMMAND: warning: MESSAGE`, one line (Python's
+    default adds the source file, line number and code of the library that warned)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"segmote {command}: warning: {message}", file=sys.stderr)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
     except SegmoteError as err:
         print(f"segmote {args.command}: error: {err}", file=sys.stderr)
         return 1

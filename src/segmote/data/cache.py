@@ -36,6 +36,7 @@ from segmote.data.files import read_label
 from segmote.errors import InputError
 from segmote.inference import volume_slice
 from segmote.io import read_image
+from segmote.io.finite import require_finite
 from segmote.transforms import ResizeGeometry, normalize_modality, parse_window, preprocess
 
 FORMAT_VERSION = 1
@@ -196,7 +197,8 @@ class EmbeddingCache:
         arrays = self._load(d, fields)
         if arrays is None:
             existed = d.exists()
-            image, label = _read_plane(pair, read_image(pair.image).array, read_label(pair.label))
+            image = require_finite(read_image(pair.image).array, pair.image)
+            image, label = _read_plane(pair, image, read_label(pair.label))
             arrays = self._write_entry(d, fields, image, label)
             if existed:
                 self.stats.rebuilt += 1
@@ -316,7 +318,8 @@ class _LastFile:
         return held[path]
 
     def image(self, path: Path) -> np.ndarray:
-        return self._get("image", path, lambda p: np.ascontiguousarray(read_image(p).array))
+        return self._get("image", path, lambda p: np.ascontiguousarray(
+            require_finite(read_image(p).array, p)))
 
     def label(self, path: Path) -> np.ndarray:
         return self._get("label", path, lambda p: np.ascontiguousarray(read_label(p)))

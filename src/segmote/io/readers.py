@@ -173,7 +173,8 @@ def _read_npz(path: Path, fmt: str = "npz") -> ImageData:
         raise
     except Exception as err:  # BadZipFile, ValueError (pickle), EOFError, OSError
         raise InputError(f"{path}: cannot read NPZ file ({short_reason(err)})") from None
-    return _from_array(array, path, fmt, spacing, {"key": key})
+    meta = {"key": key, "spacing_given": spacing is not None}
+    return _from_array(array, path, fmt, spacing, meta)
 
 
 # ---------------------------------------------------------------- NIfTI
