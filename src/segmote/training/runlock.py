@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from segmote.errors import InputError
@@ -53,16 +53,21 @@ def _lock(path: Path):
 
 @contextlib.contextmanager
 def run_folder(out_dir: Path, resume: bool, state_file: str, owner: bool = True,
-               ) -> Iterator[None]:
+               inputs: Sequence[Path] = ()) -> Iterator[None]:
     """Hold the run folder `out_dir` for the block (see the module doc).
 
     state_file: the name of the resumable training state; once it exists a failure keeps the
         folder (the run can be resumed). owner: False for the other ranks of a DDP run, which
         neither lock nor clean (rank 0 does both).
+    inputs: dataset folders the run reads; the run folder may not be one of them or inside one.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: is a file; the run folder must be a folder (or a new path)")
+    for source in inputs:
+        if out_dir.resolve().is_relative_to(Path(source).resolve()):
+            raise InputError(f"{out_dir}: the run folder lies in the dataset folder {source}; "
+                             "choose a folder outside the data")
     if not owner:
         yield
         return

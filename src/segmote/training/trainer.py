@@ -286,7 +286,7 @@ def train(config: TrainConfig, data_dirs: list[str | Path], out_dir: str | Path,
         cfg = dataclasses.replace(cfg, manifest=str(Path(cfg.manifest).resolve()))
     info = ddp.setup(device)
     try:
-        with run_folder(out_dir, resume, STATE_FILE, owner=info.is_main):
+        with run_folder(out_dir, resume, STATE_FILE, info.is_main, [Path(d) for d in data_dirs]):
             return _train(cfg, [Path(d) for d in data_dirs], out_dir, resume, info, progress,
                           on_step)
     finally:
