@@ -53,7 +53,7 @@ def scenario(fn: Callable[..., Scenario]) -> Callable[..., Scenario]:
 
 # ---------------------------------------------------------------- evaluate
 
-def _label_folders(root: Path, suffix: str = ".nii.gz") -> tuple[Path, Path]:
+def _label_folders(root: Path, suffix: str = ".nii.gz") -> None:
     """gt/ and pred/ with two cases each of the bundled lung label (pred shifted by a voxel)."""
     gt = np.asarray(nib.load(LABEL).dataobj).astype(np.uint8)
     affine = nib.load(LABEL).affine
@@ -66,77 +66,78 @@ def _label_folders(root: Path, suffix: str = ".nii.gz") -> tuple[Path, Path]:
         else:
             nib.save(nib.Nifti1Image(gt, affine), root / "gt" / f"case{n}{suffix}")
             nib.save(nib.Nifti1Image(np.roll(gt, 1, 0), affine), root / "pred" / f"case{n}{suffix}")
-    return Path("pred"), Path("gt")
 
 
 def _files(*folders: Path) -> list[Path]:
     return [p for f in folders for p in sorted(f.iterdir())]
 
 
+def _evaluate(out: str, *flags: str, keep: tuple[Path, ...] = (), pick: str = "") -> Scenario:
+    """`segmote evaluate -p pred -g gt FLAGS -o OUT` on the folders of `_label_folders`."""
+    return Scenario(["evaluate", "-p", "pred", "-g", "gt", *flags, "-o", out],
+                    _files(Path("pred"), Path("gt")) + list(keep), pick=pick)
+
+
+def _labels_json(labels: dict) -> Path:
+    Path("dataset.json").write_text(json.dumps({"labels": labels}))
+    return Path("dataset.json")
+
+
 @scenario
 def evaluate_out_is_a_ground_truth_file(root: Path) -> Scenario:
-    pred, gt = _label_folders(root)
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-o", "gt/case1.nii.gz"],
-                    _files(pred, gt))
+    _label_folders(root)
+    return _evaluate("gt/case1.nii.gz")
 
 
 @scenario
 def evaluate_out_is_the_labels_json(root: Path) -> Scenario:
-    pred, gt = _label_folders(root)
-    Path("dataset.json").write_text(json.dumps({"labels": {"background": 0, "tumour": 1}}))
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-l", "dataset.json",
-                     "-o", "dataset.json"], _files(pred, gt) + [Path("dataset.json")])
+    _label_folders(root)
+    labels = _labels_json({"background": 0, "tumour": 1})
+    return _evaluate("dataset.json", "-l", "dataset.json", keep=(labels,))
 
 
 @scenario
 def evaluate_out_is_an_existing_image(root: Path) -> Scenario:
-    pred, gt = _label_folders(root)
+    _label_folders(root)
     Path("ct.nii.gz").write_bytes(CT.read_bytes())
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-o", "ct.nii.gz"],
-                    _files(pred, gt) + [Path("ct.nii.gz")])
+    return _evaluate("ct.nii.gz", keep=(Path("ct.nii.gz"),))
 
 
 @scenario
 def evaluate_out_is_a_folder(root: Path) -> Scenario:
-    pred, gt = _label_folders(root)
+    _label_folders(root)
     Path("results").mkdir()
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-o", "results"],
-                    _files(pred, gt))
+    return _evaluate("results")
 
 
 @scenario
 def evaluate_out_cannot_be_written(root: Path) -> Scenario:
     # /proc refuses new files even to root (CI runs as root, for whom chmod means nothing)
-    pred, gt = _label_folders(root)
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-o", "/proc/results.csv"],
-                    _files(pred, gt))
+    _label_folders(root)
+    return _evaluate("/proc/results.csv")
 
 
 @scenario
 def evaluate_labels_not_in_the_labels_json(root: Path) -> Scenario:
-    pred, gt = _label_folders(root)
+    _label_folders(root)
     extra = np.asarray(nib.load(root / "gt" / "case2.nii.gz").dataobj).copy()
     extra[0:3, 0:3, 0:3] = 7  # a label the dataset.json does not name
     nib.save(nib.Nifti1Image(extra, nib.load(LABEL).affine), root / "gt" / "case2.nii.gz")
-    Path("dataset.json").write_text(json.dumps({"labels": {"background": 0, "tumour": 1}}))
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-l", "dataset.json",
-                     "-o", "r.csv", "-q"], _files(pred, gt), pick="note: labels [7]")
+    _labels_json({"background": 0, "tumour": 1})
+    return _evaluate("r.csv", "-l", "dataset.json", "-q", pick="note: labels [7]")
 
 
 @scenario
 def evaluate_class_absent_from_every_case(root: Path) -> Scenario:
-    pred, gt = _label_folders(root)
-    Path("dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "tumour",
-                                                           "2": "node"}}))
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-l", "dataset.json",
-                     "-o", "r.csv", "-q"], _files(pred, gt), pick="note: 1 class(es)")
+    _label_folders(root)
+    _labels_json({"0": "background", "1": "tumour", "2": "node"})
+    return _evaluate("r.csv", "-l", "dataset.json", "-q", pick="note: 1 class(es)")
 
 
 @scenario
 def evaluate_png_without_spacing(root: Path) -> Scenario:
-    pred, gt = _label_folders(root, ".png")
-    return Scenario(["evaluate", "-p", str(pred), "-g", str(gt), "-o", "r.csv", "-q"],
-                    _files(pred, gt), pick="note: the files carry no voxel spacing")
+    _label_folders(root, ".png")
+    return _evaluate("r.csv", "-q", pick="note: the files carry no voxel spacing")
 
 
 # ---------------------------------------------------------------- train
