@@ -57,3 +57,13 @@ def test_stale_temps_of_our_naming_are_removed(tmp_path):
     os.utime(other, (old, old))
     assert clean_stale_temps(out) == [stale]
     assert fresh.exists() and other.exists()  # a live writer's file, another output's file
+
+
+def test_checking_outputs_removes_stale_temps(tmp_path):
+    out = tmp_path / "r.csv"
+    stale = tmp_path / ".r.csv.x7y8z9.tmp"  # what a SIGKILL during the write leaves
+    stale.write_bytes(b"")
+    old = time.time() - STALE_AFTER_S - 1
+    os.utime(stale, (old, old))
+    check_outputs({"results CSV": out}, {})
+    assert not stale.exists()

@@ -44,7 +44,8 @@ def _existing_ancestor(path: Path) -> Path:
 def check_outputs(outputs: Mapping[str, Path], inputs: Mapping[str, Sequence[Path]],
                   endings: Mapping[str, Sequence[str]] | None = None,
                   need_bytes: int = 0) -> None:
-    """InputError (one line naming the file) unless every output can be written safely.
+    """InputError (one line naming the file) unless every output can be written safely; then
+    removes the stale temporary files a killed run left next to each output (`clean_stale_temps`).
 
     outputs: role ("label map", "overlay PNG", ...) -> path the command will write.
     inputs: role ("input image", "ground-truth folder", ...) -> files or folders it reads.
@@ -74,6 +75,8 @@ def check_outputs(outputs: Mapping[str, Path], inputs: Mapping[str, Sequence[Pat
         if not folder.is_dir():
             raise InputError(f"{path}: {folder} is a file, not a folder that can hold the {role}")
         _probe(path, role, folder)
+    for _, path in items:
+        clean_stale_temps(path)
     if need_bytes and items:
         folder = _existing_ancestor(items[0][1])
         free = shutil.disk_usage(folder).free
