@@ -48,20 +48,21 @@ def test_check_outputs_refuses_before_any_work(tmp_path):
 
 def test_stale_temps_of_our_naming_are_removed(tmp_path):
     out = tmp_path / "seg.nii.gz"
-    stale, fresh, other = (tmp_path / ".seg.nii.gz.k1l2.nii.gz", tmp_path / ".seg.nii.gz.a9.tmp",
-                           tmp_path / ".other.png.x1.png")
-    for path in (stale, fresh, other):
+    stale, fresh = tmp_path / ".seg.nii.gz.k1l2m3n4.nii.gz", tmp_path / ".seg.nii.gz.a9b8c7d6.tmp"
+    others = [tmp_path / ".other.png.x1y2z3w4.png", tmp_path / ".seg.nii.gz.swp"]
+    for path in (stale, fresh, *others):
         path.write_bytes(b"")  # a SIGKILL during the write leaves 0 bytes
     old = time.time() - STALE_AFTER_S - 5
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
+    for path in (stale, *others):
+        os.utime(path, (old, old))
     assert clean_stale_temps(out) == [stale]
-    assert fresh.exists() and other.exists()  # a live writer's file, another output's file
+    # a live writer's file, another output's, an editor's swap file: all kept
+    assert fresh.exists() and all(p.exists() for p in others)
 
 
 def test_checking_outputs_removes_stale_temps(tmp_path):
     out = tmp_path / "r.csv"
-    stale = tmp_path / ".r.csv.x7y8z9.tmp"  # what a SIGKILL during the write leaves
+    stale = tmp_path / ".r.csv.x7y8z9ab.tmp"  # what a SIGKILL during the write leaves
     stale.write_bytes(b"")
     old = time.time() - STALE_AFTER_S - 1
     os.utime(stale, (old, old))

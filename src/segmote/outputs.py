@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -111,19 +112,24 @@ def written_together(paths: Sequence[Path], suffixes: Sequence[str] | None = Non
 
 
 def clean_stale_temps(path: Path, now: float | None = None) -> list[Path]:
-    """Remove the temporary files `atomic_path` names `.<name>.<random><suffix>` next to `path`
-    that nobody has touched for `STALE_AFTER_S` seconds (left by a killed run); return them."""
+    """Remove the temporary files `atomic_path` leaves for `path` when its process is killed,
+    `.<name>.<8 random characters><.tmp or the name's own ending>` (tempfile.mkstemp's names),
+    once nobody has touched them for `STALE_AFTER_S` seconds; return what was removed."""
+    from segmote.io.image import split_ext
+
     path = Path(path)
     if not path.parent.is_dir():
         return []
+    ends = "|".join(re.escape(e) for e in {".tmp", split_ext(path)[1]} if e)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}({ends})")
     now = time.time() if now is None else now
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
         try:
-            if tmp.is_file() and now - tmp.stat().st_mtime > STALE_AFTER_S:
+            if pattern.fullmatch(tmp.name) and tmp.is_file() and \
+                    now - tmp.stat().st_mtime > STALE_AFTER_S:
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:
             continue  # another run removed it, or we may not: leave it
     return removed
-
