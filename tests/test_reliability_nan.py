@@ -10,13 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segmote.api import predict_file
-from segmote.inference import guess_modality
+from segmote.predict.pipeline import PredictOptions, predict_file
+from segmote.predict.prompts import PromptNumbers
+from segmote.predict.volume import guess_modality
 from segmote.io import read_image
 from segmote.io.finite import finite_image
 from segmote.samples import bundled_sample_path
 
-BOX = "83,93,6,173,162,8"  # the tumour of the bundled lung crop, slices 6..8 (README's box)
+# the tumour of the bundled lung crop, slices 6..8 (README's box)
+BOX = PromptNumbers(boxes=((83, 93, 6, 173, 162, 8),))
+SOFT = PredictOptions(window="soft_tissue", adapter=None)
+BASE = PredictOptions(adapter=None)
 
 
 def _float_ct(path, patch: float | None):
@@ -32,13 +36,12 @@ def _float_ct(path, patch: float | None):
 
 def test_nan_patch_changes_no_mask_of_the_finite_voxels(tmp_path):
     clean = predict_file(_float_ct(tmp_path / "clean.nii.gz", None), tmp_path / "a.nii.gz",
-                         boxes=[BOX], window="soft_tissue", adapter=None)
+                         BOX, SOFT)
     src = _float_ct(tmp_path / "nan.nii.gz", np.nan)
     before = src.read_bytes()
     with pytest.warns(UserWarning, match=r"nan.nii.gz: 256 of 983040 values are NaN or Inf; "
                                          r"replaced by the image's finite minimum -1024"):
-        got = predict_file(src, tmp_path / "b.nii.gz", boxes=[BOX], window="soft_tissue",
-                           adapter=None)
+        got = predict_file(src, tmp_path / "b.nii.gz", BOX, SOFT)
     assert "modality CT" in got.summary  # HU still recognised: the guess saw finite values
     np.testing.assert_array_equal(got.label, clean.label)
     assert src.read_bytes() == before
@@ -66,10 +69,10 @@ def test_nan_patch_in_a_2d_image_stays_background(tmp_path):
     np.save(tmp_path / "clean.npy", grey)
     grey[:40, :40] = np.nan  # far from the box
     np.save(tmp_path / "nan.npy", grey)
-    box = ["416,350,446,374"]
-    clean = predict_file(tmp_path / "clean.npy", tmp_path / "a.png", boxes=box, adapter=None)
+    box = PromptNumbers(boxes=((416, 350, 446, 374),))
+    clean = predict_file(tmp_path / "clean.npy", tmp_path / "a.png", box, BASE)
     with pytest.warns(UserWarning, match="1600 of 262144 values"):
-        got = predict_file(tmp_path / "nan.npy", tmp_path / "b.png", boxes=box, adapter=None)
+        got = predict_file(tmp_path / "nan.npy", tmp_path / "b.png", box, BASE)
     assert not got.label[:40, :40].any()  # before the fix: every pixel was foreground
     inter = np.count_nonzero(got.label & clean.label)
     assert 2 * inter / (np.count_nonzero(got.label) + np.count_nonzero(clean.label)) > 0.85

@@ -14,10 +14,11 @@ import sys
 import warnings
 
 from segmote import __version__
-from segmote.errors import SegmoteError
+from segmote.errors import ParameterError, SegmoteError
 
 # Sub-command modules, in the order they appear in `segmote --help`.
-COMMANDS = ("predict", "samples", "info", "evaluate", "evaluate_model", "train", "curate")
+COMMANDS = ("predict", "samples", "info", "evaluate", "evaluate_model", "train", "curate",
+            "presence", "recalibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,13 @@ def _one_line_warning(command: str):
     return show
 
 
+def flag_names(err: ParameterError, args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each parameter a library error names: the command's own table (`flags`,
+    set by its `register`), else the parameter spelled as a long flag (`nsd_mm` -> --nsd-mm)."""
+    table = getattr(args, "flags", {})
+    return {p: table.get(p, "--" + p.replace("_", "-")) for p in err.params()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
             return int(args.func(args) or 0)
+    except ParameterError as err:
+        print(f"segmote {args.command}: error: {err.render(flag_names(err, args))}",
+              file=sys.stderr)
+        return 1
     except SegmoteError as err:
         print(f"segmote {args.command}: error: {err}", file=sys.stderr)
         return 1
