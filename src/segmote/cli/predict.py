@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "probabilities); needs an adapter")
     p.add_argument("--attention", metavar="PNG",
                    help="write the expert tokens' attention maps for the first object as a PNG")
+    p.add_argument("--series", metavar="UID",
+                   help="the SeriesInstanceUID to read from a DICOM folder holding several "
+                        "series (without it such a folder is refused with their list)")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
     p.set_defaults(func=run, flags=FLAGS)
@@ -77,7 +80,7 @@ def options(args: argparse.Namespace):
         modality=args.modality, window=args.window, axis=args.axis, overlay=args.overlay,
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
-        classes=parse_class_names(args.classes), threshold=args.threshold)
+        classes=parse_class_names(args.classes), threshold=args.threshold, series=args.series)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,14 +88,15 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     prompts, opts = options(args)
     result = predict_file(args.input, args.output, prompts, opts)
-    if args.auto and args.classes is None and result.auto_modality is None \
-            and not result.auto_presence:
+    if args.auto and args.classes is None and result.auto_modality is None:
         # after the run, so a refused request still prints one line. Measured: without a
         # presence head the default adapter answered 57 % of the classes of other domains with
-        # a mask (docs/text_and_ppt.md)
+        # a mask (docs/text_and_ppt.md); the presence head drops most of them (README)
+        gate = ("the adapter's presence head drops classes this image cannot hold, "
+                if result.auto_presence else "classes of other domains (brain structures on a "
+                "microscopy image) may get masks: ")
         print("note: --auto without --classes (and without a modality the adapter was trained "
-              "on) asks for every class the adapter knows; classes of other domains (brain "
-              "structures on a microscopy image) may get masks: name the ones that can occur "
+              f"on) asked every class the adapter knows; {gate}name the ones that can occur "
               "with --classes, or give --modality", file=sys.stderr)
     if args.routing:
         from segmote.routing import format_routing_table
