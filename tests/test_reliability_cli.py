@@ -253,6 +253,80 @@ def predict_adapter_weights_with_nan(root: Path) -> Scenario:
                     [Path("cells.png"), Path("nan.safetensors")], absent=[Path("mask.png")])
 
 
+# ---------------------------------------------------------------- predict (before the model)
+
+def _cells(*argv: str, pick: str = "") -> Scenario:
+    """`segmote predict -i cells.png ARGV` on the bundled nuclei image."""
+    Image.open(bundled_sample_path("nuclei")).save("cells.png")
+    return Scenario(["predict", "-i", "cells.png", *argv], [Path("cells.png")],
+                    absent=[Path(a) for a in argv if a.endswith(".png") and a != "cells.png"],
+                    pick=pick)
+
+
+BOX = "416,350,446,374"
+
+
+@scenario
+def predict_overlay_is_the_input(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--box", BOX, "--overlay", "cells.png")
+
+
+@scenario
+def predict_attention_is_the_label_map(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--box", BOX, "--attention", "m.png")
+
+
+@scenario
+def predict_overlay_cannot_be_written(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--box", BOX, "--overlay", "/proc/o.png")
+
+
+@scenario
+def predict_point_label_not_0_or_1(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--point", "430,360,0.7")
+
+
+@scenario
+def predict_unknown_class(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--text", "nuclie")
+
+
+@scenario
+def predict_box_outside_the_image(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--box", "600,600,700,700")
+
+
+@scenario
+def predict_inverted_box(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--box", "446,374,416,350")
+
+
+@scenario
+def predict_no_prompt(root: Path) -> Scenario:
+    return _cells("-o", "m.png")
+
+
+@scenario
+def predict_routing_without_prompts(root: Path) -> Scenario:
+    return _cells("-o", "m.png", "--auto", "--classes", "nuclei", "--routing")
+
+
+@scenario
+def predict_zero_area_box(root: Path) -> Scenario:
+    sc = _cells("-o", "m.png", "--box", "416,350,416,374", "-q",
+                pick="segmote predict: warning: box")
+    sc.absent = []
+    return sc
+
+
+@scenario
+def predict_constant_image(root: Path) -> Scenario:
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save("flat.png")
+    return Scenario(["predict", "-i", "flat.png", "-o", "m.png", "--box", "8,8,40,40",
+                     "--adapter", "none", "-q"], [Path("flat.png")],
+                    pick="segmote predict: warning: flat.png")
+
+
 # ---------------------------------------------------------------- the test
 
 def _command(argv: list[str]) -> str:
