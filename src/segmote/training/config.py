@@ -65,8 +65,9 @@ class TrainConfig:
         refine_clicks: number of new clicks per round, drawn uniformly from this list.
         recompute_rounds: keep no activations of a prompt round for the backward pass but
             recompute them there, one round at a time (activation checkpointing): the same
-            gradients, peak memory of one round instead of all 1 + refine_rounds (batch 16 on
-            CPU: 5.5 -> see docs/benchmarks.md), about a fifth more step time.
+            gradients, the activations of one prompt group at a time instead of those of every
+            group of every round (default recipe, batch 16, CPU: peak 5.5 -> 3.1-3.4 GB,
+            docs/benchmarks.md), about a fifth more step time.
         seed: fixes the adapter init, the data order, every prompt and the router noise.
         axis, min_foreground, val_fraction: slicing of 3-D volumes and the case split.
         split: a split JSON (`segmote.data.datasets.save_split` format) to use instead of
