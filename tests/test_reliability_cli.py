@@ -235,6 +235,14 @@ def predict_dicom_folder_with_two_series(root: Path) -> Scenario:
 
 
 @scenario
+def predict_dicom_series_chosen_by_uid(root: Path) -> Scenario:
+    sc = predict_dicom_folder_with_two_series(root)
+    sc.argv += ["--series", "1.2.826.0.1.3680043.8.498.12", "--adapter", "none", "-q"]
+    sc.absent, sc.pick = [], "seg.nii.gz"
+    return sc
+
+
+@scenario
 def predict_adapter_weights_with_nan(root: Path) -> Scenario:
     from safetensors.torch import load_file, save_file
     from segmote.adapter import read_adapter_metadata
