@@ -52,8 +52,9 @@ def test_resume_after_kill_matches_a_straight_run(lung_dataset, cache_dir, tmp_p
 
     with pytest.raises(Killed):
         fit(cfg, [lung_dataset], tmp_path / "resumed", progress=False, on_step=kill)
-    with pytest.raises(segmote.errors.InputError, match="--resume"):
+    with pytest.raises(segmote.errors.ParameterError, match="pass resume") as err:
         fit(cfg, [lung_dataset], tmp_path / "resumed", progress=False)
+    assert "pass --resume" in err.value.render({"resume": "--resume"})  # as the CLI says it
     resumed = fit(cfg, [lung_dataset], tmp_path / "resumed", resume=True, progress=False)
     assert resumed.global_step == steps and resumed.epochs_done == 2
     a = load_file(straight.latest_adapter)
