@@ -170,7 +170,8 @@ def test_given_split_balance_and_samples_per_epoch(lung_dataset, cache_dir, tmp_
     assert metrics[0]["step"] == 3  # 6 samples / batch 2
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["balance"] == "dataset_class" and resolved["split"] == str(split)
+    # --balance is the older name of --sampling-balance; the run records the new key
+    assert resolved["sampling_balance"] == "dataset_class" and resolved["split"] == str(split)
     capsys.readouterr()
 
     split.write_text(json.dumps({lung_dataset.name: {"train": ["lung_009"], "val": []}}))
