@@ -123,9 +123,15 @@ def _input_stem(reference: ImageData) -> str:
 
 def _default_ext(reference: ImageData) -> str:
     """Default output ending for the family of the input format."""
-    if reference.is_volume:
-        return _DEFAULT_EXT_3D.get(reference.format, ".nii.gz")
-    return _DEFAULT_EXT_2D.get(reference.format, ".png")
+    return default_label_ending(reference.format, reference.is_volume)
+
+
+def default_label_ending(fmt: str, is_volume: bool) -> str:
+    """The label-map ending for an input of format ``fmt`` (see ``READ_FORMATS``): the same
+    family for volumes (DICOM -> .nii.gz), .png for 2-D images, .npy/.npz for arrays."""
+    if is_volume:
+        return _DEFAULT_EXT_3D.get(fmt, ".nii.gz")
+    return _DEFAULT_EXT_2D.get(fmt, ".png")
 
 
 def _label_array(label: np.ndarray, reference: ImageData, path: Path) -> np.ndarray:

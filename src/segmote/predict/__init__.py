@@ -1,0 +1,1 @@
+"""Prediction: from files and prompts to label maps (single files and folders of cases)."""
