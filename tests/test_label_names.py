@@ -144,3 +144,34 @@ def test_slicer_seg_nrrd_carries_segment_names(tmp_path):
 def test_bad_label_names(names):
     with pytest.raises(InputError, match="label name"):
         LabelInfo(names)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "examples_rgb_color.dcm"])
+def test_dicom_seg_of_a_single_file(tmp_path, name):
+    """One CT slice (a (X, Y, 1) volume) and one colour ultrasound frame (a 2-D image)."""
+    path = get_testdata_file(name)
+    ref = read_image(path)
+    label = np.zeros(ref.shape[:3] if ref.is_volume else ref.shape[:2], np.uint8)
+    label[10:40, 20:50] = 1
+    out = write_label(label, ref, tmp_path / "seg.dcm", LabelInfo({1: "thing"}))
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    frame = hd.seg.segread(out).get_pixels_by_source_instance([uid], combine_segments=True)[0]
+    np.testing.assert_array_equal(frame, label[:, :, 0].T if ref.is_volume else label)
+
+
+def test_failed_dicom_seg_leaves_nothing(tmp_path):
+    _, files = ct_series(tmp_path / "series")
+    ref = read_image(tmp_path / "series")
+    files[3].write_bytes(b"gone")  # the source changed after it was read
+    with pytest.raises(InputError, match=f"{files[3]}: cannot read the source DICOM") as err:
+        write_label(np.ones(ref.shape, np.uint8), ref, tmp_path / "seg.dcm")
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+
+
+def test_empty_prediction_is_still_a_valid_dicom_seg(tmp_path):
+    ref = read_image(get_testdata_file("CT_small.dcm"))
+    out = write_label(np.zeros(ref.shape, np.uint8), ref, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(out)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["label 1"]
+    assert not seg.pixel_array.any()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segmote.errors import InputError
-from segmote.io.image import ImageData
+from segmote.io.image import ImageData, short_reason
 from segmote.io.labels import LabelInfo
 
 # SNOMED CT codes (the ones DICOM's CID 7150 / 7151 offer for these meanings)
@@ -39,12 +39,11 @@ def write_dicom_seg(label: np.ndarray, reference: ImageData, tmp: Path, info: La
         frame k of a single multi-frame file), or (H, W) for a single-frame colour image.
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     import segmote
 
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in reference.meta["files"]]
+    sources = [_source_header(Path(f)) for f in reference.meta["files"]]
     frames = _frames(label, reference, len(sources))
     table = info.table(label)
     segments = np.zeros(frames.shape, np.uint16 if len(table) > 255 else np.uint8)
@@ -59,14 +58,39 @@ def write_dicom_seg(label: np.ndarray, reference: ImageData, tmp: Path, info: La
     if not descriptions:  # an empty prediction still gets one (empty) segment to reference
         descriptions = [hd.seg.SegmentDescription(1, "label 1", *_codes(""), "SEMIAUTOMATIC",
                                                   algorithm)]
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(sources, segments, descriptions)
+    except (ValueError, TypeError, AttributeError, KeyError) as err:  # headers highdicom rejects
+        raise InputError(f"{reference.path}: cannot make a DICOM Segmentation of this input "
+                         f"({short_reason(err)})") from None
+    seg.save_as(tmp)
+
+
+def _segmentation(sources: list, segments: np.ndarray, descriptions: list):
+    """The highdicom Segmentation object (a new series) for (frames, rows, cols) segments."""
+    import highdicom as hd
+
+    import segmote
+
+    return hd.seg.Segmentation(
         source_images=sources, pixel_array=segments, segmentation_type="BINARY",
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="segmote",
         manufacturer_model_name="segmote", software_versions=segmote.__version__,
         device_serial_number="0", series_description="segmote segmentation",
         omit_empty_frames=bool(segments.any()))
-    seg.save_as(tmp)
+
+
+def _source_header(path: Path):
+    """A source file's header (no pixel data), or InputError naming the file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read the source DICOM file ({short_reason(err)})") \
+            from None
 
 
 def _frames(label: np.ndarray, reference: ImageData, n_files: int) -> np.ndarray:
