@@ -37,9 +37,10 @@ def nuclei_cases(folder: Path, n: int = 4) -> tuple[dict, dict]:
         crop, lab = image[r:r + 256, c:c + 256], inst[r:r + 256, c:c + 256]
         whole = [v for v in np.unique(lab) if v and not _touches_edge(lab == v)]
         value = max(whole, key=lambda v: (lab == v).sum())
-        (rows, cols), = [ndimage.find_objects((lab == value).astype(int))]
+        rows, cols = ndimage.find_objects((lab == value).astype(int))[0]
         box = [max(cols.start - 1, 0), max(rows.start - 1, 0), min(cols.stop, 255),
-               min(rows.stop, 255)]
+               min(rows.stop, 255)]  # stop is one past the last pixel: + 1 px padding
+        box = [int(v) for v in box]
         name = f"cells{q}"
         Image.fromarray(crop).save(folder / f"{name}_0000.png")
         prompts[name], masks[name] = {"boxes": [box]}, lab == value
@@ -105,7 +106,8 @@ def test_torchrun_two_ranks_write_every_case_exactly_once(tmp_path):
 def test_dicom_series_to_dicom_seg_with_label_names(tmp_path, capsys):
     _, files = ct_series(tmp_path / "series")
     rc = main(["predict", "-q", "-i", str(tmp_path / "series"), "-o", str(tmp_path / "seg.dcm"),
-               "--box", LUNG_BOX, "--label", "2", "--label-name", "2=lung tumour"])
+               "--box", LUNG_BOX, "--label", "2", "--label-name", "2=lung tumour",
+               "--adapter", "none"])
     assert rc == 0, capsys.readouterr().err
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["lung tumour"]

@@ -56,7 +56,8 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
                  device: str = "cpu", progress: bool = False, routing: bool = False,
                  attention: str | Path | None = None, text: str | None = None,
                  auto: bool = False, classes: Sequence[str] | None = None,
-                 threshold: float | None = None) -> PredictResult:
+                 threshold: float | None = None,
+                 label_names: dict[int, str] | None = None) -> PredictResult:
     """Read an image or volume, segment every prompted object, write a label map with the input's
     geometry (and optionally an overlay PNG). All inputs are checked before any model work and
     nothing is written unless everything succeeded.
@@ -69,18 +70,21 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     auto: prompt-free segmentation of `classes` (default: every class the adapter knows) into
         one label map, value i = i-th class; every slice of a volume. threshold: confidence
         needed to keep a class's mask (default: the adapter's calibrated one).
+    label_names: label value -> name, over the class names (auto, text) written beside the map
+        (`segmote.io.LabelInfo`: DICOM-SEG segments, .seg.nrrd, ITK-SNAP file).
     """
     from segmote.build import load_model
     from segmote.cli.predict import parse_objects
     from segmote.inference import (check_prompts, guess_modality, segment_image, segment_volume,
                                    volume_slice)
-    from segmote.io import output_path_for, read_image, write_label
+    from segmote.io import LabelInfo, output_path_for, read_image, write_label
     from segmote.overlay import save_overlay
     from segmote.modeling.segmote import SegMoTE
     from segmote.predictor import Segmenter
     from segmote.routing import routing_table, save_attention_png
     from segmote.transforms import normalize_modality, parse_window
 
+    LabelInfo(label_names or {})  # check the names before any work
     data = read_image(input_path)
     out_path = output_path_for(data, output)
     depth = data.array.shape[axis] if data.is_volume else 1
@@ -96,7 +100,7 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     if auto:
         return _predict_auto(data, out_path, classes, backbone, checkpoint, adapter, modality,
                              window, axis, overlay, device, progress, threshold,
-                             labels[0] if labels and text is not None else None)
+                             labels[0] if labels and text is not None else None, label_names)
     objects = parse_objects(list(boxes), list(points), list(labels), data.is_volume, depth)
     check_prompts(objects, data.array.shape, data.is_volume)
     modality = normalize_modality(modality) or guess_modality(data)
@@ -138,7 +142,8 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
                                _tqdm("slices") if progress else None, record=rec, **kw)
     else:
         label = segment_image(seg, data, objects, modality, window, record=rec, **kw)
-    written = write_label(label, data, out_path)
+    names = {obj.label: text for obj in objects} if text is not None else {}
+    written = write_label(label, data, out_path, LabelInfo({**names, **(label_names or {})}))
     image = volume_slice(data.array, k_show, axis) if data.is_volume else data.array
     if overlay is not None:
         shown_label = volume_slice(label, k_show, axis) if data.is_volume else label
@@ -154,11 +159,11 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
 def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone: str,
                   checkpoint, adapter, modality: str | None, window: str | None, axis: int,
                   overlay, device: str, progress: bool, threshold: float | None,
-                  value: int | None) -> PredictResult:
+                  value: int | None, label_names: dict[int, str] | None) -> PredictResult:
     """`predict_file` without prompts: PPT per class (see `segmote.inference.auto_volume`)."""
     from segmote.build import load_model
     from segmote.inference import auto_image, auto_volume, guess_modality, volume_slice
-    from segmote.io import write_label
+    from segmote.io import LabelInfo, write_label
     from segmote.overlay import save_overlay
     from segmote.predictor import Segmenter
     from segmote.transforms import normalize_modality, parse_window
@@ -190,7 +195,8 @@ def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone:
     if value is not None:  # one class asked by --text: write it with the --label value
         label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)
         mapping = {value: names[0]}
-    written = write_label(label, data, out_path)
+    info = LabelInfo({**mapping, **(label_names or {})}, automatic=True)
+    written = write_label(label, data, out_path, info)
     if overlay is not None:
         k = data.array.shape[axis] // 2
         image = volume_slice(data.array, k, axis) if data.is_volume else data.array

@@ -6,6 +6,9 @@ with no prompt at all.
     segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --text tumour
     segmote predict -i cells.png -o nuclei.png --text nuclei          # prompt-free, one class
     segmote predict -i t1.nii.gz -o aal.nii.gz --auto --classes Hippocampus_L,Hippocampus_R
+    segmote predict -i series/ -o seg.dcm --box 83,93,0,173,162,14 --label-name 1=tumour
+    segmote predict -i imagesTs/ -o predsTs/ --prompts prompts.json     # a folder of cases
+    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i imagesTs/ -o predsTs/ --auto
 """
 
 from __future__ import annotations
@@ -71,9 +74,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment an image or volume from prompts",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True,
-                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series folder")
+                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series "
+                        "folder; or a folder of cases (CASE_0000.nii.gz, ..., DICOM series "
+                        "subfolders), predicted into -o as CASE.nii.gz, ...")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (format from its extension) or folder")
+                   help="output file (format from its extension: .dcm writes a DICOM "
+                        "Segmentation of a DICOM input, .seg.nrrd a Slicer segmentation) "
+                        "or folder")
+    p.add_argument("--prompts", metavar="JSON",
+                   help='prompts per case for a folder of cases: {"CASE": {"boxes": [[...]], '
+                        '"points": [[...]], "text": [...], "labels": [...]}}; cases without '
+                        "an entry need --auto")
     p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--adapter", default="default",
@@ -94,6 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is known), or --classes, into one label map, value i = i-th class; "
                         "every slice of a volume")
     p.add_argument("--classes", help="comma-separated class names for --auto")
+    p.add_argument("--label-name", action="append", default=[], metavar="VALUE=NAME",
+                   help="name of an output label, e.g. 1=tumour (repeatable); default: the "
+                        "class names of --text / --auto. Written as DICOM-SEG segment names, "
+                        "in a .seg.nrrd, and in an ITK-SNAP file CASE_labels.txt beside "
+                        "NIfTI / NRRD outputs")
     p.add_argument("--threshold", type=float,
                    help="confidence needed to keep an automatic mask (default: the adapter's "
                         "calibrated threshold)")
@@ -121,8 +137,26 @@ def _classes(text: str | None) -> list[str] | None:
     return names
 
 
+def _label_names(flags: list[str]) -> dict[int, str]:
+    """--label-name VALUE=NAME flags -> {value: name}."""
+    names = {}
+    for text in flags:
+        value, sep, name = text.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise InputError(f"--label-name {text!r}: expected VALUE=NAME, e.g. 1=tumour")
+        names[int(value)] = name.strip()
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from segmote.api import predict_file
+    from segmote.predict.cases import is_case_folder
+    if is_case_folder(args.input):
+        from segmote.cli.predict_folder import run_folder
+        return run_folder(args, _label_names(args.label_name), _classes(args.classes))
+    if args.prompts is not None:
+        raise InputError(f"--prompts goes with a folder of cases; {args.input} is one image "
+                         "(give its prompts with --box / --point / --text)")
     t0 = time.perf_counter()
     result = predict_file(
         args.input, args.output, boxes=args.box, points=args.point, labels=args.label,
@@ -130,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         modality=args.modality, window=args.window, axis=args.axis, overlay=args.overlay,
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
-        classes=_classes(args.classes), threshold=args.threshold)
+        classes=_classes(args.classes), threshold=args.threshold,
+        label_names=_label_names(args.label_name))
     if args.auto and args.classes is None and result.auto_modality is None \
             and not result.auto_presence:
         # after the run, so a refused request still prints one line. Measured: without a

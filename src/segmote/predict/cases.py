@@ -138,6 +138,9 @@ def _case_prompts(entry, where: str) -> CasePrompts:
                           [t.strip() for t in text], labels)
     if not (prompts.boxes or prompts.points or prompts.text):
         raise InputError(f"{where}: no boxes, points or text")
+    if (prompts.boxes or prompts.points) and len(prompts.text) > 1:
+        raise InputError(f"{where}: beside boxes / points give one class name in 'text' "
+                         "(it goes with every object); several names alone ask for those classes")
     return prompts
 
 

@@ -27,10 +27,12 @@ PredictCase = Callable[[Case, Path], Path]
 
 @dataclass
 class FolderReport:
-    """written: case -> (output path, rank that wrote it); failed: case -> one-line reason."""
+    """written: case -> (output path, rank that wrote it); failed: case -> one-line reason;
+    rank: the process that holds this report (0 prints the run's summary)."""
 
     written: dict[str, tuple[Path, int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
 
     @property
     def ok(self) -> bool:
@@ -67,7 +69,7 @@ def predict_cases(cases: Sequence[Case], out_dir: str | Path, predict_case: Pred
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    report = FolderReport()
+    report = FolderReport(rank=rank)
     bar = tqdm(cases, desc="cases", unit="case", disable=not progress, file=sys.stderr)
     for case in bar:
         try:
@@ -103,7 +105,7 @@ def predict_folder(cases: Sequence[Case], out_dir: str | Path,
 
             reports: list = [None] * info.world_size
             dist.all_gather_object(reports, report)
-            report = FolderReport()
+            report = FolderReport(rank=info.rank)
             for part in reports:
                 report.merge(part)
     finally:
