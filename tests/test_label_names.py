@@ -135,7 +135,8 @@ def test_slicer_seg_nrrd_carries_segment_names(tmp_path):
     fields = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
     assert read_slicer_segments(fields) == {1: "tumour"}
     i, j, k = np.nonzero(label)
-    assert fields["Segment0_Extent"] == f"{i.min()} {i.max()} {j.min()} {j.max()} {k.min()} {k.max()}"
+    extent = f"{i.min()} {i.max()} {j.min()} {j.max()} {k.min()} {k.max()}"
+    assert fields["Segment0_Extent"] == extent
     np.testing.assert_array_equal(read_image(out).array, label)
     np.testing.assert_allclose(read_image(out).meta["affine"], ref.meta["affine"], atol=1e-5)
 

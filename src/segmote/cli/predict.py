@@ -8,7 +8,7 @@ with no prompt at all.
     segmote predict -i t1.nii.gz -o aal.nii.gz --auto --classes Hippocampus_L,Hippocampus_R
     segmote predict -i series/ -o seg.dcm --box 83,93,0,173,162,14 --label-name 1=tumour
     segmote predict -i imagesTs/ -o predsTs/ --prompts prompts.json     # a folder of cases
-    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i imagesTs/ -o predsTs/ --auto
+    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i in/ -o out/ --auto -d cuda
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ def run_folder(args: argparse.Namespace, label_names: dict[int, str],
     missing = [c.name for c in cases if c.name not in prompts]
     if missing and not args.auto:
         where = f"in {args.prompts}" if args.prompts else "(no --prompts file)"
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        shown = ", ".join(missing[:5]) + more
         raise InputError(f"no prompts {where} for {len(missing)} case(s): {shown}; give them "
                          "there, or --auto to segment those without prompts")
     if classes is not None and not args.auto:

@@ -13,4 +13,5 @@ from segmote.io.readers import read_image
 from segmote.io.labels import LabelInfo
 from segmote.io.writers import label_names_path, output_path_for, write_label
 
-__all__ = ["ImageData", "LabelInfo", "read_image", "write_label", "output_path_for", "label_names_path"]
+__all__ = ["ImageData", "LabelInfo", "read_image", "write_label", "output_path_for",
+           "label_names_path"]

@@ -1,7 +1,7 @@
 """Predict every case of a folder, nnU-Net style, on one process or sharded over torchrun ranks.
 
     segmote predict -i imagesTs/ -o predsTs/ --prompts prompts.json
-    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i imagesTs/ -o predsTs/ --auto
+    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i in/ -o out/ --auto -d cuda
 
 Each case is predicted by a callable (the single-file predict function with the options bound),
 so a failed case is reported on one line and the others go on; the run's report lists what was
