@@ -176,3 +176,13 @@ def test_empty_prediction_is_still_a_valid_dicom_seg(tmp_path):
     seg = hd.seg.segread(out)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["label 1"]
     assert not seg.pixel_array.any()
+
+
+def test_highdicom_is_pinned_and_pulls_no_torch():
+    """The DICOM-SEG writer's dependency must not bring a second (CUDA) torch to a CPU install."""
+    from importlib.metadata import requires, version
+
+    assert version("highdicom") == "0.28.2"
+    names = {r.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+             for r in requires("highdicom") if "extra ==" not in r}
+    assert names and not names & {"torch", "torchvision", "timm"}, names
