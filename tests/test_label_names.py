@@ -143,7 +143,7 @@ def test_slicer_seg_nrrd_carries_segment_names(tmp_path):
 
 @pytest.mark.parametrize("names", [{0: "background"}, {1: ""}, {2: 'say "hi"'}])
 def test_bad_label_names(names):
-    with pytest.raises(InputError, match="label name"):
+    with pytest.raises(InputError, match="label_names"):
         LabelInfo(names)
 
 

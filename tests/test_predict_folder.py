@@ -13,7 +13,9 @@ import pytest
 from segmote.errors import InputError
 from segmote.predict.cases import (Case, CasePrompts, is_case_folder, list_cases,
                                    read_prompts_file)
-from segmote.predict.folder import FolderReport, predict_cases, shard
+from segmote.predict.folder import FolderReport, case_request, predict_cases, shard
+from segmote.predict.pipeline import PredictOptions
+from segmote.predict.prompts import PromptNumbers
 from segmote.samples import bundled_sample_path
 
 LUNG = bundled_sample_path("lung2_ct_crop")
@@ -69,9 +71,23 @@ def test_prompts_file(tmp_path):
         "c": {"text": ["Hippocampus_L", "Hippocampus_R"]}}))
     prompts = read_prompts_file(path, _cases("a", "b", "c", "d"))
     assert prompts == {
-        "a": CasePrompts(boxes=["83,93,0,173,162,14"], text=["tumour"]),
-        "b": CasePrompts(points=["120,80,7", "100,60,7,0"], labels=[2]),
+        "a": CasePrompts(PromptNumbers(boxes=((83, 93, 0, 173, 162, 14),)), ["tumour"]),
+        "b": CasePrompts(PromptNumbers(points=((120, 80, 7), (100, 60, 7, 0)), labels=(2,))),
         "c": CasePrompts(text=["Hippocampus_L", "Hippocampus_R"])}
+
+
+def test_case_request_maps_prompts_onto_the_run_options():
+    base = PredictOptions(adapter=None, classes=["liver"], window="lung")
+    numbers, opts = case_request(None, base)  # no entry: automatic mode, the run's classes
+    assert not numbers and opts.auto and opts.classes == ["liver"] and opts.window == "lung"
+    box = PromptNumbers(boxes=((1, 2, 3, 4),), labels=(5,))
+    numbers, opts = case_request(CasePrompts(box, ["tumour"]), base)
+    assert numbers == box and opts.text == "tumour" and not opts.auto and opts.classes is None
+    one = CasePrompts(PromptNumbers(labels=(3,)), ["nuclei"])  # one class alone, value 3
+    numbers, opts = case_request(one, base)
+    assert numbers.labels == (3,) and opts.text == "nuclei" and not opts.auto
+    numbers, opts = case_request(CasePrompts(text=["a", "b"]), base)
+    assert not numbers and opts.auto and opts.classes == ["a", "b"] and opts.text is None
 
 
 @pytest.mark.parametrize("content, message", [
@@ -83,6 +99,9 @@ def test_prompts_file(tmp_path):
     ('{"a": {}}', "case 'a': no boxes, points or text"),
     ('{"a": {"text": [""]}}', "'text' must be a class name"),
     ('{"a": {"text": "x", "labels": [1.5]}}', "'labels' must be a list of integers"),
+    ('{"a": {"boxes": ["1,2,x"]}}', "case 'a': boxes '1,2,x': expected comma-separated"),
+    ('{"a": {"boxes": [[1, 2, 3, 4]], "text": ["x", "y"]}}', "give one class name"),
+    ('{"a": {"text": ["x", "y"], "labels": [1, 2]}}', "drop 'labels'"),
 ])
 def test_bad_prompts_files_give_one_line_naming_the_file(tmp_path, content, message):
     path = tmp_path / "prompts.json"
@@ -104,7 +123,7 @@ def test_shards_cover_every_case_once():
 def test_a_failed_case_is_reported_and_the_rest_go_on(tmp_path):
     """Real prediction per case (the single-file predict function, base model), one broken
     image among them."""
-    from segmote.api import predict_file
+    from segmote.predict.pipeline import predict_file
 
     src = tmp_path / "in"
     src.mkdir()
@@ -113,7 +132,8 @@ def test_a_failed_case_is_reported_and_the_rest_go_on(tmp_path):
     shutil.copy(NUCLEI, src / "more_0000.png")
 
     def predict_case(case: Case, out: Path) -> Path:
-        return predict_file(case.path, out, boxes=["416,350,446,374"], adapter=None).output
+        box = PromptNumbers(boxes=((416, 350, 446, 374),))
+        return predict_file(case.path, out, box, PredictOptions(adapter=None)).output
 
     report = predict_cases(list_cases(src), tmp_path / "out", predict_case)
     assert sorted(report.written) == ["cells", "more"]

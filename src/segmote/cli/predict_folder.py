@@ -5,21 +5,22 @@ any case failed."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from segmote.errors import InputError
 
-# Flags that name one image's prompts or figures; a folder takes prompts from --prompts.
+# Flags that set one image's prompts or figures; a folder takes its prompts from --prompts.
 _SINGLE_IMAGE_FLAGS = (("--box", "box"), ("--point", "point"), ("--label", "label"),
-                       ("--overlay", "overlay"), ("--attention", "attention"),
-                       ("--routing", "routing"), ("--text", "text"))
+                       ("--text", "text"), ("--overlay", "overlay"),
+                       ("--attention", "attention"), ("--routing", "routing"))
 
 
-def run_folder(args: argparse.Namespace, label_names: dict[int, str],
-               classes: list[str] | None) -> int:
+def run_folder(args: argparse.Namespace) -> int:
+    from segmote.cli.predict import options
     from segmote.predict.cases import list_cases, read_prompts_file
-    from segmote.predict.folder import predict_folder
+    from segmote.predict.folder import case_request, predict_folder
 
     for flag, key in _SINGLE_IMAGE_FLAGS:
         if getattr(args, key):
@@ -28,6 +29,7 @@ def run_folder(args: argparse.Namespace, label_names: dict[int, str],
     out_dir = Path(args.output)
     if out_dir.is_file():
         raise InputError(f"{out_dir}: -o must be a folder when -i is a folder of cases")
+    _, base = options(args)
     cases = list_cases(args.input)
     prompts = read_prompts_file(args.prompts, cases) if args.prompts else {}
     missing = [c.name for c in cases if c.name not in prompts]
@@ -37,27 +39,19 @@ def run_folder(args: argparse.Namespace, label_names: dict[int, str],
         shown = ", ".join(missing[:5]) + more
         raise InputError(f"no prompts {where} for {len(missing)} case(s): {shown}; give them "
                          "there, or --auto to segment those without prompts")
-    if classes is not None and not args.auto:
+    if base.classes is not None and not args.auto:
         raise InputError("--classes goes with --auto")
+    base = dataclasses.replace(base, auto=False, progress=False)
 
     def make(device: str):
-        from segmote.api import predict_file
+        from segmote.predict.pipeline import predict_file
 
         def predict_case(case, out: Path) -> Path:
-            p = prompts.get(case.name)
-            if p is None:
-                kind = {"auto": True, "classes": classes}
-            elif p.boxes or p.points:
-                kind = {"boxes": p.boxes, "points": p.points, "labels": p.labels,
-                        "text": p.text[0] if p.text else None}
-            else:  # class names alone: prompt-free segmentation of those classes
-                kind = {"auto": True, "classes": p.text}
-            result = predict_file(
-                case.path, out, backbone=args.backbone, checkpoint=args.checkpoint,
-                adapter=args.adapter, modality=args.modality, window=args.window, axis=args.axis,
-                device=device, threshold=args.threshold, label_names=label_names, **kind)
-            print(result.output, flush=True)  # by the rank that wrote it
-            return result.output
+            numbers, opts = case_request(prompts.get(case.name),
+                                         dataclasses.replace(base, device=device))
+            written = predict_file(case.path, out, numbers, opts).output
+            print(written, flush=True)  # by the rank that wrote it
+            return written
         return predict_case
 
     report = predict_folder(cases, out_dir, make, progress=not args.quiet, device=args.device)

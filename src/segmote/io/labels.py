@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segmote.errors import InputError
+from segmote.errors import ParameterError
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,11 @@ class LabelInfo:
     def __post_init__(self) -> None:
         for value, name in self.names.items():
             if not 0 < int(value) < 65536:
-                raise InputError(f"label name {value}={name!r}: label values go from 1 to 65535")
+                raise ParameterError("label_names", f"{{label_names}} {value}={name!r}: label "
+                                     "values go from 1 to 65535")
             if not str(name).strip() or any(c in str(name) for c in '"\n\r'):
-                raise InputError(f"label name {value}={name!r}: give a non-empty name without "
-                                 "quotes or line breaks")
+                raise ParameterError("label_names", f"{{label_names}} {value}={name!r}: give a "
+                                     "non-empty name without quotes or line breaks")
 
     def table(self, label: np.ndarray) -> dict[int, str]:
         """Value -> name for every value > 0 in ``label`` (any shape) and every named value,

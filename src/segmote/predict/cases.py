@@ -21,9 +21,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 from segmote.io.image import READ_FORMATS, split_ext
 from segmote.io.writers import default_label_ending
+from segmote.predict.prompts import PromptNumbers, parse_numbers
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _DICOM_ENDINGS = {e for e, fmt in READ_FORMATS.items() if fmt == "dicom"}
@@ -50,12 +51,12 @@ class Case:
 
 @dataclass
 class CasePrompts:
-    """One case's prompts, as the command line's strings (``"x0,y0,z0,x1,y1,z1"``)."""
+    """One case's prompts: boxes, points and label values (read as a volume's or a 2-D
+    image's once the image is known), and class names (one beside boxes / points; alone, the
+    classes to segment without prompts)."""
 
-    boxes: list[str] = field(default_factory=list)
-    points: list[str] = field(default_factory=list)
+    numbers: PromptNumbers = field(default_factory=PromptNumbers)
     text: list[str] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
 
 
 def is_case_folder(path: str | Path) -> bool:
@@ -134,28 +135,34 @@ def _case_prompts(entry, where: str) -> CasePrompts:
         raise InputError(f"{where}: 'text' must be a class name or a list of them")
     if not (isinstance(labels, list) and all(type(v) is int for v in labels)):
         raise InputError(f"{where}: 'labels' must be a list of integers")
-    prompts = CasePrompts(_numbers(entry, "boxes", where), _numbers(entry, "points", where),
-                          [t.strip() for t in text], labels)
-    if not (prompts.boxes or prompts.points or prompts.text):
+    numbers = PromptNumbers(_numbers(entry, "boxes", where), _numbers(entry, "points", where),
+                            tuple(labels))
+    if not (numbers or text):
         raise InputError(f"{where}: no boxes, points or text")
-    if (prompts.boxes or prompts.points) and len(prompts.text) > 1:
+    if numbers and len(text) > 1:
         raise InputError(f"{where}: beside boxes / points give one class name in 'text' "
                          "(it goes with every object); several names alone ask for those classes")
-    return prompts
+    if not numbers and len(text) > 1 and labels:
+        raise InputError(f"{where}: several classes alone get the values 1, 2, ... in order; "
+                         "drop 'labels'")
+    return CasePrompts(numbers, [t.strip() for t in text])
 
 
-def _numbers(entry: dict, key: str, where: str) -> list[str]:
-    """A list of boxes or points, each a list of numbers or a "1,2,3" string -> strings."""
+def _numbers(entry: dict, key: str, where: str) -> tuple[tuple[float, ...], ...]:
+    """A list of boxes or points, each a list of numbers or a "1,2,3" string."""
     items = entry.get(key, [])
     if not isinstance(items, list):
         raise InputError(f"{where}: '{key}' must be a list")
     out = []
     for item in items:
         if isinstance(item, str):
-            out.append(item)
+            try:
+                out.append(parse_numbers(item, key))
+            except ParameterError as err:
+                raise InputError(f"{where}: {err}") from None
         elif isinstance(item, list) and item and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in item):
-            out.append(",".join(str(v) for v in item))
+            out.append(tuple(float(v) for v in item))
         else:
             raise InputError(f"{where}: each of '{key}' must be a list of numbers, got {item!r}")
-    return out
+    return tuple(out)

@@ -13,13 +13,19 @@ whole run's report and rank 0 can print it.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segmote.errors import SegmoteError
-from segmote.predict.cases import Case
+from segmote.predict.cases import Case, CasePrompts
+from segmote.predict.prompts import PromptNumbers
+
+if TYPE_CHECKING:  # the pipeline pulls in torch; this module is imported by the CLI first
+    from segmote.predict.pipeline import PredictOptions
 
 # (case, output path) -> the path written; raises on failure
 PredictCase = Callable[[Case, Path], Path]
@@ -50,6 +56,23 @@ class FolderReport:
             return line
         reasons = "".join(f"\n  {name}: {why}" for name, why in sorted(self.failed.items()))
         return f"{line}; {len(self.failed)} failed:{reasons}"
+
+
+def case_request(prompts: CasePrompts | None,
+                 options: "PredictOptions") -> tuple[PromptNumbers, "PredictOptions"]:
+    """The `predict_file` request of one case: its prompts over the run's options.
+
+    No prompts: automatic mode (the run's `classes`). Boxes / points: those, with the case's
+    class name beside them. Class names alone: prompt-free segmentation of those classes (one
+    class: written with the case's label value, like `text` alone).
+    """
+    if prompts is None:
+        return PromptNumbers(), dataclasses.replace(options, auto=True)
+    if prompts.numbers or len(prompts.text) == 1:
+        text = prompts.text[0] if prompts.text else None
+        return prompts.numbers, dataclasses.replace(options, text=text, auto=False, classes=None)
+    return PromptNumbers(), dataclasses.replace(options, text=None, auto=True,
+                                                classes=list(prompts.text))
 
 
 def shard(cases: Sequence[Case], rank: int, world_size: int) -> list[Case]:
