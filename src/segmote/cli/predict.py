@@ -103,14 +103,14 @@ def options(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from segmote.predict.cases import is_case_folder
     from segmote.predict.pipeline import predict_file
+    t0 = time.perf_counter()
+    prompts, opts = options(args)
     if is_case_folder(args.input):
         from segmote.cli.predict_folder import run_folder
-        return run_folder(args)
+        return run_folder(args, opts)
     if args.prompts is not None:
         raise InputError(f"--prompts goes with a folder of cases; {args.input} is one image "
                          "(give its prompts with --box / --point / --text)")
-    t0 = time.perf_counter()
-    prompts, opts = options(args)
     result = predict_file(args.input, args.output, prompts, opts)
     if args.auto and args.classes is None and result.auto_modality is None \
             and not result.auto_presence:

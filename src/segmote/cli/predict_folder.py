@@ -8,8 +8,12 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segmote.errors import InputError
+
+if TYPE_CHECKING:
+    from segmote.predict.pipeline import PredictOptions
 
 # Flags that set one image's prompts or figures; a folder takes its prompts from --prompts.
 _SINGLE_IMAGE_FLAGS = (("--box", "box"), ("--point", "point"), ("--label", "label"),
@@ -17,8 +21,9 @@ _SINGLE_IMAGE_FLAGS = (("--box", "box"), ("--point", "point"), ("--label", "labe
                        ("--attention", "attention"), ("--routing", "routing"))
 
 
-def run_folder(args: argparse.Namespace) -> int:
-    from segmote.cli.predict import options
+def run_folder(args: argparse.Namespace, base: "PredictOptions") -> int:
+    """Run `segmote predict` over the folder of cases `args.input`, each case with `base` (the
+    options of the flags) and its own prompts."""
     from segmote.predict.cases import list_cases, read_prompts_file
     from segmote.predict.folder import case_request, predict_folder
 
@@ -29,7 +34,6 @@ def run_folder(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if out_dir.is_file():
         raise InputError(f"{out_dir}: -o must be a folder when -i is a folder of cases")
-    _, base = options(args)
     cases = list_cases(args.input)
     prompts = read_prompts_file(args.prompts, cases) if args.prompts else {}
     missing = [c.name for c in cases if c.name not in prompts]
