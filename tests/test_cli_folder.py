@@ -81,6 +81,14 @@ def test_folder_needs_prompts_for_every_case_or_auto(tmp_path, capsys):
                "--prompts", str(tmp_path / "p.json")])
     err = capsys.readouterr().err
     assert rc == 1 and "cells1" in err and "--auto" in err and err.count("\n") == 1
+    rc = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--auto",
+               "--output-ending", ".jpg"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--output-ending '.jpg'" in err and err.count("\n") == 1
+    rc = main(["predict", "-i", str(NUCLEI), "-o", str(tmp_path / "out"), "--box", "1,1,9,9",
+               "--prompts", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--prompts goes with a folder of cases" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='prompts per case for a folder of cases: {"CASE": {"boxes": [[...]], '
                         '"points": [[...]], "text": [...], "labels": [...]}}; cases without '
                         "an entry need --auto")
+    p.add_argument("--output-ending", metavar="EXT",
+                   help="for a folder of cases: the label maps' ending, e.g. .dcm (DICOM-SEG of "
+                        "DICOM cases) or .seg.nrrd (default: the input's family, like nnU-Net)")
     p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--adapter", default="default",
@@ -108,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     if is_case_folder(args.input):
         from segmote.cli.predict_folder import run_folder
         return run_folder(args, opts)
-    if args.prompts is not None:
-        raise InputError(f"--prompts goes with a folder of cases; {args.input} is one image "
-                         "(give its prompts with --box / --point / --text)")
+    for flag, value in (("--prompts", args.prompts), ("--output-ending", args.output_ending)):
+        if value is not None:
+            raise InputError(f"{flag} goes with a folder of cases; {args.input} is one image")
     result = predict_file(args.input, args.output, prompts, opts)
     if args.auto and args.classes is None and result.auto_modality is None \
             and not result.auto_presence:

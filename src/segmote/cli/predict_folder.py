@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segmote.errors import InputError
+from segmote.io.image import split_ext
+from segmote.io.writers import WRITE_FORMATS
 
 if TYPE_CHECKING:
     from segmote.predict.pipeline import PredictOptions
@@ -34,6 +36,10 @@ def run_folder(args: argparse.Namespace, base: "PredictOptions") -> int:
     out_dir = Path(args.output)
     if out_dir.is_file():
         raise InputError(f"{out_dir}: -o must be a folder when -i is a folder of cases")
+    ending = args.output_ending
+    if ending is not None and split_ext(f"case{ending}")[1] not in WRITE_FORMATS:
+        raise InputError(f"--output-ending {ending!r}: use one of "
+                         f"{' '.join(sorted(WRITE_FORMATS))} (or .seg.nrrd)")
     cases = list_cases(args.input)
     prompts = read_prompts_file(args.prompts, cases) if args.prompts else {}
     missing = [c.name for c in cases if c.name not in prompts]
@@ -58,7 +64,8 @@ def run_folder(args: argparse.Namespace, base: "PredictOptions") -> int:
             return written
         return predict_case
 
-    report = predict_folder(cases, out_dir, make, progress=not args.quiet, device=args.device)
+    report = predict_folder(cases, out_dir, make, ending, progress=not args.quiet,
+                            device=args.device)
     if report.rank == 0:
         print(report.summary(), file=sys.stderr)
     return 0 if report.ok else 1
