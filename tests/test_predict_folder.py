@@ -120,6 +120,7 @@ def test_shards_cover_every_case_once():
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+@pytest.mark.slow  # the real model, twice
 def test_a_failed_case_is_reported_and_the_rest_go_on(tmp_path):
     """Real prediction per case (the single-file predict function, base model), one broken
     image among them."""
