@@ -21,6 +21,7 @@ from PIL import Image
 import segmote.predict.pipeline as pipeline
 from segmote.cli.main import main
 from segmote.errors import InputError
+from segmote.io import LabelInfo
 from segmote.samples import bundled_sample_path
 
 PROMPTS = {  # kind -> (2-D flags, 3-D flags)
@@ -94,6 +95,6 @@ def test_a_failing_figure_leaves_no_label_map(tmp_path, inputs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(InputError, match="m.png: cannot write the outputs \\(No space left"):
-        pipeline._write_outputs(outputs, np.zeros((512, 512), np.uint8), data,
+        pipeline._write_outputs(outputs, np.zeros((512, 512), np.uint8), data, LabelInfo(),
                                 {"overlay": full_disk})
     assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,7 @@ succeeded. The way of a request: read the image (`segmote.io`), check the prompt
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +21,10 @@ import numpy as np
 from segmote.adapter import read_adapter_card
 from segmote.build import DEFAULT_ADAPTER, load_model, resolve_device
 from segmote.errors import InputError, ParameterError, SegmoteError
-from segmote.io import ImageData, output_path_for, read_image, write_label
+from segmote.io import ImageData, LabelInfo, output_path_for, read_image, write_label
 from segmote.io.finite import finite_image
 from segmote.io.image import split_ext
+from segmote.io.writers import label_names_path
 from segmote.outputs import check_outputs, written_together
 from segmote.modeling.segmote import SegMoTE
 from segmote.overlay import check_png, save_overlay
@@ -56,6 +57,9 @@ class PredictOptions:
         those trained on the image's modality when the adapter records it) into one label
         map, value i = i-th class; every slice of a volume. threshold: confidence needed to
         keep a class's mask (default: the adapter's calibrated one).
+    label_names: label value -> name, over the class names of `text` / `auto`; written as
+        DICOM-SEG segment names, in a Slicer .seg.nrrd, and in an ITK-SNAP label file beside
+        NIfTI / NRRD maps (`segmote.io.LabelInfo`).
     series: the SeriesInstanceUID to read from a DICOM folder holding several series.
     """
 
@@ -74,6 +78,7 @@ class PredictOptions:
     auto: bool = False
     classes: Sequence[str] | None = None
     threshold: float | None = None
+    label_names: Mapping[int, str] = field(default_factory=dict)
     series: str | None = None
 
 
@@ -113,6 +118,7 @@ def predict_file(input_path: str | Path, output: str | Path,
         image is known; none for prompt-free modes (options.text alone or options.auto).
     """
     opts = options or PredictOptions()
+    LabelInfo(opts.label_names)  # check the names before any work
     data = finite_image(read_image(input_path, series=opts.series))
     out_path = output_path_for(data, output)
     numbers = objects if isinstance(objects, PromptNumbers) else None
@@ -147,6 +153,8 @@ def _check_outputs(input_path: str | Path, data: ImageData, out_path: Path,
     each other, can be written and fits the free space; checked before the model loads.
     Returns role -> path."""
     outputs = {"label map": out_path}
+    if opts.auto or opts.text is not None or opts.label_names:  # names: written beside it
+        outputs["label names file"] = label_names_path(out_path)
     for role, path in (("overlay", opts.overlay), ("attention figure", opts.attention)):
         if path is not None:
             outputs[role] = Path(path)
@@ -155,25 +163,27 @@ def _check_outputs(input_path: str | Path, data: ImageData, out_path: Path,
               (None, "none", "None", "default", "new") else [],
               "checkpoint": [Path(opts.checkpoint)] if opts.checkpoint else []}
     plane = int(np.prod(data.array.shape[:2]))
-    need = 2 * data.array.size + 4 * plane * (len(outputs) - 1)  # uint16 labels, RGBA figures
+    need = 2 * data.array.size + 4 * plane * 2  # uint16 labels, two RGBA figures at most
     check_outputs(outputs, inputs, need_bytes=need)
     return outputs
 
 
 def _write_outputs(outputs: dict[str, Path], label: np.ndarray, data: ImageData,
-                   figures: dict[str, Callable[[Path], object]]) -> None:
-    """The label map and the figures, all renamed into place together at the end, or none
-    (a full disk or a read-only folder leaves no label map behind either)."""
-    paths = list(outputs.values())
+                   info: LabelInfo, figures: dict[str, Callable[[Path], object]]) -> None:
+    """The figures go to temporary files first, then the label map (with its label-names file
+    and detached data file, which `write_label` writes atomically itself); the figures are
+    renamed into place only once the label map is written. A full disk or a read-only folder
+    anywhere on the way leaves none of them behind."""
+    roles = list(figures)
+    paths = [outputs[r] for r in roles]
     with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths]) as tmps:
-        temp = dict(zip(outputs, tmps))
         try:
-            write_label(label, data, temp["label map"])
-            for role, draw in figures.items():
-                draw(temp[role])
+            for role, tmp in zip(roles, tmps):
+                figures[role](tmp)
         except OSError as err:
             raise InputError(f"{outputs['label map']}: cannot write the outputs "
                              f"({err.strerror or err})") from None
+        write_label(label, data, outputs["label map"], info)
 
 
 def _check_classes(opts: PredictOptions, prompted: bool) -> None:
@@ -254,12 +264,15 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
                                _tqdm("slices") if opts.progress else None, **kw)
     else:
         label = segment_image(seg, data, objects, modality, opts.window, **kw)
+    names = {obj.label: opts.text for obj in objects} if opts.text is not None else {}
+    info = LabelInfo({**names, **opts.label_names})
     image = volume_slice(data.array, k_show, opts.axis) if data.is_volume else data.array
     shown_label = volume_slice(label, k_show, opts.axis) if data.is_volume else label
     figures = {"overlay": lambda path: save_overlay(image, shown_label, path),
                "attention figure": lambda path: save_attention_png(
                    image, shown["attention"], path, shown["geometry"])}
-    _write_outputs(outputs, label, data, {r: f for r, f in figures.items() if r in outputs})
+    _write_outputs(outputs, label, data, info,
+                   {r: f for r, f in figures.items() if r in outputs})
     att_path = outputs.get("attention figure")
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
@@ -294,13 +307,15 @@ def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[s
     if value is not None:  # one class asked by text: write it with the label value asked
         label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)
         mapping = {value: names[0]}
+    info = LabelInfo({**mapping, **opts.label_names}, automatic=True)
     if data.is_volume:  # the overlay shows the middle slice
         k = data.array.shape[opts.axis] // 2
         image, shown = volume_slice(data.array, k, opts.axis), volume_slice(label, k, opts.axis)
     else:
         image, shown = data.array, label
     figures = {"overlay": lambda path: save_overlay(image, shown, path)}
-    _write_outputs(outputs, label, data, {r: f for r, f in figures.items() if r in outputs})
+    _write_outputs(outputs, label, data, info,
+                   {r: f for r, f in figures.items() if r in outputs})
     value_of = {name: v for v, name in mapping.items()}
     listed = ", ".join(f"{value_of[n]}={n} ({why})" for n, why in found.items())
     asked = f" (the adapter's {modality} classes)" if by_modality else ""
