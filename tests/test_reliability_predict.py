@@ -73,7 +73,9 @@ def test_every_output_with_every_prompt(kind, output, dims, inputs, shared_model
     assert rc == 0 and "Traceback" not in stderr, stderr
     written = {p.name for p in tmp_path.iterdir()}
     figure = {"overlay": "o.png", "attention": "a.png"}.get(output)
-    assert written == {out} | ({figure} if figure else set()), written
+    # the ITK-SNAP label-names file beside a NIfTI map of named classes
+    names = {"seg_labels.txt"} if dims == "3-D" and kind in ("box+text", "text", "auto") else set()
+    assert written == {out} | names | ({figure} if figure else set()), written
     label = nib.load(out).get_fdata() if dims == "3-D" else np.asarray(Image.open(out))
     assert label.shape == (nib.load(src).shape if dims == "3-D" else (512, 512))
     if figure:
