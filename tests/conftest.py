@@ -12,6 +12,7 @@ SLOW_MODULES = {
     "test_evaluate_model", "test_evaluate_cli", "test_default_adapter", "test_faithfulness",
     "test_presence", "test_prompted", "test_samples", "test_curation", "test_stages",
     "test_precision", "test_autocast_masks", "test_volume_batched",
+    "test_cli_folder", "test_reliability_nan", "test_reliability_predict",
 }
 
 
