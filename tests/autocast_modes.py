@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from cuda_autocast import cuda_autocast_on_cpu
+from cuda_autocast import cuda_autocast_on_cpu, cuda_rules_on_cpu
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,3 +47,13 @@ def mode_autocast(mode: str) -> Callable[[], Any]:
     if mode.startswith(("cpu-", "cuda-")):
         return functools.partial(torch.autocast, mode.split("-")[0], dtype=dtype)
     return contextlib.nullcontext
+
+
+def mode_step(mode: str) -> tuple[Any, Callable[[], Any]]:
+    """(context, autocast factory) for a training step under the mode: an emulated mode keeps
+    CUDA's rules installed for the whole step, backward included (activation checkpoints
+    recompute the forward there), and the factory only switches autocast on."""
+    if mode.startswith("emulated-cuda-"):
+        dtype = mode_dtype(mode)
+        return cuda_rules_on_cpu(dtype), functools.partial(torch.autocast, "cpu", dtype=dtype)
+    return contextlib.nullcontext(), mode_autocast(mode)

@@ -115,8 +115,11 @@ def _overload(name: str) -> Any:
 
 
 @contextlib.contextmanager
-def cuda_autocast_on_cpu(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
-    """CPU autocast to `dtype` with CUDA autocast's per-op casting rules (module doc)."""
+def cuda_rules_on_cpu(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """CUDA's casting rules on the AutocastCPU key, without enabling autocast: for code that
+    enters and leaves autocast itself and must meet the same rules throughout (a training step
+    whose activation checkpoints recompute the forward, under the forward's autocast state,
+    during the backward pass)."""
     lib = torch.library.Library("aten", "IMPL")
     try:
         cpu_only = set(torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCPU"))
@@ -126,7 +129,13 @@ def cuda_autocast_on_cpu(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
         for name, policy in POLICY.items():
             lib.impl(name.removeprefix("aten::"), _kernel(_overload(name), policy, dtype),
                      "AutocastCPU")
-        with torch.autocast("cpu", dtype=dtype):
-            yield
+        yield
     finally:
         lib._destroy()
+
+
+@contextlib.contextmanager
+def cuda_autocast_on_cpu(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """CPU autocast to `dtype` with CUDA autocast's per-op casting rules (module doc)."""
+    with cuda_rules_on_cpu(dtype), torch.autocast("cpu", dtype=dtype):
+        yield

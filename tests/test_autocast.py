@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autocast_modes import MODES, mode_autocast, mode_device, mode_dtype
+from autocast_modes import MODES, mode_autocast, mode_device, mode_dtype, mode_step
 from cuda_autocast import POLICY, cuda_autocast_on_cpu
 from tiny_models import one_thread, tiny_sam  # noqa: F401 (one_thread: a module fixture)
 from segmote.modeling.mote import TokenRouter, load_balance_loss
@@ -114,8 +114,10 @@ def test_training_step_of_every_adapter_part(mode: str) -> None:
     scaler = torch.amp.GradScaler(dev.type, init_scale=2.0 ** 8) \
         if mode_dtype(mode) == torch.float16 else None
     torch.manual_seed(0)
-    res = train_step(step, _blob_batch(12, 32, 0).to(dev), opt, params, 1.0,
-                     mode_autocast(mode), scaler, dev)
+    rules, autocast = mode_step(mode)
+    with rules:
+        res = train_step(step, _blob_batch(12, 32, 0).to(dev), opt, params, 1.0, autocast,
+                         scaler, dev)
     assert not res.skipped and np.isfinite(res.loss) and np.isfinite(res.grad_norm)
     names = [n for n, p in model.named_parameters() if p.requires_grad
              and not n.startswith("adapter.presence.")]
