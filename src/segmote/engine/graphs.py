@@ -27,6 +27,19 @@ ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embedding", "early_features")
 
 
+class EncoderGraph(nn.Module):
+    """The frozen image encoder: image (B, 3, S, S) normalised -> image_embedding (B, D, h, w),
+    early_features (B, C_early, h, w)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.encoder(image)
+        return out.image_embedding, out.early_features
+
+
 def sparse_from_points(model: Sam, coords: Tensor, labels: Tensor) -> Tensor:
     """(B, N, 2) pixel coords and (B, N) labels in {-1, 0, 1, 2, 3} -> sparse tokens (B, N, D),
     the tokens `PromptEncoder.forward` gives for the same points / box corners."""
@@ -93,8 +106,14 @@ class SegMoTEDecoderGraph(nn.Module):
         names += ["mask_input", "has_mask_input"] + (["text_embedding"] if text or auto else [])
         self.inputs = tuple(names)
 
-    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = dict(zip(self.inputs, args))
+    def forward(self, image_embedding: Tensor, early_features: Tensor,
+                mask_input: Tensor, has_mask_input: Tensor, point_coords: Tensor | None = None,
+                point_labels: Tensor | None = None,
+                text_embedding: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = {"image_embedding": image_embedding, "early_features": early_features,
+             "point_coords": point_coords, "point_labels": point_labels,
+             "mask_input": mask_input, "has_mask_input": has_mask_input,
+             "text_embedding": text_embedding}
         m = self.model
         image = m.prepare_image(EncoderOutput(x["image_embedding"], x["early_features"]))
         dense = dense_from_mask(m.base, x["mask_input"], x["has_mask_input"])
@@ -112,22 +131,24 @@ class SegMoTEDecoderGraph(nn.Module):
         return out.masks, out.iou_pred, out.base_masks, out.base_iou
 
 
-def export_onnx(module: nn.Module, args: tuple[Tensor, ...], path: str,
-                input_names: tuple[str, ...], output_names: tuple[str, ...],
-                batch_inputs: tuple[str, ...] | None = None) -> None:
-    """Trace `module` on `args` with torch.export and write an ONNX graph (opset `OPSET`, weights
-    inside the file) whose first dimension is dynamic for every input in `batch_inputs`
-    (default: all)."""
+def export_onnx(module: nn.Module, inputs: dict[str, Tensor], path: str,
+                output_names: tuple[str, ...]) -> None:
+    """Trace `module(**inputs)` with torch.export and write an ONNX graph (opset `OPSET`, weights
+    inside the file) whose inputs are named as `inputs`, with a dynamic first dimension (batch)
+    for every input and a dynamic number of points for `point_coords` / `point_labels`."""
     batch = torch.export.Dim("batch", min=1, max=1024)
-    batched = set(input_names if batch_inputs is None else batch_inputs)
-    shapes = tuple({0: batch} if name in batched else None for name in input_names)
+    points = torch.export.Dim("num_points", min=1, max=64)
+    shapes = {name: {0: batch, 1: points} if name.startswith("point_") else {0: batch}
+              for name in inputs}
     quiet = logging.getLogger("torch.onnx")  # it logs one line per missing torchvision op
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's
-        torch.onnx.export(module.eval(), args, path, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_shapes=shapes,
-                          opset_version=OPSET, dynamo=True, external_data=False,
-                          verbose=False)
-    quiet.setLevel(level)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+            torch.onnx.export(module.eval(), (), path, kwargs=inputs,
+                              input_names=list(inputs), output_names=list(output_names),
+                              dynamic_shapes=shapes, opset_version=OPSET, dynamo=True,
+                              external_data=False, verbose=False)
+    finally:
+        quiet.setLevel(level)

@@ -23,6 +23,8 @@ class GraphInfo:
     inputs: dict[str, list[int | str]]
     outputs: dict[str, list[int | str]]
     max_abs_diff: float | None = None  # largest |graph - PyTorch| over the check's outputs
+    mask_pixels_differing: int | None = None  # low-res mask pixels (logit > 0) that differ
+    checked_on: list[str] = field(default_factory=list)  # inputs of the check
 
 
 @dataclass(frozen=True)

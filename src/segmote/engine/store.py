@@ -24,7 +24,7 @@ from torch import nn
 from segmote import __version__
 from segmote.checkpoint import sha256_file
 from segmote.engine.graphs import (ENCODER_INPUTS, ENCODER_OUTPUTS, EXPORT_FORMAT, OPSET,
-                                   export_onnx)
+                                   EncoderGraph, export_onnx)
 from segmote.engine.manifest import GraphInfo, Manifest, preprocessing
 from segmote.errors import InputError
 from segmote.samples._fetch import segmote_home
@@ -72,7 +72,7 @@ def export_encoder(model: nn.Module, path: Path) -> GraphInfo:
     encoder = model.image_encoder
     s = model.img_size
     x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-    export_onnx(encoder, (x,), str(path), ENCODER_INPUTS, ENCODER_OUTPUTS)
+    export_onnx(EncoderGraph(encoder), {ENCODER_INPUTS[0]: x}, str(path), ENCODER_OUTPUTS)
     with torch.no_grad():
         want = encoder(x)
     diff = None
