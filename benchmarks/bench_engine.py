@@ -161,24 +161,26 @@ def heldout(engine: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=("latency", "faithfulness", "heldout", "volume"))
+    ap.add_argument("part", choices=("latency", "faithfulness", "heldout", "volume", "all"))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--engine", default="openvino", help="engine of the held-out / volume runs")
     ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
                     help="configurations of the faithfulness run")
     args = ap.parse_args()
-    if args.part == "latency":
-        res = latency(args.repeats)
-    elif args.part == "faithfulness":
-        res = faithfulness(args.configs)
-    elif args.part == "heldout":
-        res = heldout(args.engine)
-    else:
-        from bench_engine_volume import volume
-        res = volume(args.engine)
-    data = load_result("engine") or {}
-    data[args.part] = res
-    print(write_result("engine", data))
+    for part in ("latency", "faithfulness", "heldout", "volume") if args.part == "all" \
+            else (args.part,):
+        if part == "latency":
+            res = latency(args.repeats)
+        elif part == "faithfulness":
+            res = faithfulness(args.configs)
+        elif part == "heldout":
+            res = heldout(args.engine)
+        else:
+            from bench_engine_volume import volume
+            res = volume(args.engine)
+        data = load_result("engine") or {}
+        data[part] = res
+        print(write_result("engine", data))
 
 
 if __name__ == "__main__":
