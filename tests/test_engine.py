@@ -114,3 +114,19 @@ def test_decoder_graph_modules_equal_the_pytorch_decode(base_model, default_mode
             assert torch.allclose(got[0], want.masks, atol=1e-4), kind
             assert torch.allclose(got[2], want.base_masks, atol=1e-4), kind
             assert ((got[0] > 0) == (want.masks > 0)).all(), kind
+
+
+def test_training_embedding_cache_with_engine(base_model, samples_home, tmp_path):
+    """`segmote train --engine`: the cache's entries encoded by openvino equal PyTorch's."""
+    from pathlib import Path
+
+    from segmote.data.cache import EmbeddingCache
+    from segmote.data.datasets import discover, slice_samples
+    (d,) = discover([Path(samples_home) / "samples" / "pyradiomics/Dataset002_PyradiomicsMR"])
+    samples = slice_samples([d], {d.name: {"train": ["breast1"], "val": []}}, axis=2).samples
+    sample = samples[len(samples) // 2]
+    engine_model = use_engine(load_model(adapter="new"), "openvino", "litemedsam", SHA)
+    got = EmbeddingCache(tmp_path / "e", engine_model, "litemedsam").get(sample)
+    want = EmbeddingCache(tmp_path / "t", base_model, "litemedsam").get(sample)
+    torch.testing.assert_close(got.image_embedding, want.image_embedding, rtol=2e-3, atol=1e-3)
+    torch.testing.assert_close(got.early_features, want.early_features, rtol=2e-3, atol=1e-3)

@@ -22,7 +22,8 @@ from segmote.errors import InputError
 # flag -> config key, for the settings that have a flag of their own
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
           "backbone": "backbone", "checkpoint": "checkpoint", "num_workers": "num_workers",
-          "amp": "amp", "window": "window", "cache_dir": "cache_dir", "split": "split",
+          "amp": "amp", "window": "window", "cache_dir": "cache_dir", "engine": "engine",
+          "split": "split",
           "balance": "balance", "samples_per_epoch": "samples_per_epoch", "manifest": "manifest",
           "init_adapter": "init_adapter"}
 
@@ -57,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples-per-epoch", type=int, help="samples drawn per epoch")
     p.add_argument("-w", "--window", help="CT window for the cached images")
     p.add_argument("--cache-dir", help="embedding cache folder (default RUN_DIR/cache)")
+    p.add_argument("--engine", choices=("torch", "onnxruntime", "openvino", "auto"),
+                   help="what encodes the embedding cache (default torch; docs/engine.md)")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=run)

@@ -83,6 +83,8 @@ class TrainConfig:
         amp: autocast dtype on GPU ("auto": bf16 where supported, else fp16); CPU runs in fp32.
         num_workers: DataLoader workers reading cached embeddings.
         cache_dir: embedding cache (None: RUN_DIR/cache).
+        engine: what encodes the cache's slices (the frozen encoder only): "torch", or a CPU
+            engine of `segmote.engine` ("onnxruntime", "openvino", "auto").
         mote: MoTEConfig fields except balance_weight (set by loss_weights.balance).
         init_adapter: an adapter file to start from (a second training stage): its weights are
             loaded into the new adapter; parts the file lacks (e.g. the text / PPT modules of an
@@ -134,6 +136,7 @@ class TrainConfig:
     amp: str = "auto"
     num_workers: int = 0
     cache_dir: str | None = None
+    engine: str = "torch"
     mote: dict[str, Any] = field(default_factory=dict)
     init_adapter: str | None = None
     train_parts: list[str] | None = None
