@@ -25,7 +25,7 @@ from segmote.checkpoint import sha256_file
 from segmote.engine.graphs import (BaseDecoderGraph, EncoderGraph, SegMoTEDecoderGraph,
                                    export_onnx)
 from segmote.engine.manifest import GraphInfo, Manifest
-from segmote.engine.runtimes import open_session
+from segmote.engine.runtimes import Session, open_session
 from segmote.engine.store import encoder_graph, encoder_manifest
 from segmote.errors import InputError
 
@@ -98,13 +98,13 @@ def _texts(model: nn.Module, names: list[str]) -> dict[str, Tensor] | None:
     return dict(zip(names, emb[:, None]))
 
 
-def compare(session_path: Path, engine: str, graph: nn.Module, inputs: dict[str, Tensor],
+def compare(session: Session, graph: nn.Module, inputs: dict[str, Tensor],
             output_names: tuple[str, ...]) -> tuple[float, int]:
-    """Max |graph - PyTorch| over the outputs and the number of mask pixels (logit > 0 at the
-    low-res grid) that differ, for one set of inputs."""
+    """Max |exported graph - PyTorch module| over the outputs and the number of mask pixels
+    (logit > 0 at the low-res grid) that differ, for one set of inputs."""
     with torch.no_grad():
         want = graph(**inputs)
-    got = open_session(session_path, engine).run({k: v.numpy() for k, v in inputs.items()})
+    got = session.run({k: v.numpy() for k, v in inputs.items()})
     diff = max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want))
     flips = sum(int(((torch.from_numpy(g) > 0) != (w > 0)).sum())
                 for g, w, name in zip(got, want, output_names) if "masks" in name)
@@ -125,8 +125,9 @@ def _export_decoder(name: str, graph: nn.Module, samples: list[CheckInput],
     first = graph_inputs(graph, samples[0], text(samples[0]), mask_size)
     export_onnx(graph, first, str(path), graph.outputs)
     diffs, flips = [], 0
+    session = open_session(path, engine)
     for sample in samples:
-        d, f = compare(path, engine, graph, graph_inputs(graph, sample, text(sample), mask_size),
+        d, f = compare(session, graph, graph_inputs(graph, sample, text(sample), mask_size),
                        graph.outputs)
         diffs.append(d)
         flips += f
@@ -160,7 +161,8 @@ def export_graphs(model: nn.Module, out_dir: Path, backbone: str, backbone_sha25
         shutil.copyfile(cached, tmp / "encoder.onnx")
         enc = Manifest.read(cached.parent / "manifest.json").graphs["encoder"]
         base = getattr(model, "base", model)
-        diffs = [compare(tmp / "encoder.onnx", engine, EncoderGraph(model.image_encoder),
+        session = open_session(tmp / "encoder.onnx", engine)
+        diffs = [compare(session, EncoderGraph(model.image_encoder),
                          {"image": (s.image - base.pixel_mean) / base.pixel_std}, ())[0]
                  for s in samples]
         graphs["encoder"] = dataclasses.replace(enc, max_abs_diff=max(diffs),
