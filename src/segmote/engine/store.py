@@ -71,7 +71,8 @@ def export_encoder(model: nn.Module, path: Path) -> GraphInfo:
     onnxruntime when installed (else None: not checked)."""
     encoder = model.image_encoder
     s = model.img_size
-    x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    # a batch of 2: torch.export specialises a dimension of size 1
+    x = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
     export_onnx(EncoderGraph(encoder), {ENCODER_INPUTS[0]: x}, str(path), ENCODER_OUTPUTS)
     with torch.no_grad():
         want = encoder(x)
