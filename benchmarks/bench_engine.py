@@ -115,6 +115,7 @@ def faithfulness(labels: list[str]) -> dict:
             rows.append({"engine": label, "set": name, "n": len(scores),
                          "dice": float(np.mean(scores)), "seconds": time.perf_counter() - t})
             print(rows[-1], flush=True)
+            _save_partial("faithfulness_rows", rows)  # hours on a busy machine: keep each row
     torch_rows = [r for r in rows if r["engine"] == "torch"]
     source = "measured in this run"
     if not torch_rows:
@@ -125,6 +126,12 @@ def faithfulness(labels: list[str]) -> dict:
         r["diff_vs_torch"] = r["dice"] - torch_dice[r["set"]]
     return {"machine": machine(), "rows": rows, "torch_dice": torch_dice,
             "torch_source": source}
+
+
+def _save_partial(key: str, value: object) -> None:
+    data = load_result("engine") or {}
+    data[key] = value
+    write_result("engine", data)
 
 
 def heldout(engine: str) -> dict:

@@ -51,16 +51,16 @@ def test_engine_encoder_matches_torch(engine, base_model):
 
 
 def test_unknown_or_missing_engine(monkeypatch):
-    with pytest.raises(InputError, match="unknown engine 'tensorrt'"):
+    with pytest.raises(InputError, match="engine 'tensorrt': unknown"):
         resolve_engine("tensorrt")
-    with pytest.raises(InputError, match="precision bf16 is offered with engine openvino only"):
+    with pytest.raises(InputError, match="precision bf16: offered with engine openvino only"):
         load_model(adapter=None, engine="onnxruntime", precision="bf16")
     import segmote.engine.runtimes as rt
     real = rt.importlib.util.find_spec
     monkeypatch.setattr(rt.importlib.util, "find_spec",
                         lambda name, *a: None if name in ("onnxruntime", "openvino")
                         else real(name, *a))
-    with pytest.raises(InputError, match=r"engine openvino is not installed: pip install"):
+    with pytest.raises(InputError, match=r"engine openvino: not installed; pip install"):
         resolve_engine("openvino")
     assert resolve_engine("auto") == "torch"
 

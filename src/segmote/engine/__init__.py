@@ -11,7 +11,7 @@ from torch import nn
 
 from segmote.engine.runtimes import (ENGINES, PRECISIONS, check_precision, installed_engines,
                                      resolve_engine)
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 __all__ = ["ENGINES", "PRECISIONS", "installed_engines", "resolve_engine", "use_engine"]
 
@@ -28,12 +28,15 @@ def use_engine(model: nn.Module, engine: str, backbone: str, backbone_sha256: st
     from segmote.engine.encoder import EngineEncoder
     from segmote.engine.store import encoder_graph
 
+    if engine == "auto" and model.device.type != "cpu":
+        engine = "torch"  # the runtimes here are CPU engines
     engine = resolve_engine(engine)
     check_precision(engine, precision)
     if engine == "torch":
         return model
     if model.device.type != "cpu":
-        raise InputError(f"engine {engine} runs on the CPU; use engine torch on {model.device}")
+        raise ParameterError("engine", f"{{engine}} {engine} runs on the CPU; use torch on "
+                                       f"{model.device}")
     threads = torch.get_num_threads() if threads is None else threads
     base = getattr(model, "base", model)
     graph = encoder_graph(model, backbone, backbone_sha256)

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -45,18 +45,20 @@ def resolve_engine(engine: str | None) -> str:
     if engine in (None, "auto"):
         return installed_engines()[0]
     if engine not in ENGINES:
-        raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} "
-                         f"or auto")
+        raise ParameterError("engine", f"{{engine}} {engine!r}: unknown; choose "
+                                       f"{', '.join(ENGINES)} or auto")
     if not is_installed(engine):
-        raise InputError(f"engine {engine} is not installed: {_INSTALL}")
+        raise ParameterError("engine", f"{{engine}} {engine}: not installed; {_INSTALL}")
     return engine
 
 
 def check_precision(engine: str, precision: str) -> None:
     if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ParameterError("precision", f"{{precision}} {precision!r}: unknown; choose "
+                                          f"{', '.join(PRECISIONS)}")
     if precision != "fp32" and engine != "openvino":
-        raise InputError(f"precision {precision} is offered with engine openvino only")
+        raise ParameterError("precision", f"{{precision}} {precision}: offered with engine "
+                                          "openvino only")
 
 
 class OrtSession:
