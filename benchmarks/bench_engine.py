@@ -101,7 +101,7 @@ def faithfulness(labels: list[str]) -> dict:
     (`run_reference` over a `Segmenter`). PyTorch's Dice, when "torch" is not among them, is
     the stored faithfulness result (bench_faithfulness.py: the same code and encoder)."""
     from segmote.evaluation.reference import REFERENCE_DICE, reference_sets, run_reference
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     from segmote.samples import fetch_sample, segmote_home
     for name in ("pyradiomics", "nuclei", "colin27"):
         fetch_sample(name)

@@ -17,7 +17,7 @@ from segmote.engine.export import check_samples, graph_inputs
 from segmote.engine.graphs import BaseDecoderGraph, SegMoTEDecoderGraph
 from segmote.engine.store import encoder_graph, entry_dir, is_current
 from segmote.errors import InputError
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 from segmote.samples import bundled_sample_path, bundled_samples
 
 SHA = weights_sha256("litemedsam", None)

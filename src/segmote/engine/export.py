@@ -93,7 +93,7 @@ def check_samples(model: nn.Module) -> list[CheckInput]:
 def _texts(model: nn.Module, names: list[str]) -> dict[str, Tensor] | None:
     if getattr(getattr(model, "adapter", None), "text", None) is None:
         return None
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     emb = Segmenter(model).embed_text([CHECK_TEXT.get(n, n) for n in names])
     return dict(zip(names, emb[:, None]))
 
