@@ -33,7 +33,7 @@ def _predict(src: Path, out: Path, box: str, engine: str) -> float:
     return time.perf_counter() - t
 
 
-def volume(engine: str, slices: int = 40) -> dict:
+def volume(engine: str, slices: int = 20) -> dict:
     from bench_predict import make_volume
     from segmote.samples import fetch_sample
 
