@@ -64,7 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="auto",
                    help="what runs the image encoder: auto (default: the fastest installed), "
                         "torch, onnxruntime or openvino (CPU; docs/engine.md)")
-    p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (openvino)")
     p.add_argument("--threads", type=int,
                    help="CPU threads (default: OMP_NUM_THREADS, else every core)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
@@ -84,7 +83,7 @@ def options(args: argparse.Namespace):
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
         classes=parse_class_names(args.classes), threshold=args.threshold,
-        engine=args.engine, precision=args.precision, threads=args.threads)
+        engine=args.engine, threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:
