@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from common import machine_line
+from common import load_result, machine_line
 
 
 def _latency(r: dict) -> list[str]:
@@ -78,10 +78,23 @@ def _volume(r: dict) -> list[str]:
     return out + ["", r.get("note", ""), ""]
 
 
+def _partial_faithfulness(rows: list[dict]) -> dict:
+    """A faithfulness run that was stopped: its rows so far against the stored PyTorch Dice."""
+    torch_dice = {x["set"]: x["dice"] for x in load_result("faithfulness")["rows"]}
+    rows = [{**x, "diff_vs_torch": x["dice"] - torch_dice[x["set"]]} for x in rows]
+    done = {x["set"] for x in rows}
+    return {"rows": rows, "torch_dice": {k: v for k, v in torch_dice.items() if k in done},
+            "torch_source": "benchmarks/results/faithfulness.json (bench_faithfulness.py); "
+                            "an unfinished run: the rows it completed, the others not measured "
+                            f"({', '.join(k for k in torch_dice if k not in done)})"}
+
+
 def section_engine(r: dict) -> list[str]:
     out = ["## CPU inference engines (issue 25)", "",
            "PyTorch eager vs the exported encoder graph on ONNX Runtime and OpenVINO "
            "(`load_model(engine=...)`, `--engine`); `python benchmarks/bench_engine.py PART`.", ""]
+    if "faithfulness" not in r and "faithfulness_rows" in r:
+        r = {**r, "faithfulness": _partial_faithfulness(r["faithfulness_rows"])}
     for key, fn in (("latency", _latency), ("faithfulness", _faithfulness),
                     ("heldout", _heldout), ("volume", _volume)):
         out += [f"### {key}", ""] + (fn(r[key]) if key in r else ["not run yet", ""])
