@@ -111,6 +111,15 @@ def compare(session: Session, graph: nn.Module, inputs: dict[str, Tensor],
     return diff, flips
 
 
+def _card(model: nn.Module) -> dict:
+    """The adapter's card (vocabulary, text template, calibration) as plain JSON values."""
+    card = getattr(model, "card", None)
+    if card is None:
+        return {}
+    entries = {k: v for k, v in dataclasses.asdict(card).items() if k not in ("extra", "raw")}
+    return json.loads(json.dumps(entries, default=str))
+
+
 def _shapes(inputs: dict[str, Tensor] | tuple[Tensor, ...], names) -> dict[str, list]:
     items = inputs.items() if isinstance(inputs, dict) else zip(names, inputs)
     return {k: ["B", *(["N"] if k.startswith("point_") else list(v.shape[1:2])),
@@ -176,7 +185,7 @@ def export_graphs(model: nn.Module, out_dir: Path, backbone: str, backbone_sha25
         manifest = dataclasses.replace(
             encoder_manifest(model, backbone, backbone_sha256, graphs["encoder"]),
             graphs=graphs, adapter_sha256=adapter_sha256,
-            adapter=json.loads(json.dumps(getattr(model, "adapter_metadata", {}), default=str)))
+            adapter=_card(model))
         (tmp / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
         out_dir.mkdir(exist_ok=True)
         for item in tmp.iterdir():
