@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("part", choices=("latency", "faithfulness", "heldout", "volume", "all"))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--engine", default="openvino", help="engine of the held-out / volume runs")
+    ap.add_argument("--slices", type=int, default=20,
+                    help="volume: slices of the 300-slice CT to box (0: the tumour case only)")
     ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
                     help="configurations of the faithfulness run")
     args = ap.parse_args()
@@ -184,7 +186,7 @@ def main() -> None:
             res = heldout(args.engine)
         else:
             from bench_engine_volume import volume
-            res = volume(args.engine)
+            res = volume(args.engine, args.slices)
         data = load_result("engine") or {}
         data[part] = res
         print(write_result("engine", data))
