@@ -6,6 +6,9 @@ with no prompt at all.
     segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --text tumour
     segmote predict -i cells.png -o nuclei.png --text nuclei          # prompt-free, one class
     segmote predict -i t1.nii.gz -o aal.nii.gz --auto --classes Hippocampus_L,Hippocampus_R
+    segmote predict -i series/ -o seg.dcm --box 83,93,0,173,162,14 --label-name 1=tumour
+    segmote predict -i imagesTs/ -o predsTs/ --prompts prompts.json     # a folder of cases
+    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i in/ -o out/ --auto -d cuda
 """
 
 from __future__ import annotations
@@ -14,19 +17,33 @@ import argparse
 import sys
 import time
 
-from segmote.predict.prompts import PromptNumbers, parse_class_names, parse_numbers
+from segmote.errors import InputError
+from segmote.predict.prompts import (PromptNumbers, parse_class_names, parse_label_names,
+                                     parse_numbers)
 
 # library parameter -> the flag that sets it, where they differ (`segmote.cli.main.flag_names`)
-FLAGS = {"boxes": "--box", "points": "--point", "labels": "--label"}
+FLAGS = {"boxes": "--box", "points": "--point", "labels": "--label",
+         "label_names": "--label-name"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment an image or volume from prompts",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True,
-                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series folder")
+                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series "
+                        "folder; or a folder of cases (CASE_0000.nii.gz, ..., DICOM series "
+                        "subfolders), predicted into -o as CASE.nii.gz, ...")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (format from its extension) or folder")
+                   help="output file (format from its extension: .dcm writes a DICOM "
+                        "Segmentation of a DICOM input, .seg.nrrd a Slicer segmentation) "
+                        "or folder")
+    p.add_argument("--prompts", metavar="JSON",
+                   help='prompts per case for a folder of cases: {"CASE": {"boxes": [[...]], '
+                        '"points": [[...]], "text": [...], "labels": [...]}}; cases without '
+                        "an entry need --auto")
+    p.add_argument("--output-ending", metavar="EXT",
+                   help="for a folder of cases: the label maps' ending, e.g. .dcm (DICOM-SEG of "
+                        "DICOM cases) or .seg.nrrd (default: the input's family, like nnU-Net)")
     p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--adapter", default="default",
@@ -47,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is known), or --classes, into one label map, value i = i-th class; "
                         "every slice of a volume")
     p.add_argument("--classes", help="comma-separated class names for --auto")
+    p.add_argument("--label-name", action="append", default=[], metavar="VALUE=NAME",
+                   help="name of an output label, e.g. 1=tumour (repeatable); default: the "
+                        "class names of --text / --auto. Written as DICOM-SEG segment names, "
+                        "in a .seg.nrrd, and in an ITK-SNAP file CASE_labels.txt beside "
+                        "NIfTI / NRRD outputs")
     p.add_argument("--threshold", type=float,
                    help="confidence needed to keep an automatic mask (default: the adapter's "
                         "calibrated threshold)")
@@ -60,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "probabilities); needs an adapter")
     p.add_argument("--attention", metavar="PNG",
                    help="write the expert tokens' attention maps for the first object as a PNG")
+    p.add_argument("--series", metavar="UID",
+                   help="the SeriesInstanceUID to read from a DICOM folder holding several "
+                        "series (without it such a folder is refused with their list)")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--engine", default="auto",
                    help="what runs the image encoder: auto (default: the fastest installed), "
@@ -83,22 +108,31 @@ def options(args: argparse.Namespace):
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
         classes=parse_class_names(args.classes), threshold=args.threshold,
+        label_names=parse_label_names(args.label_name), series=args.series,
         engine=args.engine, threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:
+    from segmote.predict.cases import is_case_folder
     from segmote.predict.pipeline import predict_file
     t0 = time.perf_counter()
     prompts, opts = options(args)
+    if is_case_folder(args.input):
+        from segmote.cli.predict_folder import run_folder
+        return run_folder(args, opts)
+    for flag, value in (("--prompts", args.prompts), ("--output-ending", args.output_ending)):
+        if value is not None:
+            raise InputError(f"{flag} goes with a folder of cases; {args.input} is one image")
     result = predict_file(args.input, args.output, prompts, opts)
-    if args.auto and args.classes is None and result.auto_modality is None \
-            and not result.auto_presence:
+    if args.auto and args.classes is None and result.auto_modality is None:
         # after the run, so a refused request still prints one line. Measured: without a
         # presence head the default adapter answered 57 % of the classes of other domains with
-        # a mask (docs/text_and_ppt.md)
+        # a mask (docs/text_and_ppt.md); the presence head drops most of them (README)
+        gate = ("the adapter's presence head drops classes this image cannot hold, "
+                if result.auto_presence else "classes of other domains (brain structures on a "
+                "microscopy image) may get masks: ")
         print("note: --auto without --classes (and without a modality the adapter was trained "
-              "on) asks for every class the adapter knows; classes of other domains (brain "
-              "structures on a microscopy image) may get masks: name the ones that can occur "
+              f"on) asked every class the adapter knows; {gate}name the ones that can occur "
               "with --classes, or give --modality", file=sys.stderr)
     if args.routing:
         from segmote.routing import format_routing_table
