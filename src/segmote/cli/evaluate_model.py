@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--cache-dir", help="embedding cache to read and fill (default SEGMOTE_HOME/"
                                        "embedding-cache, shared with curate and train)")
+    p.add_argument("--engine", default="auto",
+                   choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="what runs the image encoder (default auto: the fastest installed; "
+                        "docs/engine.md)")
     p.add_argument("-o", "--out", metavar="PREFIX",
                    help="write PREFIX.json (summary + metadata) and PREFIX.csv (per sample)")
     p.set_defaults(func=run, flags={"models": "--model", "prompts": "--prompt"})
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, split_seed=args.split_seed, seed=args.seed,
         clicks=args.clicks, jitter=args.jitter, axis=args.axis,
         min_foreground=args.min_foreground, backbone=args.backbone,
-        checkpoint=args.checkpoint, cache_dir=args.cache_dir)
+        checkpoint=args.checkpoint, cache_dir=args.cache_dir, engine=args.engine)
     print(result.format_table())
     if args.out:
         json_path, csv_path = write_outputs(result, args.out)

@@ -52,4 +52,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  presence head: threshold {p.threshold}, negatives {p.negatives}, "
                   f"trained on {p.slices} slices")
     print(format_summary(parameter_summary(model)))
+    from segmote.model_files import describe
+    print("model files:")
+    for name, folder, source in describe():
+        print(f"  {name}: {folder} ({source})")
     return 0

@@ -88,6 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the SeriesInstanceUID to read from a DICOM folder holding several "
                         "series (without it such a folder is refused with their list)")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto",
+                   help="what runs the image encoder: auto (default: the fastest installed), "
+                        "torch, onnxruntime or openvino (CPU; docs/engine.md)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: OMP_NUM_THREADS, else every core)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="numeric precision of the model (default fp32; bf16 / fp16 autocast: "
                    "faster on GPUs and on CPUs with AMX / AVX-512 BF16, masks may differ near "
@@ -112,6 +117,7 @@ def options(args: argparse.Namespace):
         attention=args.attention, text=args.text, auto=args.auto,
         classes=parse_class_names(args.classes), threshold=args.threshold,
         label_names=parse_label_names(args.label_name), series=args.series,
+        engine=args.engine, threads=args.threads,
         precision=args.precision, batch_size=args.batch_size)
 
 

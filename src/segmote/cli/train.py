@@ -24,6 +24,7 @@ from segmote.precision import AMP_CHOICES
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
           "backbone": "backbone", "checkpoint": "checkpoint", "num_workers": "num_workers",
           "amp": "amp", "window": "window", "cache_dir": "cache_dir", "split": "split",
+          "engine": "engine",
           "sampling_balance": "sampling_balance", "samples_per_epoch": "samples_per_epoch",
           "manifest": "manifest", "init_adapter": "init_adapter"}
 
@@ -63,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-w", "--window", help="CT window for the cached images")
     p.add_argument("--cache-dir", help="embedding cache folder (default SEGMOTE_HOME/"
                                        "embedding-cache, shared with curate and evaluate-model)")
+    p.add_argument("--engine", choices=("torch", "onnxruntime", "openvino", "auto"),
+                   help="what encodes the embedding cache (default torch; docs/engine.md)")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=run, flags={"out_dir": "--out"})

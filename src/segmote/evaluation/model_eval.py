@@ -83,14 +83,14 @@ def _parse_prompts(prompts: list[str], seed: int, clicks: int, jitter: float) ->
     return out
 
 
-def _load(name: str, backbone: str, checkpoint: str | None) -> Any:
+def _load(name: str, backbone: str, checkpoint: str | None, engine: str = "torch") -> Any:
     from segmote.build import load_model
 
     if name == "base":
-        return load_model(backbone, checkpoint, adapter=None)
+        return load_model(backbone, checkpoint, adapter=None, engine=engine)
     if name not in ("default", "new") and not Path(name).is_file():
         raise InputError(f"{name}: adapter file not found (or use base, default, new)")
-    return load_model(backbone, checkpoint, adapter=name)
+    return load_model(backbone, checkpoint, adapter=name, engine=engine)
 
 
 def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: list[str],
@@ -99,13 +99,14 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
                     clicks: int = 3, jitter: float = 0.1, axis: int = 2,
                     min_foreground: int = 20, backbone: str = "litemedsam",
                     checkpoint: str | None = None, cache_dir: str | Path | None = None,
-                    ) -> ModelEvaluation:
+                    engine: str = "torch") -> ModelEvaluation:
     """Evaluate `models` on the `part` ("val", "train" or "all") of the datasets' split.
 
     split_path: a split JSON (e.g. a training run's split.json); None draws the same split
         `segmote train` draws from val_fraction and split_seed.
     cache_dir: the embedding cache to read and fill (default: the one `segmote curate` and
         `segmote train` share, `segmote.data.cache.default_cache_dir`).
+    engine: what runs the frozen encoder (`load_model(engine=...)`).
     """
     from segmote import __version__
     from segmote.build import DEFAULT_ADAPTER, resolve_weights
@@ -133,10 +134,11 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         "split": {d: {k: v for k, v in e.items() if k in ("train", "val", "note")}
                   for d, e in split.items()},
         "axis": axis, "min_foreground": min_foreground, "n_samples": len(samples),
+        "engine": engine,
         "models": {}}
     adapters = [m for m in models if m != "base"]
     results: dict[str, list] = {}
-    loaded = {name: _load(name, backbone, checkpoint) for name in adapters or ["base"]}
+    loaded = {name: _load(name, backbone, checkpoint, engine) for name in adapters or ["base"]}
     for name, model in loaded.items():  # refuse before any work, naming the model
         for prompt in text:
             try:

@@ -201,20 +201,33 @@ class SegMoTE(nn.Module):
         """
         image = self._check_request(image, output, text, auto, points is not None or
                                     boxes is not None)
-        dec = self.base.mask_decoder
         n = text.shape[0] if text is not None else None
         if masks is not None:
             n = max(n or 1, masks.shape[0])
         sparse, dense = self.base.prompt_encoder(points, boxes, masks,
                                                  batch_size=n if auto else None)
+        prior = dense if auto and masks is not None else None
+        return self.decode_prompt_embeddings(image, sparse, dense, multimask_output, output,
+                                             return_attention, text, auto, prior)
+
+    def decode_prompt_embeddings(self, image: ImageFeatures, sparse: Tensor, dense: Tensor,
+                                 multimask_output: bool = False, output: Output = "expert",
+                                 return_attention: bool = False, text: Tensor | None = None,
+                                 auto: bool = False,
+                                 prior: Tensor | None = None) -> SegMoTEOutput:
+        """`decode` after the prompt encoder (the seam the exported decoder graphs trace).
+
+        sparse: (B, N, D) prompt tokens (N = 0 with `auto`); dense: (B, D, h, w);
+        prior: (B, D, h, w) the mask prompt's dense embedding PPT adds to the image, or None.
+        """
         b = sparse.shape[0]
         if text is not None and text.shape[0] not in (1, b):
             raise ConfigError(f"{text.shape[0]} text prompts for {b} prompts")
         text = None if text is None else text.to(sparse.dtype).expand(b, -1)
         text_bias = None
         pe_module = self.base.prompt_encoder
+        dec = self.base.mask_decoder
         if auto:
-            prior = dense if masks is not None else None
             sparse = self.adapter.ppt(image.image_embedding, pe_module.get_dense_pe(),
                                       self._ppt_anchor(sparse), b, text, prior)
         if text is not None:

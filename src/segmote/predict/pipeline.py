@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from segmote.adapter import read_adapter_card
 from segmote.batching import check_batch_size
@@ -68,6 +69,10 @@ class PredictOptions:
         DICOM-SEG segment names, in a Slicer .seg.nrrd, and in an ITK-SNAP label file beside
         NIfTI / NRRD maps (`segmote.io.LabelInfo`).
     series: the SeriesInstanceUID to read from a DICOM folder holding several series.
+    engine: what runs the frozen image encoder: "torch", "onnxruntime", "openvino" or "auto"
+        (`segmote.engine`; with openvino, precision bf16 runs its encoder in bf16 too);
+        threads: the CPU threads of
+        PyTorch and the engine (None: OMP_NUM_THREADS, else every core).
     """
 
     backbone: str = "litemedsam"
@@ -85,10 +90,12 @@ class PredictOptions:
     auto: bool = False
     classes: Sequence[str] | None = None
     threshold: float | None = None
-    precision: str | None = None
     batch_size: int | None = None
     label_names: Mapping[int, str] = field(default_factory=dict)
     series: str | None = None
+    engine: str = "torch"
+    precision: str | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -233,9 +240,16 @@ def _model_for(opts: PredictOptions, auto: bool):
     check_png(opts.attention, "attention")
     dev = resolve_device(opts.device)
     check_batch_size(opts.batch_size, dev)
-    if opts.precision is not None:
-        check_precision(opts.precision)
-    return modality, load_model(opts.backbone, opts.checkpoint, adapter=adapter, device=dev)
+    precision = check_precision(opts.precision or default_precision(dev))
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise ParameterError("threads", f"{{threads}} {opts.threads}: expected >= 1")
+        torch.set_num_threads(opts.threads)
+    # the engines' own precision: openvino only (the torch decoder runs under `_autocast`)
+    engine_precision = precision if opts.engine == "openvino" else "fp32"
+    return modality, load_model(opts.backbone, opts.checkpoint, adapter=adapter, device=dev,
+                                engine=opts.engine, precision=engine_precision,
+                                threads=opts.threads)
 
 
 def _autocast(opts: PredictOptions, model) -> Any:

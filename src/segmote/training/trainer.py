@@ -217,6 +217,9 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     names = sorted({s.class_name for s in train_samples + val_samples})
     texts, text_meta = class_texts(cfg, names)
     model = build_model(cfg, info.device, text_meta.get("dim"))
+    if cfg.engine != "torch":  # the encoder is only ever run by the cache
+        from segmote.engine import use_engine
+        use_engine(model, cfg.engine, cfg.backbone, model.backbone_sha256)
     cache = EmbeddingCache(cache_root(cfg), model,
                            f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
     cache.build(train_samples + val_samples, rank=info.rank, world_size=info.world_size,

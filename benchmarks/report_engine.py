@@ -1,0 +1,101 @@
+"""The CPU-engine section of docs/benchmarks.md (issue 25), from benchmarks/results/engine.json
+(written part by part by bench_engine.py). Called by benchmarks/run.py."""
+
+from __future__ import annotations
+
+from common import load_result, machine_line
+
+
+def _latency(r: dict) -> list[str]:
+    rows, eager = r["rows"], r["rows"]["torch"]["median_s"]
+    out = [f"Encoder, one 256 x 256 slice, {r['threads']} threads, configurations interleaved "
+           f"in one process, median of n = {rows['torch']['n']} each. Machine: "
+           f"{machine_line(r.get('machine'))}. The machine was shared while this ran, so the "
+           "absolute seconds are inflated; the ratios are what was measured side by side.", "",
+           "| engine | median | x PyTorch eager | x the 0.33 s fp32 floor | max abs embedding "
+           "difference |", "|---|---|---|---|---|"]
+    for label, x in rows.items():
+        out.append(f"| {label} | {x['median_s']:.2f} s | {x['over_eager']:.2f} | "
+                   f"{x['median_s'] / r['floor_s']:.1f} | {x['max_abs_diff_embedding']:.1e} |")
+    out += ["", f"Targets: fp32 <= 0.45 x eager; reduced precision <= 0.25 x. The floor is "
+            f"75 GFLOP per slice at the machine's ~225 GFLOP/s sgemm (issue 25). Reference "
+            f"package's own code: {r['reference_code']}.", ""]
+    s = r.get("slices")
+    if s:
+        out += [f"Several slices (a batch of {s['batch']}, n = {s['onnxruntime']['n']}): seconds "
+                "per slice with every thread on each operator (intra-op) vs one single-thread "
+                "session per thread side by side (slice-parallel):", "",
+                "| runtime | intra-op | slice-parallel |", "|---|---|---|"]
+        out += [f"| {e} | {s[e]['intra_op']:.2f} s | {s[e]['parallel']:.2f} s |"
+                for e in ("onnxruntime", "openvino")]
+        out.append("")
+    return out + [f"(eager {eager:.2f} s in this run.)", ""]
+
+
+def _faithfulness(r: dict) -> list[str]:
+    labels = list(dict.fromkeys(x["engine"] for x in r["rows"]))
+    out = ["Dice on the faithfulness sets (tight boxes, `segmote.evaluation.reference`), each "
+           f"engine through the product path; PyTorch: {r['torch_source']}.", "",
+           "| set | n | PyTorch | " + " | ".join(labels) + " |",
+           "|---|---|---|" + "---|" * len(labels)]
+    by = {(x["engine"], x["set"]): x for x in r["rows"]}
+    for name, dice in r["torch_dice"].items():
+        cells = [f"{by[(e, name)]['dice']:.4f} ({by[(e, name)]['diff_vs_torch']:+.4f})"
+                 for e in labels]
+        out.append(f"| {name} | {by[(labels[0], name)]['n']} | {dice:.4f} | "
+                   + " | ".join(cells) + " |")
+    worst = {e: max(abs(by[(e, n)]["diff_vs_torch"]) for n in r["torch_dice"]) for e in labels}
+    out += ["", "Largest |Dice difference| from PyTorch over the rows: " + ", ".join(
+        f"{e} {w:.4f}" for e, w in worst.items()) + " (targets: fp32 <= 0.002; reduced "
+        "precision offered only if <= 0.005 on every row).", ""]
+    return out
+
+
+def _heldout(r: dict) -> list[str]:
+    e = r["engine"]
+    out = [f"Default adapter's held-out table ({r['n_samples']} (slice, class) samples, box "
+           f"and point prompts, base and adapter outputs) with PyTorch and with {e}, each "
+           "filling its own embedding cache:", "",
+           f"| prompt | output | dataset | PyTorch | {e} |", "|---|---|---|---|---|"]
+    for p, models in r["torch"]["summary"].items():
+        for m, entry in models.items():
+            for d, x in entry["datasets"].items():
+                y = r[e]["summary"][p][m]["datasets"][d]
+                out.append(f"| {p} | {m} | {d} (n={x['n']}) | {x['dice']:.4f} | "
+                           f"{y['dice']:.4f} |")
+    return out + ["", f"Largest |difference|: {r['max_abs_dataset_diff']:.4f} (target <= 0.002).",
+                  ""]
+
+
+def _volume(r: dict) -> list[str]:
+    out = [f"End to end (`segmote predict` in a fresh process: start, model load, reading, "
+           f"every prompted slice encoded and decoded, writing). Machine: "
+           f"{machine_line(r.get('machine'))}.", "", "| case | engine | seconds | slices/s |",
+           "|---|---|---|---|"]
+    for x in r["runs"]:
+        out.append(f"| {x['case']} | {x['engine']} | {x['seconds']:.1f} | "
+                   f"{x['slices'] / x['seconds']:.2f} |")
+    return out + ["", r.get("note", ""), ""]
+
+
+def _partial_faithfulness(rows: list[dict]) -> dict:
+    """A faithfulness run that was stopped: its rows so far against the stored PyTorch Dice."""
+    torch_dice = {x["set"]: x["dice"] for x in load_result("faithfulness")["rows"]}
+    rows = [{**x, "diff_vs_torch": x["dice"] - torch_dice[x["set"]]} for x in rows]
+    done = {x["set"] for x in rows}
+    return {"rows": rows, "torch_dice": {k: v for k, v in torch_dice.items() if k in done},
+            "torch_source": "benchmarks/results/faithfulness.json (bench_faithfulness.py); "
+                            "an unfinished run: the rows it completed, the others not measured "
+                            f"({', '.join(k for k in torch_dice if k not in done)})"}
+
+
+def section_engine(r: dict) -> list[str]:
+    out = ["## CPU inference engines (issue 25)", "",
+           "PyTorch eager vs the exported encoder graph on ONNX Runtime and OpenVINO "
+           "(`load_model(engine=...)`, `--engine`); `python benchmarks/bench_engine.py PART`.", ""]
+    if "faithfulness" not in r and "faithfulness_rows" in r:
+        r = {**r, "faithfulness": _partial_faithfulness(r["faithfulness_rows"])}
+    for key, fn in (("latency", _latency), ("faithfulness", _faithfulness),
+                    ("heldout", _heldout), ("volume", _volume)):
+        out += [f"### {key}", ""] + (fn(r[key]) if key in r else ["not run yet", ""])
+    return out
