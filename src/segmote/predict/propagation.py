@@ -185,3 +185,76 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
     setter = volume_setter(seg, volume, axis, modality, window)
     return propagate(seg, setter, volume.shape, key_slice, prompt, axis=axis, k_range=k_range,
                      bound=prompt.get("box"))
+
+
+def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
+                 follow: bool) -> tuple[int, dict[str, Any], tuple[int, int], Any]:
+    """(key slice, first prompt in 2-D slice pixels, k-range, bound) of one `ObjectPrompt`."""
+    a, b = (ax for ax in range(3) if ax != axis)
+    box, k_range, bound = obj.box, (0, depth - 1), None
+    ks = {int(round(p[axis])) for p in obj.points}
+    if box is not None:
+        k0, k1 = int(round(box[axis])), int(round(box[axis + 3]))
+        bound = (box[a], box[b], box[a + 3], box[b + 3])
+        if k0 < k1:
+            k_range = (k0, k1)
+            key = key_slice if key_slice is not None else (k0 + k1) // 2
+            if not k0 <= key <= k1:
+                raise InputError(f"--key-slice {key} lies outside the box's slices {k0}..{k1}")
+        else:
+            key = k0
+        ks.add(key)
+    else:
+        key = next(iter(ks))
+    if len(ks) > 1:
+        raise InputError("propagation takes points on one slice (the key slice); prompt every "
+                         "slice instead with --every-slice")
+    if k_range == (0, depth - 1) and not follow and (box is None or k0 == k1):
+        k_range = (key, key)  # a one-slice prompt segments only its slice
+    prompt: dict[str, Any] = {"box": bound} if bound is not None else {}
+    if obj.points:
+        prompt["points"] = [(p[a], p[b]) for p in obj.points]
+        prompt["labels"] = list(obj.point_labels)
+    return key, prompt, k_range, bound
+
+
+def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis: int = 2,
+                      modality: str | None = None, window: str | None = None,
+                      key_slice: int | None = None, follow: bool = False,
+                      ) -> tuple[np.ndarray, list[dict[int, float]]]:
+    """Several `ObjectPrompt`s of one volume, each propagated -> (label map of the volume's
+    shape, per object {slice: predicted IoU}).
+
+    An object with a 3-D box whose k0 < k1 is followed inside the box's slices from
+    `key_slice` (default: the middle one); a one-slice prompt (a box with k0 == k1, or points
+    on one slice) is followed through the whole volume when `follow`, else it segments only
+    its slice. Where objects overlap, the earlier one keeps the voxel.
+    """
+    from segmote.inference import label_dtype
+
+    out = np.zeros(volume.shape, label_dtype(objects))
+    setter = volume_setter(seg, volume, axis, modality, window)
+    scores = []
+    for obj in objects:
+        key, prompt, k_range, bound = _object_plan(obj, axis, volume.shape[axis], key_slice,
+                                                   follow)
+        result = propagate(seg, setter, volume.shape, key, prompt, axis=axis, k_range=k_range,
+                           bound=bound)
+        out[result.mask & (out == 0)] = obj.label
+        scores.append(result.scores)
+    return out, scores
+
+
+def drop_thin_components(label: np.ndarray, axis: int = 2, min_slices: int = 2) -> np.ndarray:
+    """Keep each label's 3-D connected components (26-connected) that span at least
+    `min_slices` slices along `axis`; a class found on a single slice is most often a false
+    positive of prompt-free segmentation. (X, Y, Z) label map -> a new one."""
+    from scipy import ndimage
+
+    out = label.copy()
+    for value in np.unique(label[label > 0]):
+        comps, n = ndimage.label(label == value, structure=np.ones((3, 3, 3), bool))
+        for i, box in enumerate(ndimage.find_objects(comps), start=1):
+            if box[axis].stop - box[axis].start < min_slices:
+                out[box][comps[box] == i] = 0
+    return out
