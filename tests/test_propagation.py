@@ -11,7 +11,6 @@ import pytest
 
 from segmote.errors import InputError
 from segmote.evaluation.metrics import dice
-from segmote.evaluation.prompted import deepest_point
 from segmote.inference import ObjectPrompt, volume_slice
 from segmote.predict.propagation import (PropagationConfig, drop_thin_components, mask_box,
                                          propagate, propagate_object, propagate_objects)
@@ -95,9 +94,8 @@ def test_propagation_beats_every_slice_and_stops(base_model, lung, encoded):
     prop = propagate(seg, set_slice, vol.shape, 7, {"box": BOX}, k_range=(0, 14), bound=BOX)
     d_every, d_prop = dice(every, gt), dice(prop.mask, gt)
     assert d_prop > d_every + 0.05, (d_prop, d_every)
-    # a point on the key slice, no k-limits: the object is followed and ends somewhere
-    click = deepest_point(volume_slice(gt, 7, 2))
-    pt = propagate(seg, set_slice, vol.shape, 7, {"points": [click], "labels": [1]})
+    # a box on the key slice, no k-limits: the object is followed and ends somewhere
+    pt = propagate(seg, set_slice, vol.shape, 7, {"box": BOX})
     assert 7 in pt.slices and pt.slices == list(range(pt.slices[0], pt.slices[-1] + 1))
     assert dice(pt.mask, gt) > 0.5
 

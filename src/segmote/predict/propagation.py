@@ -109,12 +109,14 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
               first_prompt: dict[str, Any], *, axis: int = 2,
               k_range: tuple[int, int] | None = None, bound: Sequence[float] | None = None,
               config: PropagationConfig = DEFAULT_CONFIG,
+              record: Callable[[int, Any], None] | None = None,
               **decode_kwargs: Any) -> Propagation:
     """Segment slice `key_slice` from `first_prompt` (`Segmenter.predict` keywords: box, points,
     labels), then follow the mask outward within `k_range` (inclusive; default: the volume).
 
     seg: a `segmote.predict.Segmenter`. set_slice: puts slice k's features into it.
     shape: the volume's (X, Y, Z). bound: the user's in-plane box, which later boxes stay in.
+    record: called with (slice, `Prediction`) for every slice kept (routing, attention).
     decode_kwargs: passed to every `predict` (e.g. output="base" for SegMoTE's base mask).
     """
     lo, hi = k_range if k_range is not None else (0, shape[axis] - 1)
@@ -128,6 +130,8 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
         return result  # nothing found on the key slice: nothing to follow
     _write(out, key_slice, axis, first.mask)
     result.scores[key_slice] = float(first.score)
+    if record is not None:
+        record(key_slice, first)
     for step in (-1, 1):
         prev, k = first, key_slice + step
         while lo <= k <= hi:
@@ -140,6 +144,8 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
                 break
             _write(out, k, axis, pred.mask)
             result.scores[k] = float(pred.score)
+            if record is not None:
+                record(k, pred)
             prev, k = pred, k + step
     result.slices = sorted(result.scores)
     return result
@@ -221,25 +227,28 @@ def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
 def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis: int = 2,
                       modality: str | None = None, window: str | None = None,
                       key_slice: int | None = None, follow: bool = False,
-                      ) -> tuple[np.ndarray, list[dict[int, float]]]:
+                      record: Callable[[int, int, Any], None] | None = None,
+                      **decode_kwargs: Any) -> tuple[np.ndarray, list[dict[int, float]]]:
     """Several `ObjectPrompt`s of one volume, each propagated -> (label map of the volume's
     shape, per object {slice: predicted IoU}).
 
     An object with a 3-D box whose k0 < k1 is followed inside the box's slices from
     `key_slice` (default: the middle one); a one-slice prompt (a box with k0 == k1, or points
     on one slice) is followed through the whole volume when `follow`, else it segments only
-    its slice. Where objects overlap, the earlier one keeps the voxel.
+    its slice. Where objects overlap, the earlier one keeps the voxel. record: called with
+    (object number, slice, `Prediction`) for every slice kept; decode_kwargs go to `predict`.
     """
     from segmote.inference import label_dtype
 
     out = np.zeros(volume.shape, label_dtype(objects))
     setter = volume_setter(seg, volume, axis, modality, window)
     scores = []
-    for obj in objects:
+    for n, obj in enumerate(objects):
         key, prompt, k_range, bound = _object_plan(obj, axis, volume.shape[axis], key_slice,
                                                    follow)
+        rec = None if record is None else lambda k, pred, n=n: record(n, k, pred)
         result = propagate(seg, setter, volume.shape, key, prompt, axis=axis, k_range=k_range,
-                           bound=bound)
+                           bound=bound, record=rec, **decode_kwargs)
         out[result.mask & (out == 0)] = obj.label
         scores.append(result.scores)
     return out, scores
