@@ -110,7 +110,7 @@ def test_propagate_objects_modes(base_model, lung):
     assert sorted(scores[0]) == [6, 7, 8] and sorted(scores[1]) == [10]  # no --propagate
     assert set(np.unique(label[..., 6:9])) <= {0, 3} and (label[..., 6:9] == 3).any()
     assert set(np.unique(label[..., 10])) == {0, 5} and not label[..., 11:].any()
-    with pytest.raises(InputError, match="outside the box"):
+    with pytest.raises(InputError, match="outside the box.s slices"):
         propagate_objects(seg, vol, [three_d], key_slice=12)
     two = ObjectPrompt(points=[(115.0, 125.0, 9.0), (115.0, 125.0, 10.0)], point_labels=[1, 1])
     with pytest.raises(InputError, match="one slice"):

@@ -31,6 +31,8 @@ class PredictResult:
     # automatic mode: the adapter has a class presence head (it drops classes the image cannot
     # hold, `segmote.modeling.presence`)
     auto_presence: bool = False
+    # propagated volumes: per object, slice -> the model's predicted IoU of that slice's mask
+    slice_scores: list[dict[int, float]] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,7 +58,9 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
                  device: str = "cpu", progress: bool = False, routing: bool = False,
                  attention: str | Path | None = None, text: str | None = None,
                  auto: bool = False, classes: Sequence[str] | None = None,
-                 threshold: float | None = None) -> PredictResult:
+                 threshold: float | None = None, every_slice: bool = False,
+                 propagate: bool = False, key_slice: int | None = None,
+                 min_slices: int = 2) -> PredictResult:
     """Read an image or volume, segment every prompted object, write a label map with the input's
     geometry (and optionally an overlay PNG). All inputs are checked before any model work and
     nothing is written unless everything succeeded.
@@ -69,6 +73,11 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     auto: prompt-free segmentation of `classes` (default: every class the adapter knows) into
         one label map, value i = i-th class; every slice of a volume. threshold: confidence
         needed to keep a class's mask (default: the adapter's calibrated one).
+    Volumes (`segmote.predict.propagation`): a 3-D box with k0 < k1 is followed from its middle
+    slice (or `key_slice`) inside its slices, unless `every_slice` (each slice of the range
+    prompted with the box); a one-slice prompt is followed until the object ends when
+    `propagate`, else only its slice is segmented. Prompt-free volumes keep only 3-D
+    components on at least `min_slices` slices.
     """
     from segmote.build import load_model
     from segmote.cli.predict import parse_objects
@@ -93,10 +102,17 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
         raise InputError("--classes goes with --auto")
     if text is not None and not prompted:
         auto, classes = True, [text]
+    if (propagate or key_slice is not None) and not data.is_volume:
+        raise InputError(f"{input_path}: --propagate / --key-slice follow an object through a "
+                         "volume; this image is 2-D")
+    if every_slice and (propagate or key_slice is not None):
+        raise InputError("--every-slice prompts every slice: drop --propagate / --key-slice")
+    if min_slices < 1:
+        raise InputError(f"--min-slices {min_slices}: must be at least 1")
     if auto:
         return _predict_auto(data, out_path, classes, backbone, checkpoint, adapter, modality,
                              window, axis, overlay, device, progress, threshold,
-                             labels[0] if labels and text is not None else None)
+                             labels[0] if labels and text is not None else None, min_slices)
     objects = parse_objects(list(boxes), list(points), list(labels), data.is_volume, depth)
     check_prompts(objects, data.array.shape, data.is_volume)
     modality = normalize_modality(modality) or guess_modality(data)
@@ -133,7 +149,17 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
     if text is not None:
         kw["text"] = text
     rec = record if routing or attention is not None else None
-    if data.is_volume:
+    scores: list[dict[int, float]] = []
+    if data.is_volume and _propagated(objects, axis, every_slice, propagate, key_slice):
+        from segmote.predict.propagation import propagate_objects
+        label, scores = propagate_objects(seg, data.array, objects, axis=axis,
+                                          modality=modality, window=window,
+                                          key_slice=key_slice, follow=propagate, record=rec,
+                                          **kw)
+        # propagation visits the key slice first: the table goes by object, then slice
+        order = {obj.label: n for n, obj in enumerate(objects)}
+        rows.sort(key=lambda r: (order[r["label"]], r["slice"]))
+    elif data.is_volume:
         label = segment_volume(seg, data, objects, axis, modality, window,
                                _tqdm("slices") if progress else None, record=rec, **kw)
     else:
@@ -148,13 +174,24 @@ def predict_file(input_path: str | Path, output: str | Path, boxes: Sequence[str
         att_path = save_attention_png(image, shown["attention"], attention, shown["geometry"])
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
-    return PredictResult(written, label, summary, rows, att_path)
+    if scores:
+        summary += ", slices per object " + str([len(s) for s in scores])
+    return PredictResult(written, label, summary, rows, att_path, slice_scores=scores)
+
+
+def _propagated(objects: list, axis: int, every_slice: bool, propagate: bool,
+                key_slice: int | None) -> bool:
+    """Follow the objects from a key slice (a 3-D box with k0 < k1 does by default)?"""
+    if every_slice:
+        return False
+    return propagate or key_slice is not None or any(
+        o.box is not None and o.box[axis] < o.box[axis + 3] for o in objects)
 
 
 def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone: str,
                   checkpoint, adapter, modality: str | None, window: str | None, axis: int,
                   overlay, device: str, progress: bool, threshold: float | None,
-                  value: int | None) -> PredictResult:
+                  value: int | None, min_slices: int = 2) -> PredictResult:
     """`predict_file` without prompts: PPT per class (see `segmote.inference.auto_volume`)."""
     from segmote.build import load_model
     from segmote.inference import auto_image, auto_volume, guess_modality, volume_slice
@@ -179,9 +216,13 @@ def _predict_auto(data, out_path: Path, classes: Sequence[str] | None, backbone:
     by_modality = None if classes else seg.classes_for_modality(modality)
     names = list(classes) if classes else by_modality or seg.vocabulary
     if data.is_volume:
-        label, names, kept = auto_volume(seg, data, names, axis, modality, window, threshold,
-                                         _tqdm("slices") if progress else None)
-        found = {n: f"{k} slices" for n, k in kept.items() if k}
+        from segmote.predict.propagation import drop_thin_components
+        label, names, _ = auto_volume(seg, data, names, axis, modality, window, threshold,
+                                      _tqdm("slices") if progress else None)
+        label = drop_thin_components(label, axis, min_slices)
+        other = tuple(a for a in range(3) if a != axis)
+        found = {n: f"{k} slices" for i, n in enumerate(names)
+                 if (k := int((label == i + 1).any(axis=other).sum()))}
     else:
         pred = auto_image(seg, data.array, names, modality, window, threshold)
         label, names = pred.label_map, pred.classes

@@ -129,8 +129,8 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
                          f"{', '.join(map(str, data_dirs))}")
     if in_3d and not cases:
-        raise InputError(f"--prompt {in_3d[0].prompt}: no {part} case of a 3-D dataset in "
-                         f"{', '.join(map(str, data_dirs))}")
+        raise InputError(f"--prompt {in_3d[0].prompt} scores whole 3-D objects, but "
+                         f"{', '.join(map(str, data_dirs))} holds no 3-D case ({part} part)")
     weights, expected = resolve_weights(backbone, checkpoint)
     info: dict[str, Any] = {
         "segmote_version": __version__, "backbone": backbone,

@@ -204,9 +204,11 @@ def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
         bound = (box[a], box[b], box[a + 3], box[b + 3])
         if k0 < k1:
             k_range = (k0, k1)
-            key = key_slice if key_slice is not None else (k0 + k1) // 2
+            # points beside the box mark the key slice (all on one slice, checked below)
+            key = key_slice if key_slice is not None else min(ks) if ks else (k0 + k1) // 2
             if not k0 <= key <= k1:
-                raise InputError(f"--key-slice {key} lies outside the box's slices {k0}..{k1}")
+                raise InputError(f"key slice {key} (--key-slice, or the points' slice) "
+                                 f"lies outside the box's slices {k0}..{k1}")
         else:
             key = k0
         ks.add(key)
@@ -233,7 +235,7 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     shape, per object {slice: predicted IoU}).
 
     An object with a 3-D box whose k0 < k1 is followed inside the box's slices from
-    `key_slice` (default: the middle one); a one-slice prompt (a box with k0 == k1, or points
+    `key_slice` (default: the slice of its points, else the middle one); a one-slice prompt (a box with k0 == k1, or points
     on one slice) is followed through the whole volume when `follow`, else it segments only
     its slice. Where objects overlap, the earlier one keeps the voxel. record: called with
     (object number, slice, `Prediction`) for every slice kept; decode_kwargs go to `predict`.
