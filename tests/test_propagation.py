@@ -11,10 +11,11 @@ import pytest
 
 from segmote.errors import InputError
 from segmote.evaluation.metrics import dice
-from segmote.inference import ObjectPrompt, volume_slice
+from segmote.predict.prompts import ObjectPrompt
+from segmote.slicing import volume_slice
 from segmote.predict.propagation import (PropagationConfig, drop_thin_components, mask_box,
                                          propagate, propagate_object, propagate_objects)
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 from tests.lung_case import CT, LABEL
 
 BOX = (83, 93, 173, 162)  # the demo's in-plane box (slices 0..14; the tumour lies on 2..12)

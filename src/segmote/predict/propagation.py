@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
+from segmote.slicing import in_plane_axes, set_volume_slice, volume_slice
 
 # Puts slice k's features into the Segmenter (`Segmenter.set_image` or `set_features`).
 SliceSetter = Callable[[int], None]
@@ -98,13 +99,6 @@ def mask_box(mask: np.ndarray, margin: int,
     return float(x0), float(y0), float(x1), float(y1)
 
 
-def _write(out: np.ndarray, k: int, axis: int, mask2d: np.ndarray) -> None:
-    # slice images are `volume_slice(vol, k, axis)` = the plane transposed
-    index: list[Any] = [slice(None)] * 3
-    index[axis] = k
-    out[tuple(index)] = mask2d.T
-
-
 def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slice: int,
               first_prompt: dict[str, Any], *, axis: int = 2,
               k_range: tuple[int, int] | None = None, bound: Sequence[float] | None = None,
@@ -128,7 +122,7 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     first = seg.predict(**first_prompt, **decode_kwargs)
     if int(first.mask.sum()) < config.min_area:
         return result  # nothing found on the key slice: nothing to follow
-    _write(out, key_slice, axis, first.mask)
+    set_volume_slice(out, key_slice, axis, first.mask)
     result.scores[key_slice] = float(first.score)
     if record is not None:
         record(key_slice, first)
@@ -142,7 +136,7 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
             pred = seg.predict(**kw, **decode_kwargs)
             if config.ends(pred.mask, prev.mask):
                 break
-            _write(out, k, axis, pred.mask)
+            set_volume_slice(out, k, axis, pred.mask)
             result.scores[k] = float(pred.score)
             if record is not None:
                 record(k, pred)
@@ -154,8 +148,6 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
 def volume_setter(seg: Any, volume: np.ndarray, axis: int = 2, modality: str | None = None,
                   window: str | None = None) -> SliceSetter:
     """A `SliceSetter` that encodes slice k of `volume` (X, Y, Z) with `seg.set_image`."""
-    from segmote.inference import volume_slice
-
     def set_slice(k: int) -> None:
         seg.set_image(volume_slice(volume, k, axis), modality=modality, window=window)
 
@@ -196,7 +188,7 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
 def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
                  follow: bool) -> tuple[int, dict[str, Any], tuple[int, int], Any]:
     """(key slice, first prompt in 2-D slice pixels, k-range, bound) of one `ObjectPrompt`."""
-    a, b = (ax for ax in range(3) if ax != axis)
+    a, b = in_plane_axes(axis)
     box, k_range, bound = obj.box, (0, depth - 1), None
     ks = {int(round(p[axis])) for p in obj.points}
     if box is not None:
@@ -207,16 +199,16 @@ def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
             # points beside the box mark the key slice (all on one slice, checked below)
             key = key_slice if key_slice is not None else min(ks) if ks else (k0 + k1) // 2
             if not k0 <= key <= k1:
-                raise InputError(f"key slice {key} (--key-slice, or the points' slice) "
-                                 f"lies outside the box's slices {k0}..{k1}")
+                raise ParameterError("key_slice", f"key slice {key} ({{key_slice}}, or the "
+                                     f"points' slice) lies outside the box's slices {k0}..{k1}")
         else:
             key = k0
         ks.add(key)
     else:
         key = next(iter(ks))
     if len(ks) > 1:
-        raise InputError("propagation takes points on one slice (the key slice); prompt every "
-                         "slice instead with --every-slice")
+        raise ParameterError("every_slice", "propagation takes points on one slice (the key "
+                             "slice); prompt every slice instead with {every_slice}")
     if k_range == (0, depth - 1) and not follow and (box is None or k0 == k1):
         k_range = (key, key)  # a one-slice prompt segments only its slice
     prompt: dict[str, Any] = {"box": bound} if bound is not None else {}
@@ -240,7 +232,7 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     its slice. Where objects overlap, the earlier one keeps the voxel. record: called with
     (object number, slice, `Prediction`) for every slice kept; decode_kwargs go to `predict`.
     """
-    from segmote.inference import label_dtype
+    from segmote.predict.prompts import label_dtype
 
     out = np.zeros(volume.shape, label_dtype(objects))
     setter = volume_setter(seg, volume, axis, modality, window)
