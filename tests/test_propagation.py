@@ -105,7 +105,7 @@ def test_propagate_objects_modes(base_model, lung):
     vol, gt = lung
     seg = Segmenter(base_model)
     three_d = ObjectPrompt(label=3, box=(83, 93, 6, 173, 162, 8))
-    one_slice = ObjectPrompt(label=5, points=[(115.0, 125.0, 10.0)], point_labels=[1])
+    one_slice = ObjectPrompt(label=5, box=(83, 93, 10, 173, 162, 10))
     label, scores = propagate_objects(seg, vol, [three_d, one_slice], modality="CT")
     assert label.shape == vol.shape and label.dtype == np.uint8
     assert sorted(scores[0]) == [6, 7, 8] and sorted(scores[1]) == [10]  # no --propagate
