@@ -93,6 +93,28 @@ def _load(name: str, backbone: str, checkpoint: str | None) -> Any:
     return load_model(backbone, checkpoint, adapter=name)
 
 
+def _targets(datasets: list, split: dict, part: str, in_2d: list[Protocol],
+             in_3d: list[Protocol], axis: int, min_foreground: int,
+             classes: list[str] | None, data_dirs: list) -> tuple[list, list]:
+    """The slice samples of the 2-D protocols and the 3-D objects of the volume protocols."""
+    from segmote.data.datasets import slice_samples
+    from segmote.evaluation.volume_protocols import volume_cases
+
+    parts = ("train", "val") if part == "all" else (part,)
+    samples = [s for p in parts for s in slice_samples(datasets, split, part=p, axis=axis,
+                                                        min_foreground=min_foreground).samples
+               if classes is None or s.class_name in classes] if in_2d else []
+    cases = volume_cases(datasets, split, parts, classes) if in_3d else []
+    if in_2d and not samples:
+        raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
+                         f"{', '.join(map(str, data_dirs))}")
+    if in_3d and not cases:
+        raise ParameterError("prompts", f"{{prompts}} {in_3d[0].prompt} scores whole 3-D "
+                             f"objects, but {', '.join(map(str, data_dirs))} holds no 3-D "
+                             f"case ({part} part)")
+    return samples, cases
+
+
 def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: list[str],
                     split_path: str | Path | None = None, part: str = "val",
                     val_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
@@ -114,7 +136,8 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     from segmote.build import DEFAULT_ADAPTER, resolve_weights
     from segmote.checkpoint import sha256_file
     from segmote.data.cache import EmbeddingCache, default_cache_dir
-    from segmote.data.datasets import discover, load_split, make_split, slice_samples
+    from segmote.data.datasets import discover, load_split, make_split
+    from segmote.evaluation.volume_protocols import PROMPTS_3D, evaluate_volumes
 
     protocols = _parse_prompts(prompts, seed, clicks, jitter)
     text = [p.prompt for p in protocols if p.prompt in TEXT_PROMPTS]
@@ -122,19 +145,10 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     datasets = discover([Path(d) for d in data_dirs])
     split = load_split(Path(split_path)) if split_path else \
         make_split(datasets, val_fraction=val_fraction, seed=split_seed)
-    parts = ("train", "val") if part == "all" else (part,)
     in_3d = [p for p in protocols if p.prompt in PROMPTS_3D]
     in_2d = [p for p in protocols if p.prompt not in PROMPTS_3D]
-    samples = [s for p in parts for s in slice_samples(datasets, split, part=p, axis=axis,
-                                                        min_foreground=min_foreground).samples
-               if classes is None or s.class_name in classes] if in_2d else []
-    cases = volume_cases(datasets, split, parts, classes) if in_3d else []
-    if in_2d and not samples:
-        raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
-                         f"{', '.join(map(str, data_dirs))}")
-    if in_3d and not cases:
-        raise InputError(f"--prompt {in_3d[0].prompt} scores whole 3-D objects, but "
-                         f"{', '.join(map(str, data_dirs))} holds no 3-D case ({part} part)")
+    samples, cases = _targets(datasets, split, part, in_2d, in_3d, axis, min_foreground,
+                              classes, data_dirs)
     weights, expected = resolve_weights(backbone, checkpoint)
     info: dict[str, Any] = {
         "segmote_version": __version__, "backbone": backbone,
