@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 from common import load_result, machine_line, shipped_label  # noqa: E402
 from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
-from report_propagation import section_propagation  # noqa: E402
+from report_propagation import section_choice, section_propagation, section_timing  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
 SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",
@@ -183,7 +183,8 @@ SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "mote_decoder": section_mote, "train_step": section_train,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
             "curation": section_curation, "auto": section_auto,
-            "propagation": section_propagation}
+            "propagation": section_propagation, "propagation_choice": section_choice,
+            "propagation_time": section_timing}
 
 
 def write_report() -> Path:
