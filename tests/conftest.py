@@ -11,7 +11,7 @@ SLOW_MODULES = {
     "test_train_runs", "test_cli_auto", "test_cli_predict", "test_cli_routing", "test_cli_curate",
     "test_evaluate_model", "test_evaluate_cli", "test_default_adapter", "test_faithfulness",
     "test_presence", "test_prompted", "test_samples", "test_curation", "test_stages",
-    "test_cli_folder",
+    "test_cli_folder", "test_reliability_nan", "test_reliability_predict",
 }
 
 

@@ -251,3 +251,34 @@ def test_missing_folder_and_duplicates(tmp_path, folders):
     with pytest.raises(InputError, match="two files for case 'case_001'"):
         evaluate_folders(pred_dir, gt_dir, out_csv=tmp_path / "r.csv")
     assert not os.path.exists(tmp_path / "r.csv")
+
+
+def test_class_absent_everywhere_is_kept_out_of_the_mean(folders, tmp_path):
+    """Issue 21, case 9: a named class in no file scored Dice 1 and lifted the mean."""
+    pred_dir, gt_dir, _ = folders
+    labels = {1: "a", 2: "b", 3: "absent"}
+    plain = evaluate_folders(pred_dir, gt_dir, labels={1: "a", 2: "b"}, out_csv=tmp_path / "p.csv")
+    apart = evaluate_folders(pred_dir, gt_dir, labels=labels, out_csv=tmp_path / "r.csv")
+    assert apart.absent_classes == ["absent"] and "absent" not in apart.classes
+    assert apart.overall == plain.overall
+    ones = evaluate_folders(pred_dir, gt_dir, labels=labels, out_csv=tmp_path / "o.csv",
+                            empty_as_one=True)
+    assert ones.classes["absent"]["dice"]["mean"] == 1.0
+    assert ones.overall["dice"] == pytest.approx((2 * plain.overall["dice"] + 1) / 3)
+    saved = json.loads((tmp_path / "r.summary.json").read_text())
+    assert saved["classes_absent_from_every_case"] == ["absent"]
+    assert "kept out" in saved["absent_classes_in_mean"]
+
+
+def test_png_distances_are_pixels(tmp_path):
+    from PIL import Image
+
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:12, 5:12] = 1
+    for folder, array in (("gt", gt), ("pred", np.roll(gt, 2, 0))):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(array).save(tmp_path / folder / "c.png")
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "gt", out_csv=tmp_path / "r.csv")
+    assert summary.unit == "px" and summary.to_dict()["distance_unit"] == "px"
+    assert "hd95 px" in summary.format_table() and "nsd@2px" in summary.format_table()
+    assert "mm" not in summary.format_table()

@@ -360,12 +360,19 @@ def test_single_dicom_file_writes_nifti(tmp_path):
     np.testing.assert_allclose(nii.affine[:3, 3], lps * [-1, -1, 1], atol=1e-4)
 
 
-def test_several_series_reads_the_largest_and_warns(tmp_path):
-    write_series(tmp_path / "mixed", 3)
-    write_series(tmp_path / "mixed", 1, start=10)  # another series UID, one file
-    with pytest.warns(UserWarning, match="2 DICOM series"):
-        img = read_image(tmp_path / "mixed")
-    assert img.array.shape == (128, 128, 3)
+def test_several_series_are_listed_and_one_is_chosen_by_uid(tmp_path):
+    write_series(tmp_path / "mixed", 3, series_uid="1.2.826.0.1.3680043.8.498.1")
+    write_series(tmp_path / "mixed", 1, series_uid="1.2.826.0.1.3680043.8.498.2", start=10)
+    with pytest.raises(InputError) as err:  # never a silent pick of the largest
+        read_image(tmp_path / "mixed")
+    message = str(err.value)
+    assert "holds 2 DICOM series, choose one by its UID" in message
+    assert '1.2.826.0.1.3680043.8.498.1 "" CT 128x128 x 3 files' in message
+    assert "1.2.826.0.1.3680043.8.498.2" in message and "\n" not in message
+    img = read_image(tmp_path / "mixed", series="1.2.826.0.1.3680043.8.498.2")
+    assert img.array.shape == (128, 128, 1) and img.meta["series_uid"].endswith("498.2")
+    with pytest.raises(InputError, match="no DICOM series 9.9; found"):
+        read_image(tmp_path / "mixed", series="9.9")
 
 
 def test_missing_slice_warns(tmp_path):

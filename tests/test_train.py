@@ -150,3 +150,25 @@ def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
 def _model_text(cfg: TrainConfig, text_dim: int):
     from segmote.training.trainer import build_model
     return build_model(cfg, torch.device("cpu"), text_dim).train()
+
+
+def test_recomputed_rounds_give_the_same_loss_and_gradients(real_batch):
+    """Activation checkpointing (recompute_rounds, issue 21 case 15) only trades memory for
+    time: the loss and every gradient are bit-identical (router noise on: its RNG state is
+    restored for the recomputation)."""
+    two, _ = real_batch
+    grads = []
+    for recompute in (False, True):
+        cfg = load_config(overrides=dict(refine_rounds=2, recompute_rounds=recompute,
+                                         prompt_mix={"box": 0.5, "point": 0.5}, **PLAIN))
+        torch.manual_seed(0)
+        model = _model(cfg)
+        torch.manual_seed(1)
+        out = TrainStep(model, cfg)(two)
+        out.loss.backward()
+        grads.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters()
+                                          if p.grad is not None}))
+    (loss_a, a), (loss_b, b) = grads
+    assert torch.equal(loss_a, loss_b) and a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -63,8 +63,19 @@ def _names(keys: list[str], limit: int = 4) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def check_finite_weights(state_dict: dict[str, Tensor], source: str | Path) -> None:
+    """CheckpointError naming the first tensor holding NaN or Inf (such weights turn every
+    mask into foreground or nothing; refusing them at load is the only safe answer)."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            n_bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: weights hold NaN or Inf ({n_bad} of "
+                                  f"{value.numel()} values of {key}); the file is damaged")
+
+
 def load_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str | Path) -> None:
-    """Load `state_dict` into `module`, failing with one line naming what does not fit."""
+    """Load `state_dict` into `module`, failing with one line naming what does not fit or holds
+    NaN / Inf."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -81,4 +92,5 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str | 
                         (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else ""))
     if problems:
         raise CheckpointError(f"{source}: does not fit the model; " + "; ".join(problems))
+    check_finite_weights(state_dict, source)
     module.load_state_dict(state_dict, strict=True)

@@ -121,9 +121,17 @@ def run(args: argparse.Namespace) -> int:
     from segmote.curation.report import write_report
     from segmote.data.datasets import discover
 
+    from segmote.outputs import check_outputs
+
     for flag, value in (("-o", args.out), ("--report", args.report)):
         if value is not None and not Path(value).parent.is_dir():
             raise InputError(f"{flag} {value}: folder {Path(value).parent} does not exist")
+    outputs = {"manifest": Path(args.out)}
+    if args.report:
+        outputs["report"] = Path(args.report)
+    check_outputs(outputs, {"dataset folder": [Path(d) for d in args.data],
+                            "config": [Path(args.config)] if args.config else []},
+                  endings={"manifest": (".json",), "report": (".html", ".htm")})
     cfg = load_curation_config(args)
     datasets = discover([Path(d) for d in args.data])
     cache = _embedding_cache(args, cfg.window) if cfg.dedup else None

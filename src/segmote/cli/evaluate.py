@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="NSD tolerance in mm (default: 2)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="count ground-truth cases without prediction as empty predictions")
+    parser.add_argument("--empty-as-one", action="store_true",
+                        help="count a --labels class absent from prediction and ground truth of "
+                             "every case as Dice 1 in the overall mean (default: listed apart)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bar and no table")
     parser.set_defaults(func=run)
@@ -52,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         out_csv=args.out,
         allow_missing=args.allow_missing,
         progress=not args.quiet and sys.stderr.isatty(),
+        labels_file=args.labels,
+        empty_as_one=args.empty_as_one,
     )
+    for note in summary.notes():  # even with --quiet: they change how the numbers read
+        print(f"note: {note}", file=sys.stderr)
     if not args.quiet:
         print(summary.format_table())
         if summary.missing:

@@ -9,6 +9,7 @@ protocol and compare them in one table.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,8 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segmote.evaluation.model_eval import evaluate_models, write_outputs
+    from segmote.evaluation.model_eval import evaluate_models, output_paths, write_outputs
+    from segmote.outputs import check_outputs
 
+    if args.out:  # before any work: never over an input, a folder or an unwritable place
+        json_path, csv_path = output_paths(args.out)
+        check_outputs({"summary JSON": json_path, "per-sample CSV": csv_path},
+                      {"split JSON": [Path(args.split)] if args.split else [],
+                       "dataset folder": [Path(d) for d in args.data],
+                       "adapter": [Path(m) for m in args.model if Path(m).is_file()]})
     result = evaluate_models(
         args.model, args.data, args.prompt, split_path=args.split, part=args.part,
         val_fraction=args.val_fraction, split_seed=args.split_seed, seed=args.seed,

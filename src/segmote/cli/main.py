@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from segmote import __version__
 from segmote.errors import ParameterError, SegmoteError
@@ -38,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str):
+    """warnings.showwarning that prints `segmote COMMAND: warning: MESSAGE`, one line (Python's
+    default adds the source file, line number and code of the library that warned)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"segmote {command}: warning: {message}", file=sys.stderr)
+    return show
+
+
 def flag_names(err: ParameterError, args: argparse.Namespace) -> dict[str, str]:
     """The flag of each parameter a library error names: the command's own table (`flags`,
     set by its `register`), else the parameter spelled as a long flag (`nsd_mm` -> --nsd-mm)."""
@@ -52,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
     except ParameterError as err:
         print(f"segmote {args.command}: error: {err.render(flag_names(err, args))}",
               file=sys.stderr)

@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "probabilities); needs an adapter")
     p.add_argument("--attention", metavar="PNG",
                    help="write the expert tokens' attention maps for the first object as a PNG")
+    p.add_argument("--series", metavar="UID",
+                   help="the SeriesInstanceUID to read from a DICOM folder holding several "
+                        "series (without it such a folder is refused with their list)")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
     p.set_defaults(func=run, flags=FLAGS)
@@ -113,7 +116,8 @@ def options(args: argparse.Namespace):
         attention=args.attention, text=args.text, auto=args.auto,
         classes=parse_class_names(args.classes), threshold=args.threshold,
         every_slice=args.every_slice, propagate=args.propagate, key_slice=args.key_slice,
-        min_slices=args.min_slices, label_names=parse_label_names(args.label_name))
+        min_slices=args.min_slices, label_names=parse_label_names(args.label_name),
+        series=args.series)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,14 +132,15 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             raise InputError(f"{flag} goes with a folder of cases; {args.input} is one image")
     result = predict_file(args.input, args.output, prompts, opts)
-    if args.auto and args.classes is None and result.auto_modality is None \
-            and not result.auto_presence:
+    if args.auto and args.classes is None and result.auto_modality is None:
         # after the run, so a refused request still prints one line. Measured: without a
         # presence head the default adapter answered 57 % of the classes of other domains with
-        # a mask (docs/text_and_ppt.md)
+        # a mask (docs/text_and_ppt.md); the presence head drops most of them (README)
+        gate = ("the adapter's presence head drops classes this image cannot hold, "
+                if result.auto_presence else "classes of other domains (brain structures on a "
+                "microscopy image) may get masks: ")
         print("note: --auto without --classes (and without a modality the adapter was trained "
-              "on) asks for every class the adapter knows; classes of other domains (brain "
-              "structures on a microscopy image) may get masks: name the ones that can occur "
+              f"on) asked every class the adapter knows; {gate}name the ones that can occur "
               "with --classes, or give --modality", file=sys.stderr)
     if args.routing:
         from segmote.routing import format_routing_table

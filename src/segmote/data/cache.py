@@ -36,6 +36,7 @@ from segmote.data.files import RecentFiles, read_label
 from segmote.errors import InputError
 from segmote.slicing import volume_slice
 from segmote.io import read_image
+from segmote.io.finite import require_finite
 from segmote.intensity import normalize_modality, parse_window
 from segmote.samples import segmote_home
 from segmote.transforms import ResizeGeometry, preprocess
@@ -200,7 +201,8 @@ class EmbeddingCache:
         arrays = self._load(d, fields)
         if arrays is None:
             existed = d.exists()
-            image, label = _read_plane(pair, read_image(pair.image).array, read_label(pair.label))
+            image = require_finite(read_image(pair.image).array, pair.image)
+            image, label = _read_plane(pair, image, read_label(pair.label))
             arrays = self._write_entry(d, fields, image, label)
             if existed:
                 self.stats.rebuilt += 1

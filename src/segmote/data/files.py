@@ -11,6 +11,7 @@ import numpy as np
 
 from segmote.errors import InputError
 from segmote.io import read_image
+from segmote.io.finite import require_finite
 from segmote.io.image import READ_FORMATS, short_reason, split_ext
 from segmote.intensity import normalize_modality
 
@@ -159,8 +160,10 @@ class RecentFiles:
         return held[path]
 
     def image(self, path: str | Path) -> np.ndarray:
-        """The array of an image or volume file (`segmote.io.read_image`)."""
-        return self._get("image", path, lambda p: np.ascontiguousarray(read_image(p).array))
+        """The array of an image or volume file (`segmote.io.read_image`); InputError if it
+        holds NaN or Inf (training data must be finite, `segmote.io.finite`)."""
+        return self._get("image", path, lambda p: np.ascontiguousarray(
+            require_finite(read_image(p).array, p)))
 
     def label(self, path: str | Path) -> np.ndarray:
         """The integer label map of a file (`read_label`)."""

@@ -11,18 +11,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
-from segmote.atomic import atomic_write_text
 from segmote.errors import InputError, ParameterError
-from segmote.evaluation.metrics import EMPTY_BOTH, EMPTY_GT, EMPTY_NONE, EMPTY_PRED
+from segmote.evaluation.metrics import EMPTY_BOTH
 from segmote.evaluation.metrics import case_metrics, image_diagonal_mm
+from segmote.evaluation.summary import Summary, summarize
+from segmote.outputs import check_outputs, written_together
 
 # Longest first, so "x.seg.nrrd" loses ".seg.nrrd" and not only ".nrrd".
 LABEL_EXTENSIONS = (
@@ -32,71 +32,7 @@ LABEL_EXTENSIONS = (
 CSV_COLUMNS = (
     "case", "class_id", "class", "dice", "nsd", "hd95", "empty", "n_gt_voxels", "n_pred_voxels",
 )
-METRICS = ("dice", "nsd", "hd95")
 GEOMETRY_TOL = 1e-3  # mm (spacing, origin, affine) and unitless (direction cosines)
-
-HD95_CAP_RULE = (
-    "hd95 is inf in the CSV when exactly one mask is empty; summaries replace it by the diagonal "
-    "of that case's image extent, sqrt(sum((shape_i * spacing_i)^2)) mm"
-)
-EMPTY_RULE = (
-    "every case has a row for every class; both masks empty: dice 1, nsd 1, hd95 0 (empty=both); "
-    "one empty: dice 0, nsd 0, hd95 inf (empty=pred or empty=gt); all rows enter the statistics"
-)
-
-
-@dataclass
-class Summary:
-    """Outcome of :func:`evaluate_folders`.
-
-    ``classes`` maps class name -> ``{"class_id", "n", "empty": {flag: count},
-    "dice"|"nsd"|"hd95": {"mean", "std", "median"}}``; ``overall`` holds the mean of each metric
-    over all case-class rows (hd95 capped, see ``HD95_CAP_RULE``).
-    """
-
-    n_cases: int
-    nsd_mm: float
-    classes: dict[str, dict]
-    overall: dict[str, float]
-    missing: list[str] = field(default_factory=list)
-    ignored_pred_labels: list[int] = field(default_factory=list)
-    unmatched_predictions: list[str] = field(default_factory=list)
-    csv_path: Path | None = None
-    json_path: Path | None = None
-
-    def to_dict(self) -> dict:
-        """The JSON summary, with the rules that produced the numbers spelled out."""
-        return {
-            "n_cases": self.n_cases,
-            "nsd_tolerance_mm": self.nsd_mm,
-            "surface": "voxels removed by one face-connected binary erosion (as MONAI/medpy)",
-            "hd95_definition": "max(p95(d_pred_to_gt), p95(d_gt_to_pred)) in mm (as MONAI)",
-            "hd95_cap": HD95_CAP_RULE,
-            "empty_rule": EMPTY_RULE,
-            "std": "population standard deviation (ddof=0) over cases",
-            "missing_predictions_counted_as_empty": self.missing,
-            "pred_labels_not_in_gt_ignored": self.ignored_pred_labels,
-            "predictions_without_gt_ignored": self.unmatched_predictions,
-            "classes": self.classes,
-            "overall_mean": self.overall,
-            "csv": str(self.csv_path) if self.csv_path else None,
-        }
-
-    def format_table(self) -> str:
-        """Compact text table: one line per class, mean ± std, then the overall mean."""
-        width = max([len(name) for name in self.classes] + [7])
-        nsd_head = f"nsd@{self.nsd_mm:g}mm"
-        lines = [f"{'class':<{width}}  {'n':>4}  {'dice':>13}  {nsd_head:>13}  {'hd95 mm':>15}"]
-        for name, stats in self.classes.items():
-            cells = [f"{stats[m]['mean']:.3f}±{stats[m]['std']:.3f}" for m in ("dice", "nsd")]
-            hd = f"{stats['hd95']['mean']:.2f}±{stats['hd95']['std']:.2f}"
-            lines.append(f"{name:<{width}}  {stats['n']:>4}  {cells[0]:>13}  {cells[1]:>13}  {hd:>15}")
-        o = self.overall
-        lines.append(
-            f"{'overall':<{width}}  {'':>4}  {o['dice']:>13.3f}  {o['nsd']:>13.3f}  {o['hd95']:>15.2f}"
-        )
-        return "\n".join(lines)
-
 
 def evaluate_folders(
     pred_dir: Path,
@@ -106,6 +42,8 @@ def evaluate_folders(
     out_csv: Path = Path("results.csv"),
     allow_missing: bool = False,
     progress: bool = False,
+    labels_file: Path | None = None,
+    empty_as_one: bool = False,
 ) -> Summary:
     """Score every ground-truth case against its prediction; write the CSV and JSON summary.
 
@@ -117,6 +55,9 @@ def evaluate_folders(
         allow_missing: count a gt case without prediction as an empty prediction instead of
             raising.
         progress: show a progress bar on stderr.
+        labels_file: the JSON ``labels`` came from; only checked not to be overwritten.
+        empty_as_one: score a named class absent from prediction and ground truth of every
+            case as 1 in the overall mean (default: reported apart, see ``ABSENT_RULE``).
 
     Raises:
         InputError: missing folder or predictions, unreadable file, or pred/gt geometry mismatch.
@@ -129,6 +70,11 @@ def evaluate_folders(
     if not gt_files:
         raise InputError(f"{gt_dir}: no label files ({', '.join(LABEL_EXTENSIONS)})")
     pred_files = index_folder(pred_dir)
+    check_outputs({"results CSV": out_csv, "summary JSON": summary_path(out_csv)},
+                  {"predictions folder": [pred_dir], "prediction": list(pred_files.values()),
+                   "ground-truth folder": [gt_dir], "ground truth": list(gt_files.values()),
+                   "labels JSON": [labels_file] if labels_file else []},
+                  endings={"results CSV": (".csv",)})
     missing = sorted(set(gt_files) - set(pred_files))
     if missing and not allow_missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
@@ -136,8 +82,19 @@ def evaluate_folders(
             "allow_missing",
             f"{pred_dir}: no prediction for {len(missing)} of {len(gt_files)} ground-truth cases "
             f"({shown}); pass {{allow_missing}} to count them as empty predictions")
-    rows, caps, gt_labels, pred_labels = _score_cases(gt_files, pred_files, labels, nsd_mm, progress)
+    rows, caps, gt_labels, pred_labels, unit = _score_cases(gt_files, pred_files, labels, nsd_mm,
+                                                            progress)
     ignored: list[int] = []
+    unlisted: dict[str, list[int]] = {}
+    absent: list[str] = []
+    if labels is not None:
+        unlisted = {side: sorted(found - set(labels)) for side, found in
+                    (("ground-truth", gt_labels), ("prediction", pred_labels))
+                    if found - set(labels)}
+        absent = [name for cid, name in labels.items() if cid not in gt_labels | pred_labels]
+    if absent and not empty_as_one:
+        rows, caps = _without_classes(rows, caps, absent)
+        labels = {cid: name for cid, name in labels.items() if name not in absent}
     if labels is None:
         if not gt_labels:
             raise ParameterError("labels", f"{gt_dir}: no foreground label in any file; pass "
@@ -148,6 +105,8 @@ def evaluate_folders(
     summary = summarize(rows, caps, labels, nsd_mm)
     summary.missing, summary.ignored_pred_labels = missing, ignored
     summary.unmatched_predictions = sorted(set(pred_files) - set(gt_files))
+    summary.unlisted_labels, summary.absent_classes = unlisted, absent
+    summary.empty_as_one, summary.unit = empty_as_one, unit
     summary.csv_path, summary.json_path = out_csv, summary_path(out_csv)
     _write_outputs(rows, summary)
     return summary
@@ -210,11 +169,12 @@ def _score_cases(
     labels: Mapping[int, str] | None,
     nsd_mm: float,
     progress: bool,
-) -> tuple[list[dict], list[float], set[int], set[int]]:
-    """Rows for every case (and, if ``labels`` is None, every label present in it)."""
+) -> tuple[list[dict], list[float], set[int], set[int], str]:
+    """Rows for every case (and, if ``labels`` is None, every label present in it), the labels
+    seen in the gt and pred files, and the distance unit ("mm", or "px" without spacing)."""
     from tqdm import tqdm  # only needed here; keeps `import segmote.evaluation` light
 
-    rows, caps, gt_seen, pred_seen = [], [], set(), set()
+    rows, caps, gt_seen, pred_seen, units = [], [], set(), set(), set()
     for case, gt_path in tqdm(gt_files.items(), desc="evaluate", unit="case", disable=not progress):
         gt = _read_label(gt_path)
         pred_path = pred_files.get(case)
@@ -224,17 +184,21 @@ def _score_cases(
             pred = _read_label(pred_path)
             check_same_geometry(pred, gt)
             pred_array = pred.array
+        units.add(gt.unit)
+        gt_present, pred_present = _present_labels(gt.array), _present_labels(pred_array)
+        gt_seen |= gt_present
+        pred_seen |= pred_present
         case_labels = labels
         if case_labels is None:
-            gt_present, pred_present = _present_labels(gt.array), _present_labels(pred_array)
-            gt_seen |= gt_present
-            pred_seen |= pred_present
             case_labels = {k: str(k) for k in sorted(gt_present | pred_present)}
         cap = image_diagonal_mm(gt.array.shape, gt.spacing)
         for row in case_metrics(pred_array, gt.array, case_labels, gt.spacing, nsd_mm):
             rows.append({"case": case, **row})
             caps.append(cap)
-    return rows, caps, gt_seen, pred_seen
+    if len(units) > 1:
+        raise InputError(f"{next(iter(gt_files.values())).parent}: some label maps carry a voxel "
+                         "spacing in mm and some do not (pixels); distances would mix units")
+    return rows, caps, gt_seen, pred_seen, units.pop() if units else "mm"
 
 
 class LabelImage(NamedTuple):
@@ -244,6 +208,11 @@ class LabelImage(NamedTuple):
     spacing: tuple[float, ...]
     meta: dict
     path: Path
+    unit: str = "mm"
+
+
+# formats whose files carry no voxel spacing (read with unit spacing): distances are in pixels
+PIXEL_FORMATS = ("png", "jpg", "bmp", "tiff", "npy")
 
 
 def _read_label(path: Path) -> LabelImage:
@@ -266,7 +235,10 @@ def _read_label(path: Path) -> LabelImage:
         array = array.astype(np.int32)
     if not all(np.isfinite(s) and s > 0 for s in image.spacing):
         raise InputError(f"{path}: invalid voxel spacing {tuple(image.spacing)}")
-    return LabelImage(array, tuple(float(s) for s in image.spacing), dict(image.meta or {}), Path(path))
+    unit = "px" if image.format in PIXEL_FORMATS or (image.format == "npz" and not
+                                                      image.meta.get("spacing_given")) else "mm"
+    return LabelImage(array, tuple(float(s) for s in image.spacing), dict(image.meta or {}),
+                      Path(path), unit)
 
 
 def check_same_geometry(pred: LabelImage, gt: LabelImage) -> None:
@@ -287,24 +259,11 @@ def check_same_geometry(pred: LabelImage, gt: LabelImage) -> None:
         raise InputError(f"prediction {pred.path} and ground truth {gt.path} differ in {problem}")
 
 
-def summarize(
-    rows: list[dict], caps: list[float], labels: Mapping[int, str], nsd_mm: float
-) -> Summary:
-    """Per-class mean/std/median of each metric (hd95 capped per case) and the overall mean."""
-    capped = [dict(row, hd95=min(row["hd95"], cap)) for row, cap in zip(rows, caps)]
-    classes = {}
-    for class_id, name in labels.items():
-        mine = [r for r in capped if r["class_id"] == class_id]
-        flags = [r["empty"] for r in mine]
-        classes[name] = {
-            "class_id": int(class_id),
-            "n": len(mine),
-            "empty": {f: flags.count(f) for f in (EMPTY_NONE, EMPTY_BOTH, EMPTY_PRED, EMPTY_GT)},
-            **{m: _stats([r[m] for r in mine]) for m in METRICS},
-        }
-    overall = {m: _stats([r[m] for r in capped])["mean"] for m in METRICS}
-    n_cases = len({r["case"] for r in rows})
-    return Summary(n_cases=n_cases, nsd_mm=float(nsd_mm), classes=classes, overall=overall)
+def _without_classes(rows: list[dict], caps: list[float], names: list[str],
+                     ) -> tuple[list[dict], list[float]]:
+    """The rows (and their hd95 caps) of every class but `names`."""
+    kept = [(r, c) for r, c in zip(rows, caps) if r.get("class") not in names]
+    return [r for r, _ in kept], [c for _, c in kept]
 
 
 def _complete_rows(
@@ -326,14 +285,15 @@ def _complete_rows(
 
 
 def _write_outputs(rows: list[dict], summary: Summary) -> None:
-    """Write the CSV, then the JSON summary, each via a temp file and ``os.replace``."""
+    """Write the CSV and the JSON summary together: both or neither (`written_together`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     text_json = json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n"
-    atomic_write_text(summary.csv_path, buffer.getvalue(), newline="")
-    atomic_write_text(summary.json_path, text_json, newline="")
+    with written_together([summary.csv_path, summary.json_path]) as (tmp_csv, tmp_json):
+        tmp_csv.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+        tmp_json.write_text(text_json, encoding="utf-8", newline="")
 
 
 def _present_labels(array: np.ndarray) -> set[int]:
@@ -343,13 +303,6 @@ def _present_labels(array: np.ndarray) -> set[int]:
         return {int(v) for v in np.unique(array) if v > 0}
     # One pass, no sort: much faster than np.unique on a 10-million-voxel volume.
     return {i + 1 for i, box in enumerate(ndimage.find_objects(array, max_label=top)) if box}
-
-
-def _stats(values: Iterable[float]) -> dict[str, float]:
-    v = np.asarray(list(values), dtype=float)
-    if v.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "median": float("nan")}
-    return {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v))}
 
 
 def _close(a, b) -> bool:

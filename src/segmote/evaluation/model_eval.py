@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segmote.atomic import atomic_write_text
 from segmote.errors import InputError, ParameterError
+from segmote.outputs import written_together
 from segmote.evaluation.prompted import (PROMPTS, TEXT_PROMPTS, Protocol, check_text_protocol,
                                          evaluate_samples, summarize_results)
 from segmote.predict.segmenter import Segmenter
@@ -195,10 +195,16 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     return ModelEvaluation(rows, summary, info)
 
 
-def write_outputs(evaluation: ModelEvaluation, out: Path) -> tuple[Path, Path]:
-    """OUT.json (summary + metadata) and OUT.csv (per sample), each written atomically."""
+def output_paths(out: Path) -> tuple[Path, Path]:
+    """OUT -> (OUT.json, OUT.csv), the files `write_outputs` writes."""
     out = Path(out)
-    json_path, csv_path = out.with_suffix(".json"), out.with_suffix(".csv")
-    for path, text in ((json_path, evaluation.to_json()), (csv_path, evaluation.to_csv())):
-        atomic_write_text(path, text, newline="" if path is csv_path else None)
+    return out.with_suffix(".json"), out.with_suffix(".csv")
+
+
+def write_outputs(evaluation: ModelEvaluation, out: Path) -> tuple[Path, Path]:
+    """OUT.json (summary + metadata) and OUT.csv (per sample), written together: both or none."""
+    json_path, csv_path = output_paths(out)
+    with written_together([json_path, csv_path]) as (tmp_json, tmp_csv):
+        tmp_json.write_text(evaluation.to_json(), encoding="utf-8")
+        tmp_csv.write_text(evaluation.to_csv(), encoding="utf-8", newline="")
     return json_path, csv_path

@@ -36,10 +36,14 @@ def read_dicom_file(path: Path) -> ImageData:
     return ImageData(compact_dtype(array), True, spacing, "dicom", path, meta, _modality(header))
 
 
-def read_dicom_series(folder: Path) -> ImageData:
+def read_dicom_series(folder: Path, series: str | None = None,
+                      max_bytes: int | None = None) -> ImageData:
     """The DICOM series in ``folder`` (not its subfolders) as (X, Y, Z), slices in GDCM's
-    position order. With several series, the one with most files is read and a warning says so."""
+    position order. A folder holding several series is refused with their list unless
+    ``series`` names one (its SeriesInstanceUID); ``max_bytes``: see `read_image`."""
     import SimpleITK as sitk
+
+    from segmote.io.budget import check_series_size
 
     try:
         has_files = any(p.is_file() for p in folder.iterdir())
@@ -49,17 +53,14 @@ def read_dicom_series(folder: Path) -> ImageData:
         raise InputError(f"{folder}: folder is empty; expected the files of one DICOM series")
     with _itk_warnings_off():  # GDCM prints a warning per non-DICOM file; we report ourselves
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-                  for uid in series_ids}
-    if not series:
+        found = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+                 for uid in series_ids}
+    if not found:
         raise InputError(f"{folder}: no DICOM series found in this folder "
                          "(give the folder that directly holds the slice files)")
-    uid = max(series, key=lambda u: len(series[u]))
-    if len(series) > 1:
-        sizes = ", ".join(f"{u} ({len(f)} files)" for u, f in series.items())
-        warnings.warn(f"{folder}: {len(series)} DICOM series found: {sizes}; reading {uid}, "
-                      "the one with most files", stacklevel=3)
-    files = list(series[uid])
+    uid = _choose_series(folder, found, series)
+    files = list(found[uid])
+    check_series_size(folder, files, max_bytes)
     image = _read_series(folder, uid, files)
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise InputError(f"{folder}: colour DICOM series are not supported")
@@ -67,6 +68,27 @@ def read_dicom_series(folder: Path) -> ImageData:
     header = _header(Path(files[0]))
     meta.update(_header_meta(header), series_uid=uid, files=files)
     return ImageData(compact_dtype(array), True, spacing, "dicom", folder, meta, _modality(header))
+
+
+def _choose_series(folder: Path, found: dict[str, tuple], series: str | None) -> str:
+    """The UID to read: the only one, or `series`; otherwise InputError listing every series."""
+    if series is not None and series in found:
+        return series
+    if series is None and len(found) == 1:
+        return next(iter(found))
+    listed = "; ".join(describe_series(uid, files) for uid, files in found.items())
+    if series is not None:
+        raise InputError(f"{folder}: no DICOM series {series}; found {listed}")
+    raise InputError(f"{folder}: holds {len(found)} DICOM series, choose one by its UID: {listed}")
+
+
+def describe_series(uid: str, files) -> str:
+    """'UID "description" MODALITY ROWSxCOLUMNS x N files' from the first file's header."""
+    header = _header(Path(files[0]))
+    text = str(getattr(header, "SeriesDescription", "") or "").strip() if header else ""
+    rows, cols = (getattr(header, "Rows", "?"), getattr(header, "Columns", "?")) if header \
+        else ("?", "?")
+    return f'{uid} "{text}" {_modality(header) or "?"} {cols}x{rows} x {len(files)} files'
 
 
 def _read_series(folder: Path, uid: str, files: list[str]):

@@ -17,18 +17,34 @@ from segmote.io.dicom import read_dicom_file, read_dicom_series
 from segmote.io.image import ImageData, native_byte_order, read_format, short_reason, sitk_volume
 
 
-def read_image(path: str | Path) -> ImageData:
+def read_image(path: str | Path, series: str | None = None,
+               max_bytes: int | None = None) -> ImageData:
     """Read a 2-D image, a volume, a DICOM file or a folder holding a DICOM series.
 
     Returns ImageData with array (H, W[, C]) for images or (X, Y, Z) for volumes (see
     :mod:`segmote.io.image` for the conventions). Raises InputError for any bad input.
+    series: the SeriesInstanceUID to read from a DICOM folder holding several series.
+    max_bytes: memory budget for the pixel data, checked against the header before reading
+        (default: half the physical memory, see :mod:`segmote.io.budget`).
     """
+    from segmote.io.budget import check_declared_size
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        return read_dicom_series(path)
-    return _READERS[read_format(path)](path)
+        return read_dicom_series(path, series, max_bytes)
+    if series is not None:
+        raise InputError(f"{path}: a series UID selects a series in a DICOM folder; "
+                         "this is a single file")
+    fmt = read_format(path)
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: file is empty (0 bytes)")
+        check_declared_size(path, fmt, max_bytes)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read file ({short_reason(err)})") from None
+    return _READERS[fmt](path)
 
 
 # ---------------------------------------------------------------- 2-D images
@@ -113,8 +129,16 @@ def _from_array(array: np.ndarray, path: Path, fmt: str, spacing=None, meta=None
     return ImageData(native_byte_order(array), is_volume, spacing, fmt, path, meta)
 
 
+def _check_magic(path: Path, magic: bytes, kind: str) -> None:
+    """np.load falls back to unpickling anything without its magic: say what the file is not."""
+    with open(path, "rb") as handle:
+        if handle.read(len(magic)) != magic:
+            raise InputError(f"{path}: not an {kind} file (its first bytes are not {magic!r})")
+
+
 def _read_npy(path: Path, fmt: str = "npy") -> ImageData:
     """`.npy` array; pickled (object) arrays are refused."""
+    _check_magic(path, b"\x93NUMPY", "NPY")
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as err:  # ValueError (pickle / bad header), EOFError, OSError
@@ -124,6 +148,7 @@ def _read_npy(path: Path, fmt: str = "npy") -> ImageData:
 
 def _read_npz(path: Path, fmt: str = "npz") -> ImageData:
     """`.npz`: array ``image`` (with optional ``spacing``) if present, else the only array."""
+    _check_magic(path, b"PK", "NPZ (zip)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
@@ -140,7 +165,8 @@ def _read_npz(path: Path, fmt: str = "npz") -> ImageData:
         raise
     except Exception as err:  # BadZipFile, ValueError (pickle), EOFError, OSError
         raise InputError(f"{path}: cannot read NPZ file ({short_reason(err)})") from None
-    return _from_array(array, path, fmt, spacing, {"key": key})
+    meta = {"key": key, "spacing_given": spacing is not None}
+    return _from_array(array, path, fmt, spacing, meta)
 
 
 # ---------------------------------------------------------------- NIfTI

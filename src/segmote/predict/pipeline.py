@@ -11,19 +11,25 @@ succeeded. The way of a request: read the image (`segmote.io`), check the prompt
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from segmote.build import load_model, resolve_device
-from segmote.errors import ParameterError
+from segmote.adapter import read_adapter_card
+from segmote.build import DEFAULT_ADAPTER, load_model, resolve_device
+from segmote.errors import InputError, ParameterError, SegmoteError
 from segmote.io import ImageData, LabelInfo, output_path_for, read_image, write_label
+from segmote.io.finite import finite_image
+from segmote.io.image import split_ext
+from segmote.io.writers import label_names_path
+from segmote.outputs import check_outputs, written_together
 from segmote.modeling.segmote import SegMoTE
 from segmote.overlay import check_png, save_overlay
-from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_label_value,
-                                     check_objects, check_text)
+from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_known_classes,
+                                     check_label_value, check_objects, check_text)
 from segmote.predict.propagation import drop_thin_components, propagate_objects
 from segmote.predict.segmenter import Segmenter
 from segmote.predict.volume import (Progress, _decode, auto_image, auto_volume, guess_modality,
@@ -60,6 +66,7 @@ class PredictOptions:
     label_names: label value -> name, over the class names of `text` / `auto`; written as
         DICOM-SEG segment names, in a Slicer .seg.nrrd, and in an ITK-SNAP label file beside
         NIfTI / NRRD maps (`segmote.io.LabelInfo`).
+    series: the SeriesInstanceUID to read from a DICOM folder holding several series.
     """
 
     backbone: str = "litemedsam"
@@ -82,6 +89,7 @@ class PredictOptions:
     key_slice: int | None = None
     min_slices: int = 2
     label_names: Mapping[int, str] = field(default_factory=dict)
+    series: str | None = None
 
 
 @dataclass
@@ -123,7 +131,7 @@ def predict_file(input_path: str | Path, output: str | Path,
     """
     opts = options or PredictOptions()
     LabelInfo(opts.label_names)  # check the names before any work
-    data = read_image(input_path)
+    data = finite_image(read_image(input_path, series=opts.series))
     out_path = output_path_for(data, output)
     numbers = objects if isinstance(objects, PromptNumbers) else None
     prompted = bool(objects)
@@ -134,15 +142,87 @@ def predict_file(input_path: str | Path, output: str | Path,
     if opts.classes is not None and not opts.auto:
         raise ParameterError("classes", "{classes} goes with {auto}")
     _check_volume_options(data, opts)
-    if opts.text is not None and not prompted:
+    prompt_free = opts.auto or (opts.text is not None and not prompted)
+    for param, asked in (("routing", opts.routing), ("attention", opts.attention is not None)):
+        if asked and prompt_free:
+            raise ParameterError(param, f"{{{param}}} shows the router of prompted objects; "
+                                 "prompt-free segmentation ({auto}, or {text} alone) has none")
+    _check_classes(opts, prompted)
+    _warn_if_constant(data)
+    if prompt_free:
         value = numbers.labels[0] if numbers is not None and numbers.labels else None
-        return _predict_auto(data, out_path, [opts.text], opts, value)
-    if opts.auto:
-        return _predict_auto(data, out_path, opts.classes, opts, None)
+        outputs = _check_outputs(input_path, data, out_path, opts)
+        classes = [opts.text] if opts.text is not None else opts.classes
+        return _predict_auto(data, outputs, classes, opts, value)
     depth = data.array.shape[opts.axis] if data.is_volume else 1
     objs = numbers.to_objects(data.is_volume, depth) if numbers is not None else list(objects)
     check_objects(objs, data.array.shape, data.is_volume)
-    return _predict_prompted(data, out_path, objs, opts)
+    return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts)
+
+
+def _check_outputs(input_path: str | Path, data: ImageData, out_path: Path,
+                   opts: PredictOptions) -> dict[str, Path]:
+    """Every output (label map, overlay, attention figure) differs from the inputs and from
+    each other, can be written and fits the free space; checked before the model loads.
+    Returns role -> path."""
+    outputs = {"label map": out_path}
+    if opts.auto or opts.text is not None or opts.label_names:  # names: written beside it
+        outputs["label names file"] = label_names_path(out_path)
+    for role, path in (("overlay", opts.overlay), ("attention figure", opts.attention)):
+        if path is not None:
+            outputs[role] = Path(path)
+    inputs = {"input image": [Path(input_path), *map(Path, data.meta.get("files", []))],
+              "adapter": [Path(opts.adapter)] if opts.adapter not in
+              (None, "none", "None", "default", "new") else [],
+              "checkpoint": [Path(opts.checkpoint)] if opts.checkpoint else []}
+    plane = int(np.prod(data.array.shape[:2]))
+    need = 2 * data.array.size + 4 * plane * 2  # uint16 labels, two RGBA figures at most
+    check_outputs(outputs, inputs, need_bytes=need)
+    return outputs
+
+
+def _write_outputs(outputs: dict[str, Path], label: np.ndarray, data: ImageData,
+                   info: LabelInfo, figures: dict[str, Callable[[Path], object]]) -> None:
+    """The figures go to temporary files first, then the label map (with its label-names file
+    and detached data file, which `write_label` writes atomically itself); the figures are
+    renamed into place only once the label map is written. A full disk or a read-only folder
+    anywhere on the way leaves none of them behind."""
+    roles = list(figures)
+    paths = [outputs[r] for r in roles]
+    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths]) as tmps:
+        try:
+            for role, tmp in zip(roles, tmps):
+                figures[role](tmp)
+        except OSError as err:
+            raise InputError(f"{outputs['label map']}: cannot write the outputs "
+                             f"({err.strerror or err})") from None
+        write_label(label, data, outputs["label map"], info)
+
+
+def _check_classes(opts: PredictOptions, prompted: bool) -> None:
+    """Class names the adapter does not know are refused before the model loads (the
+    vocabulary is in the adapter file's header)."""
+    names = list(opts.classes or []) + ([opts.text] if opts.text is not None else [])
+    if not names or opts.adapter in (None, "none", "None", "new"):
+        return
+    path = DEFAULT_ADAPTER if opts.adapter == "default" else opts.adapter
+    if opts.adapter == "default" and opts.backbone != "litemedsam":
+        return
+    try:
+        vocabulary = read_adapter_card(path).vocabulary or ()
+    except SegmoteError:
+        return  # loading the adapter will say what is wrong with the file
+    check_known_classes(list(opts.classes or []), vocabulary, "classes")
+    if opts.text is not None:
+        check_known_classes([opts.text], vocabulary, "text")
+
+
+def _warn_if_constant(data: ImageData) -> None:
+    """A constant image holds nothing to segment: whatever comes out follows the prompt."""
+    if data.array.size and data.array.min() == data.array.max():
+        warnings.warn(f"{data.path}: the image is constant (every value is "
+                      f"{data.array.flat[0]:g}); there is nothing to segment, masks follow the "
+                      "prompts alone", stacklevel=3)
 
 
 def _model_for(opts: PredictOptions, auto: bool):
@@ -168,7 +248,7 @@ def _shown_slice(data: ImageData, first: ObjectPrompt, axis: int) -> int | None:
     return int(round(first.points[0][axis]))
 
 
-def _predict_prompted(data: ImageData, out_path: Path, objects: list[ObjectPrompt],
+def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[ObjectPrompt],
                       opts: PredictOptions) -> PredictResult:
     """`predict_file` with prompts."""
     modality, model = _model_for(opts, auto=False)
@@ -208,20 +288,20 @@ def _predict_prompted(data: ImageData, out_path: Path, objects: list[ObjectPromp
         label = segment_image(seg, data, objects, modality, opts.window, **kw)
     names = {obj.label: opts.text for obj in objects} if opts.text is not None else {}
     info = LabelInfo({**names, **opts.label_names})
-    written = write_label(label, data, out_path, info)
     image = volume_slice(data.array, k_show, opts.axis) if data.is_volume else data.array
-    if opts.overlay is not None:
-        shown_label = volume_slice(label, k_show, opts.axis) if data.is_volume else label
-        save_overlay(image, shown_label, opts.overlay)
-    att_path = None
-    if opts.attention is not None:
-        att_path = save_attention_png(image, shown["attention"], opts.attention,
-                                      shown["geometry"])
+    shown_label = volume_slice(label, k_show, opts.axis) if data.is_volume else label
+    figures = {"overlay": lambda path: save_overlay(image, shown_label, path),
+               "attention figure": lambda path: save_attention_png(
+                   image, shown["attention"], path, shown["geometry"])}
+    _write_outputs(outputs, label, data, info,
+                   {r: f for r, f in figures.items() if r in outputs})
+    att_path = outputs.get("attention figure")
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
     if scores:
         summary += f", slices per object {[len(s) for s in scores]}"
-    return PredictResult(written, label, summary, rows, att_path, slice_scores=scores)
+    return PredictResult(outputs["label map"], label, summary, rows, att_path,
+                         slice_scores=scores)
 
 
 def _check_volume_options(data: ImageData, opts: PredictOptions) -> None:
@@ -245,7 +325,7 @@ def _propagated(objects: list[ObjectPrompt], opts: PredictOptions) -> bool:
         o.box is not None and o.box[opts.axis] < o.box[opts.axis + 3] for o in objects)
 
 
-def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None,
+def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[str] | None,
                   opts: PredictOptions, value: int | None) -> PredictResult:
     """`predict_file` without prompts: PPT per class (`segmote.predict.volume.auto_volume`).
     value: the label value of a single class asked by text (default 1)."""
@@ -277,19 +357,20 @@ def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None
         label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)
         mapping = {value: names[0]}
     info = LabelInfo({**mapping, **opts.label_names}, automatic=True)
-    written = write_label(label, data, out_path, info)
-    if opts.overlay is not None and data.is_volume:  # the middle slice
+    if data.is_volume:  # the overlay shows the middle slice
         k = data.array.shape[opts.axis] // 2
-        save_overlay(volume_slice(data.array, k, opts.axis), volume_slice(label, k, opts.axis),
-                     opts.overlay)
-    elif opts.overlay is not None:
-        save_overlay(data.array, label, opts.overlay)
+        image, shown = volume_slice(data.array, k, opts.axis), volume_slice(label, k, opts.axis)
+    else:
+        image, shown = data.array, label
+    figures = {"overlay": lambda path: save_overlay(image, shown, path)}
+    _write_outputs(outputs, label, data, info,
+                   {r: f for r, f in figures.items() if r in outputs})
     value_of = {name: v for v, name in mapping.items()}
     listed = ", ".join(f"{value_of[n]}={n} ({why})" for n, why in found.items())
     asked = f" (the adapter's {modality} classes)" if by_modality else ""
     summary = (f"shape {label.shape}, modality {modality or 'none'}, prompt-free, "
                f"{len(found)} of {len(names)} classes{asked} found"
                + (f": {listed}" if listed else ""))
-    return PredictResult(written, label, summary, classes=mapping,
+    return PredictResult(outputs["label map"], label, summary, classes=mapping,
                          auto_modality=modality if by_modality else None,
                          auto_presence=seg.has_presence)

@@ -8,6 +8,7 @@ volume, inclusive. Errors name the parameters of `segmote.predict.pipeline.predi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ import numpy as np
 from segmote.errors import InputError, ParameterError
 
 MAX_LABEL = 65535  # label maps are uint8 or uint16
+NO_PROMPT = ("give at least one {box} or {point}, or a class name with {text} (or {auto}) for "
+             "prompt-free segmentation")
 
 
 @dataclass
@@ -67,7 +70,7 @@ class PromptNumbers:
         elif pts:
             objects.append(ObjectPrompt(points=pts, point_labels=pl))
         if not objects:
-            raise ParameterError("boxes", "give at least one {box} or {point}")
+            raise ParameterError("boxes", NO_PROMPT)
         if self.labels and len(self.labels) != len(objects):
             raise ParameterError("labels", f"{len(self.labels)} {{label}} values for "
                                  f"{len(objects)} objects (one per box, plus one for the points "
@@ -102,11 +105,11 @@ def _point(v: Sequence[float], is_volume: bool, depth: int) -> tuple[tuple[float
     if len(v) not in (nd, nd + 1):
         raise ParameterError("point", f"{{point}} {_numbers_text(v)!r}: expected "
                              f"{'x,y,z' if is_volume else 'x,y'}[,label], got {len(v)} numbers")
-    lab = int(v[nd]) if len(v) == nd + 1 else 1
-    if lab not in (0, 1):
-        raise ParameterError("point", f"{{point}} {_numbers_text(v)!r}: label must be 1 "
+    raw = v[nd] if len(v) == nd + 1 else 1.0
+    if raw not in (0.0, 1.0):  # int(0.7) would silently give a background click
+        raise ParameterError("point", f"{{point}} {_numbers_text(v)!r}: label must be exactly 1 "
                              "(foreground) or 0 (background)")
-    return tuple(v[:nd]), lab
+    return tuple(v[:nd]), int(raw)
 
 
 def parse_numbers(text: str, param: str) -> tuple[float, ...]:
@@ -161,31 +164,49 @@ def check_objects(objects: Sequence[ObjectPrompt], shape: tuple[int, ...],
     """Fail early (before any model work) on prompts outside the image or volume, reversed
     boxes and bad label values."""
     if not objects:
-        raise ParameterError("boxes", "give at least one {box} or {point}")
+        raise ParameterError("boxes", NO_PROMPT)
     check_labels(objects)
     for obj in objects:
         if is_volume:
             check_volume_prompt(obj, shape)
             continue
         h, w = shape[:2]
-        xy = ([obj.box[:2], obj.box[2:]] if obj.box is not None else []) + \
-            [p[:2] for p in obj.points]
-        for x, y in xy:
+        named = ([("box corner", obj.box[:2]), ("box corner", obj.box[2:])]
+                 if obj.box is not None else []) + [("point", p[:2]) for p in obj.points]
+        for what, (x, y) in named:
             if not (0 <= x <= w and 0 <= y <= h):
-                raise InputError(f"prompt point ({x:g}, {y:g}) lies outside the image (width {w}, "
-                                 f"height {h}; x is the column, y the row)")
+                where = f" of box {_numbers_text(obj.box)}" if what == "box corner" else ""
+                raise InputError(f"{what} ({x:g}, {y:g}){where} lies outside the image (width "
+                                 f"{w}, height {h}; x is the column, y the row)")
+        _check_box_order(obj.box, 2)
 
 
 def check_volume_prompt(obj: ObjectPrompt, shape: tuple[int, ...]) -> None:
     """Every coordinate of `obj` inside a volume of `shape`; a box's corners in order."""
-    coords = [obj.box[:3], obj.box[3:]] if obj.box is not None else []
-    for p in coords + [pt[:3] for pt in obj.points]:
+    named = ([("box", obj.box[:3]), ("box", obj.box[3:])] if obj.box is not None else []) + \
+        [("point", pt[:3]) for pt in obj.points]
+    for what, p in named:
         for v, n, name in zip(p, shape, "xyz"):
             if not 0 <= v <= n - 1:
-                raise InputError(f"prompt coordinate {name}={v:g} lies outside the volume of shape "
-                                 f"{tuple(shape)} (voxel indices i, j, k start at 0)")
-    if obj.box is not None and any(lo > hi for lo, hi in zip(obj.box[:3], obj.box[3:])):
-        raise InputError(f"box {list(obj.box)}: needs x0 <= x1, y0 <= y1, z0 <= z1")
+                shown = _numbers_text(obj.box if what == "box" else p)
+                raise InputError(f"{what} {shown}: coordinate {name}={v:g} lies outside the "
+                                 f"volume of shape {tuple(shape)} (voxel indices i, j, k start "
+                                 "at 0)")
+    _check_box_order(obj.box, 3)
+
+
+def _check_box_order(box: tuple[float, ...] | None, nd: int) -> None:
+    """Corners in order (an inverted box was found only after the model had loaded); a box
+    without area in the image plane segments from its edge alone: warn."""
+    if box is None:
+        return
+    lo, hi = box[:nd], box[nd:]
+    if any(a > b for a, b in zip(lo, hi)):
+        order = "x0 <= x1, y0 <= y1" + (", z0 <= z1" if nd == 3 else "")
+        raise InputError(f"box {_numbers_text(box)}: needs {order}")
+    if lo[0] == hi[0] or lo[1] == hi[1]:
+        warnings.warn(f"box {_numbers_text(box)} has no area (x0 = x1 or y0 = y1): the mask "
+                      "follows a line, not a region; check the corners", stacklevel=4)
 
 
 def label_dtype(objects: Sequence[ObjectPrompt]) -> np.dtype:
@@ -227,11 +248,33 @@ def check_points(points: Any, labels: Any,
         p = p[None]  # one prompt with K points
     if p.ndim != 3 or p.shape[-1] != 2:
         raise InputError(f"points need (x, y) pairs; got shape {np.asarray(points).shape}")
-    lab = np.ones(p.shape[:2], np.int64) if labels is None else np.asarray(labels, np.int64)
-    lab = lab.reshape(p.shape[:2]) if lab.size == p.shape[0] * p.shape[1] else lab
-    if lab.shape != p.shape[:2]:
-        raise InputError(f"{lab.size} point labels for {p.shape[0] * p.shape[1]} points")
-    if not np.isin(lab, (0, 1)).all():
-        raise InputError("point labels must be 1 (foreground) or 0 (background)")
+    raw = np.ones(p.shape[:2]) if labels is None else np.asarray(labels, dtype=float)
+    raw = raw.reshape(p.shape[:2]) if raw.size == p.shape[0] * p.shape[1] else raw
+    if raw.shape != p.shape[:2]:
+        raise InputError(f"{raw.size} point labels for {p.shape[0] * p.shape[1]} points")
+    if not np.isin(raw, (0.0, 1.0)).all():  # checked before the cast: 0.7 is not 0
+        raise InputError("point labels must be exactly 1 (foreground) or 0 (background)")
+    lab = raw.astype(np.int64)
     _check_xy(p, "point", hw)
     return p, lab
+
+
+def check_known_classes(names: Sequence[str], vocabulary: Sequence[str], param: str) -> None:
+    """ParameterError for a class name the adapter was not trained on (as written, or in its
+    normalised form: "Kidney_L" = "left kidney"), listing the nearest known names: an unknown
+    name still gets a text embedding, whose prompt-free mask means nothing ("0 of 1 classes
+    found"). No check when the adapter records no vocabulary."""
+    import difflib
+
+    from segmote.text.names import normalize_class_name
+
+    known = {normalize_class_name(v): v for v in vocabulary}
+    for name in names:
+        if not known or name in vocabulary or normalize_class_name(name) in known:
+            continue
+        close = difflib.get_close_matches(normalize_class_name(name), list(known), n=3,
+                                          cutoff=0.4)
+        nearest = ", ".join(known[c] for c in close) or ", ".join(list(vocabulary)[:3])
+        raise ParameterError(param, f"{{{param}}} {name!r}: the adapter does not know this "
+                             f"class; nearest known: {nearest} ({len(vocabulary)} classes in "
+                             "all)")

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from segmote.modeling.encoder_output import EncoderOutput
 from segmote.modeling.segmote import ImageFeatures, SegMoTE
@@ -121,6 +122,16 @@ class TrainStep(nn.Module):
         """(first kind, prompt-free, with text): rows that share it share a decode call."""
         return p.kind, p.auto and self.has_ppt, p.text is not None and self.has_text
 
+    def _decode_rows(self, feats: ImageFeatures, sel: Tensor, points: tuple[Tensor, Tensor] | None,
+                     boxes: Tensor | None, masks: Tensor | None, text: Tensor | None,
+                     auto: bool) -> Any:
+        """`SegMoTE.decode` of the batch rows `sel` (the rows are picked inside, so that under
+        checkpointing no per-group copy of the (B, C, 4h, 4w) head features is kept)."""
+        return self.model.decode(
+            ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
+            points=points, boxes=boxes, masks=None if masks is None else masks[sel], text=text,
+            auto=auto)
+
     def _decode(self, feats: ImageFeatures, prompts: list[Prompt], masks: Tensor | None,
                 round_: int, scale: float) -> _Out:
         """Decode the batch in groups of the same prompt structure (`_structure`): `decode`
@@ -140,11 +151,15 @@ class TrainStep(nn.Module):
             if kind == "box":
                 boxes = torch.from_numpy(np.stack([prompts[i].box for i in idx]) * scale)
                 boxes = boxes.to(device)
-            out = self.model.decode(
-                ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
-                points=_points(prompts, idx, k, scale, device), boxes=boxes,
-                masks=None if masks is None else masks[sel],
-                text=self._text(prompts, idx, device) if with_text else None, auto=auto)
+            args = (feats, sel, _points(prompts, idx, k, scale, device), boxes, masks,
+                    self._text(prompts, idx, device) if with_text else None, auto)
+            if self.config.recompute_rounds and torch.is_grad_enabled():
+                # activation checkpointing: the backward pass recomputes this call (with the
+                # router noise's RNG state restored), so one group's activations are alive at
+                # a time instead of those of every group of every round
+                out = checkpoint(self._decode_rows, *args, use_reentrant=False)
+            else:
+                out = self._decode_rows(*args)
             for row, i in enumerate(idx):
                 out_masks[i], out_iou[i] = out.masks[row], out.iou_pred[row]
             # the balance loss is per decode call; weight each group by its share of the batch
@@ -153,8 +168,13 @@ class TrainStep(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:
         cfg = self.config
-        feats = self.model.prepare_image(EncoderOutput(batch.image_embedding,
-                                                       batch.early_features))
+        encoded = EncoderOutput(batch.image_embedding, batch.early_features)
+        if self.config.recompute_rounds and torch.is_grad_enabled():
+            # the head's image fusion (4x upsampling twice, at batch 16 ~0.5 GB of saved
+            # activations) is recomputed in the backward pass as well: only its output stays
+            feats = checkpoint(self.model.prepare_image, encoded, use_reentrant=False)
+        else:
+            feats = self.model.prepare_image(encoded)
         mask_size = batch.target.shape[-1]
         scale = self.model.img_size / mask_size
         gt = batch.target[:, 0].detach().cpu().numpy() > 0.5

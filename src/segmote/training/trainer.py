@@ -31,6 +31,7 @@ from segmote.errors import InputError, ParameterError
 from segmote.modeling.segmote import SegMoTE
 from segmote.training import distributed as ddp
 from segmote.training.config import TrainConfig, save_config
+from segmote.training.runlock import run_folder
 from segmote.training.stages import check_initial_adapter, load_initial_adapter
 from segmote.training.logs import RunLog, print_epoch, progress_bar
 from segmote.training.loader import (CachedSlices, epoch_plan, make_loader, rank_slice,
@@ -188,8 +189,9 @@ def fit(config: TrainConfig, data_dirs: list[str | Path], out_dir: str | Path,
         cfg = dataclasses.replace(cfg, manifest=str(Path(cfg.manifest).resolve()))
     info = ddp.setup(device)
     try:
-        return _train(cfg, [Path(d) for d in data_dirs], out_dir, resume, info, progress,
-                      on_step)
+        with run_folder(out_dir, resume, STATE_FILE, info.is_main, [Path(d) for d in data_dirs]):
+            return _train(cfg, [Path(d) for d in data_dirs], out_dir, resume, info, progress,
+                          on_step)
     finally:
         ddp.cleanup(info)
 

@@ -1,0 +1,57 @@
+"""NaN / Inf voxels: never foreground, never in the statistics, never a silent guess.
+
+A NaN reaching preprocessing poisons the min-max scaling of its whole slice (every value
+becomes NaN, and the decoder reads NaN logits as foreground); an all-NaN volume was labelled
+tumour everywhere. For prediction, `finite_image` replaces non-finite voxels by the finite
+minimum of the image before anything else looks at it (one warning with the count), so the
+modality guess, the CT window, the min-max range and the MR percentiles see finite values
+only, and the replaced voxels read as the darkest background. Training refuses such images
+(`require_finite`): a label drawn on undefined voxels teaches nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from segmote.errors import InputError
+from segmote.io.image import ImageData
+
+
+def _non_finite(array: np.ndarray) -> np.ndarray | None:
+    """Boolean mask of NaN / Inf entries, or None for integer data or when there are none."""
+    if array.dtype.kind not in "fc":
+        return None
+    bad = ~np.isfinite(array)
+    return bad if bad.any() else None
+
+
+def finite_image(data: ImageData) -> ImageData:
+    """`data` with NaN / +-Inf replaced by the finite minimum (a copy; `data` is untouched).
+
+    Warns once with the count; InputError if no value is finite. Integer images pass as they
+    are. ``meta["non_finite"]`` records how many values were replaced.
+    """
+    bad = _non_finite(data.array)
+    if bad is None:
+        return data
+    n_bad, n = int(bad.sum()), bad.size
+    if n_bad == n:
+        raise InputError(f"{data.path}: no finite value (all {n} values are NaN or Inf)")
+    fill = np.min(data.array[~bad])
+    array = np.where(bad, fill, data.array).astype(data.array.dtype, copy=False)
+    warnings.warn(f"{data.path}: {n_bad} of {n} values are NaN or Inf; replaced by the "
+                  f"image's finite minimum {float(fill):g}", stacklevel=2)
+    return dataclasses.replace(data, array=array, meta={**data.meta, "non_finite": n_bad})
+
+
+def require_finite(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """`array` itself, or InputError naming `path` if it holds NaN or Inf."""
+    bad = _non_finite(np.asarray(array))
+    if bad is not None:
+        raise InputError(f"{path}: {int(bad.sum())} of {bad.size} values are NaN or Inf; "
+                         "training needs finite images (fix or drop this case)")
+    return array

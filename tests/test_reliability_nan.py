@@ -1,0 +1,78 @@
+"""NaN / Inf voxels (issue 21, case 4): replaced by the finite minimum before anything reads the
+image, with one warning; never foreground; the modality guess and the masks of the finite
+voxels are what they would be without them. Real weights, the bundled lung CT and nuclei."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segmote.predict.pipeline import PredictOptions, predict_file
+from segmote.predict.prompts import PromptNumbers
+from segmote.predict.volume import guess_modality
+from segmote.io import read_image
+from segmote.io.finite import finite_image
+from segmote.samples import bundled_sample_path
+
+# the tumour of the bundled lung crop, slices 6..8 (README's box)
+BOX = PromptNumbers(boxes=((83, 93, 6, 173, 162, 8),))
+SOFT = PredictOptions(window="soft_tissue", adapter=None)
+BASE = PredictOptions(adapter=None)
+
+
+def _float_ct(path, patch: float | None):
+    """The bundled CT as float32 NIfTI, with `patch` written into 16 x 16 voxels of slice 7
+    that lie in the lung (below -160 HU, clipped alike by the soft-tissue window)."""
+    src = nib.load(bundled_sample_path("lung2_ct_crop"))
+    array = np.asarray(src.dataobj).astype(np.float32)
+    if patch is not None:
+        array[182:198, 65:81, 7] = patch
+    nib.save(nib.Nifti1Image(array, src.affine), path)
+    return path
+
+
+def test_nan_patch_changes_no_mask_of_the_finite_voxels(tmp_path):
+    clean = predict_file(_float_ct(tmp_path / "clean.nii.gz", None), tmp_path / "a.nii.gz",
+                         BOX, SOFT)
+    src = _float_ct(tmp_path / "nan.nii.gz", np.nan)
+    before = src.read_bytes()
+    with pytest.warns(UserWarning, match=r"nan.nii.gz: 256 of 983040 values are NaN or Inf; "
+                                         r"replaced by the image's finite minimum -1024"):
+        got = predict_file(src, tmp_path / "b.nii.gz", BOX, SOFT)
+    assert "modality CT" in got.summary  # HU still recognised: the guess saw finite values
+    np.testing.assert_array_equal(got.label, clean.label)
+    assert src.read_bytes() == before
+    assert 0 < np.count_nonzero(clean.label) < 0.05 * clean.label.size
+
+
+def test_modality_guess_and_statistics_ignore_non_finite_values():
+    ct = read_image(bundled_sample_path("lung2_ct_crop"))
+    poisoned = ct.array.astype(np.float32)
+    poisoned[0, 0, :3] = (np.nan, np.inf, -np.inf)
+    data = dataclasses.replace(ct, array=poisoned)
+    assert guess_modality(data) is None  # what NaN did to the guess before the fix
+    with pytest.warns(UserWarning, match="3 of 983040 values are NaN or Inf"):
+        fixed = finite_image(data)
+    assert guess_modality(fixed) == "CT" and fixed.meta["non_finite"] == 3
+    assert (fixed.array[0, 0, :3] == -1024).all()
+    assert np.isfinite(fixed.array).all() and fixed.array.min() == ct.array.min()
+    assert np.isnan(poisoned[0, 0, 0])  # the caller's array is left alone
+
+
+def test_nan_patch_in_a_2d_image_stays_background(tmp_path):
+    from PIL import Image
+
+    grey = np.asarray(Image.open(bundled_sample_path("nuclei")), np.float32)
+    np.save(tmp_path / "clean.npy", grey)
+    grey[:40, :40] = np.nan  # far from the box
+    np.save(tmp_path / "nan.npy", grey)
+    box = PromptNumbers(boxes=((416, 350, 446, 374),))
+    clean = predict_file(tmp_path / "clean.npy", tmp_path / "a.png", box, BASE)
+    with pytest.warns(UserWarning, match="1600 of 262144 values"):
+        got = predict_file(tmp_path / "nan.npy", tmp_path / "b.png", box, BASE)
+    assert not got.label[:40, :40].any()  # before the fix: every pixel was foreground
+    inter = np.count_nonzero(got.label & clean.label)
+    assert 2 * inter / (np.count_nonzero(got.label) + np.count_nonzero(clean.label)) > 0.85
