@@ -64,5 +64,5 @@ def test_3d_protocol_without_volumes_fails_in_one_line(samples_home, capsys):
     nuclei = Path(samples_home) / "samples" / "nuclei"
     assert main(["evaluate-model", "--data", str(nuclei), "--model", "base", "--prompt",
                  "box3d", "--part", "all"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "box3d" in err[0] and "3-D" in err[0]
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--prompt box3d" in errors[0] and "3-D" in errors[0]
