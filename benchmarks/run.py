@@ -19,6 +19,7 @@ from common import load_result, machine_line, shipped_label  # noqa: E402
 from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
 from report_engine import section_engine  # noqa: E402
+from report_propagation import section_choice, section_propagation, section_timing  # noqa: E402
 from report_reliability import section_train_memory  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -28,7 +29,7 @@ SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py
            "curation": "bench_curation.py planted speed subset --epochs 1 --refine 0",
            "curation_mixed": "bench_curation_mixed.py",
            "curation_noisy": "bench_curation_noisy.py", "auto": "bench_auto.py",
-           "train_memory": "bench_train_memory.py",
+           "propagation": "bench_propagation.py", "train_memory": "bench_train_memory.py",
            "engine": "bench_engine.py all"}
 
 
@@ -185,7 +186,9 @@ SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "mote_decoder": section_mote, "train_step": section_train,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
             "curation": section_curation, "auto": section_auto,
-            "train_memory": section_train_memory, "engine": section_engine}
+            "propagation": section_propagation, "propagation_choice": section_choice,
+            "propagation_time": section_timing, "train_memory": section_train_memory,
+            "engine": section_engine}
 
 
 def write_report() -> Path:
