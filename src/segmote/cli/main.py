@@ -16,7 +16,8 @@ from segmote import __version__
 from segmote.errors import SegmoteError
 
 # Sub-command modules, in the order they appear in `segmote --help`.
-COMMANDS = ("predict", "samples", "info", "evaluate", "evaluate_model", "train", "curate")
+COMMANDS = ("predict", "samples", "info", "evaluate", "evaluate_model", "train", "curate",
+            "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

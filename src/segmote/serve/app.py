@@ -35,8 +35,9 @@ from segmote.serve.session import ImageSession, SessionStore
 from segmote.transforms import normalize_modality, parse_window
 
 log = logging.getLogger("segmote.serve")
-STATIC = {"": ("index.html", "text/html"), "app.js": ("app.js", "text/javascript"),
-          "app.css": ("app.css", "text/css")}
+# the page's files (served from the package: the page needs no network)
+STATIC = {"": ("index.html", "text/html"), "app.css": ("app.css", "text/css"),
+          **{name: (name, "text/javascript") for name in ("view.js", "api.js", "app.js", "ui.js")}}
 
 
 class _Body(BaseModel):
