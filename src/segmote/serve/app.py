@@ -199,6 +199,7 @@ def _routes(app: FastAPI, config: ServeConfig, store: SessionStore, engine: Engi
         req = SegmentRequest(body.slice, body.axis, body.box, tuple(body.points), body.text,
                              body.label, body.name, body.refine, body.propagate)
         answer = engine.segment(session, req)
+        session.last_used = time.monotonic()  # idle time counts from the answer
         return {**answer, "ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     @app.post("/api/images/{sid}/auto")
@@ -206,6 +207,7 @@ def _routes(app: FastAPI, config: ServeConfig, store: SessionStore, engine: Engi
         session = store.get(sid)
         t0 = time.perf_counter()
         answer = engine.auto(session, body.classes, body.axis, body.slice)
+        session.last_used = time.monotonic()
         return {**answer, "ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     @app.get("/api/images/{sid}/progress")
