@@ -55,7 +55,7 @@ async function setSlice(k, force) {
   k = Math.max(0, Math.min(depth(S.axis) - 1, k));
   if (k === S.k && !force) return;
   S.k = k; $("slider").value = k;
-  $("slice-label").textContent = `${k + 1} / ${depth(S.axis)}`;
+  $("slice-label").textContent = `${k} / ${depth(S.axis) - 1}`;  // 0-based, as the API
   V.prompt = S.prompts.get(promptKey(S.active)) || null;
   const seq = ++S.seq;   // scrolling fast: drop answers for slices already left
   const image = await fetchArray(`${base()}/slice?axis=${S.axis}&k=${k}`);
