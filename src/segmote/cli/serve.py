@@ -58,8 +58,12 @@ def run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch, backbone=args.backbone, checkpoint=args.checkpoint,
         adapter=None if args.adapter in ("none", "None") else args.adapter,
         device=args.device, engine=getattr(args, "engine", None))
-    import uvicorn
-
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise InputError(f"segmote serve needs {err.name}: pip install 'segmote[serve]'") from None
     from segmote.serve import create_app
 
     app = create_app(config)
