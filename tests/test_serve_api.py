@@ -67,6 +67,7 @@ def test_refine_undo_redo_and_objects(model):
         r = c.post(f"{url}/segment", json={"slice": K, "box": BOX_2D, "label": box["label"],
                                           "points": [[160, 150, 0]], "refine": True})
         assert r.status_code == 200 and r.json()["label"] == 1
+        assert r.json()["encoded"] is False  # the slice's features came from the cache
         refined = _labels(c, url)
         assert not np.array_equal(first, refined)
         second = c.post(f"{url}/segment", json={"slice": K, "points": [[40, 60, 1]]}).json()

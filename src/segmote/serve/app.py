@@ -140,6 +140,14 @@ def _open(store: SessionStore, engine: Engine, config: ServeConfig, read, name: 
 
 
 def _routes(app: FastAPI, config: ServeConfig, store: SessionStore, engine: Engine) -> None:
+    _image_routes(app, config, store, engine)
+    _prompt_routes(app, config, store, engine)
+    _label_routes(app, store)
+    _static_routes(app)
+
+
+def _image_routes(app: FastAPI, config: ServeConfig, store: SessionStore,
+                  engine: Engine) -> None:
     @app.get("/api/health")
     def health() -> dict:
         model = engine.seg.model
@@ -185,6 +193,9 @@ def _routes(app: FastAPI, config: ServeConfig, store: SessionStore, engine: Engi
         store.remove(sid)
         return {"closed": sid}
 
+
+def _prompt_routes(app: FastAPI, config: ServeConfig, store: SessionStore,
+                   engine: Engine) -> None:
     @app.get("/api/images/{sid}/slice")
     def pixels(sid: str, k: int = 0, axis: int = 2) -> Response:
         session = store.get(sid)
@@ -213,9 +224,6 @@ def _routes(app: FastAPI, config: ServeConfig, store: SessionStore, engine: Engi
     @app.get("/api/images/{sid}/progress")
     def progress(sid: str) -> dict:
         return {"progress": store.get(sid).progress}
-
-    _label_routes(app, store)
-    _static_routes(app)
 
 
 def _label_routes(app: FastAPI, store: SessionStore) -> None:

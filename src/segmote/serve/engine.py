@@ -87,8 +87,9 @@ class Engine:
                 self._waiting -= 1
                 self._cond.notify_all()
 
-    def select(self, session: ImageSession, axis: int, k: int) -> None:
-        """Point the request Segmenter at slice k (encoding it unless cached); hold `lock`."""
+    def select(self, session: ImageSession, axis: int, k: int) -> bool:
+        """Point the request Segmenter at slice k (encoding it unless cached); hold `lock`.
+        Returns whether it had to be encoded."""
         image = session.slice_image(axis, k)
         with self._cond:  # the slice is being prefetched: wait for it rather than redo it
             while self._encoding == (session.id, axis, k):
@@ -97,8 +98,9 @@ class Engine:
         if feats is None:
             self.seg.set_image(image, modality=session.modality, window=session.window)
             session.cache.put((axis, k), self.seg.features)
-        else:
-            self.seg.set_features(feats, image.shape[:2])
+            return True
+        self.seg.set_features(feats, image.shape[:2])
+        return False
 
     def prefetch(self, session: ImageSession, axis: int, k: int, radius: int) -> None:
         """Encode slice k, then its neighbours out to `radius`, in the background; replaces
@@ -147,7 +149,8 @@ class Engine:
     # -- prompts ---------------------------------------------------------------------------
     def segment(self, session: ImageSession, req: SegmentRequest) -> dict:
         """Decode one prompt on its slice (optionally propagated) and draw it into the label
-        map. Returns the API's answer: label, name, score, slices, found."""
+        map. Returns the API's answer: label, name, score, slices, found, encoded (the slice
+        was not cached: the time includes its encoder pass)."""
         session.check_slice(req.axis, req.k)
         if req.box is None and not req.points and not req.text:
             raise ApiError(400, "give a box, points or text")
@@ -165,17 +168,18 @@ class Engine:
         if req.text:
             kw["text"] = req.text
         with self.using() as seg, session.lock:
-            self.select(session, req.axis, req.k)
+            encoded = self.select(session, req.axis, req.k)
             if req.box is None and not req.points:
-                return self._text_only(session, req, label, name)
+                return {**self._text_only(session, req, label, name), "encoded": encoded}
             if req.refine and (label, req.axis, req.k) in session.lowres:
                 kw["mask_input"] = session.lowres[(label, req.axis, req.k)]
             pred = seg.predict(**kw)
             obj = SegObject(label, name, round(float(pred.score), 4))
             if req.propagate:
-                return self._propagate(session, req, obj, kw)
+                return {**self._propagate(session, req, obj, kw), "encoded": encoded}
             session.paint_slice(obj, req.axis, req.k, pred.mask, pred.lowres_logits)
-        return {**obj.as_dict(), "slices": [req.k], "found": bool(pred.mask.any())}
+        return {**obj.as_dict(), "slices": [req.k], "found": bool(pred.mask.any()),
+                "encoded": encoded}
 
     def _text_only(self, session: ImageSession, req: SegmentRequest, label: int,
                    name: str) -> dict:

@@ -115,7 +115,7 @@ async function segment(prompt, label, refine) {
   S.prompts.set(promptKey(r.label), prompt);
   S.keySlice.set(r.label, [S.axis, S.k]);
   $("status").textContent = `object ${r.label}: IoU ${r.score.toFixed(2)} · ${r.ms.toFixed(0)} ms` +
-    (r.found ? "" : " · empty mask");
+    (r.encoded ? " (slice encoded first)" : "") + (r.found ? "" : " · empty mask");
   await afterEdit();
 }
 
@@ -185,8 +185,14 @@ async function afterEdit(summary) {
   await reloadLabels();
 }
 
-function newObject() { S.active = null; V.prompt = null; V.draw(); renderObjects(); }
+function select(label) {   // null: the next prompt starts a new object
+  S.active = label;
+  V.prompt = label !== null ? S.prompts.get(promptKey(label)) || null : null;
+  V.draw(); renderObjects();
+}
+const newObject = () => select(null);
 
 window.SegmoteApp = { S, V, opened, uploadFile, setAxis, setSlice, applyPreset, setWindow,
-  boxDrawn, pointClicked, findText, propagate, auto, undoRedo, afterEdit, newObject, base };
+  boxDrawn, pointClicked, findText, propagate, auto, undoRedo, afterEdit, newObject, select,
+  base };
 })();
