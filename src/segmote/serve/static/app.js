@@ -24,6 +24,8 @@ async function opened(info) {
   $("image-name").textContent = `${info.name} — ${info.shape.join(" × ")}` +
     (info.modality ? ` · ${info.modality}` : "") + (info.is_volume ? "" : " · 2-D");
   $("hint").hidden = true;
+  $("status").textContent = ""; $("cursor").textContent = "";
+  $("undo").disabled = $("redo").disabled = true;
   for (const b of document.querySelectorAll("#axes button")) b.disabled = !info.is_volume;
   $("auto-volume").disabled = !info.is_volume;
   $("download").disabled = false;
