@@ -36,7 +36,7 @@ class ModelEvaluation:
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        fields = ["model", "prompt", "dataset", "case", "slice", "class", "dice"]
+        fields = ["model", "prompt", "dataset", "case", "slice", "class", "dice", "nsd", "hd95"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
@@ -85,13 +85,19 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
                     clicks: int = 3, jitter: float = 0.1, axis: int = 2,
                     min_foreground: int = 20, backbone: str = "litemedsam",
                     checkpoint: str | None = None, cache_dir: str | Path | None = None,
+                    classes: list[str] | None = None, nsd_mm: float = 2.0,
                     ) -> ModelEvaluation:
     """Evaluate `models` on the `part` ("val", "train" or "all") of the datasets' split.
 
     split_path: a split JSON (e.g. a training run's split.json); None draws the same split
         `segmote train` draws from val_fraction and split_seed.
-    cache_dir: an embedding cache to read and fill (e.g. a training run's RUN/cache).
+    cache_dir: an embedding cache to read and fill (e.g. a training run's RUN/cache); the 3-D
+        protocols (`segmote.evaluation.volume_protocols`) use a temporary one without it.
+    classes: evaluate only these classes. nsd_mm: NSD tolerance of the 3-D protocols.
     """
+    import tempfile
+
+    from segmote.evaluation.volume_protocols import PROMPTS_3D, evaluate_volumes, volume_cases
     from segmote import __version__
     from segmote.build import DEFAULT_ADAPTER, resolve_weights
     from segmote.checkpoint import sha256_file
@@ -113,10 +119,17 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     split = load_split(Path(split_path)) if split_path else \
         make_split(datasets, val_fraction=val_fraction, seed=split_seed)
     parts = ("train", "val") if part == "all" else (part,)
+    in_3d = [p for p in protocols if p.prompt in PROMPTS_3D]
+    in_2d = [p for p in protocols if p.prompt not in PROMPTS_3D]
     samples = [s for p in parts for s in slice_samples(datasets, split, part=p, axis=axis,
-                                                        min_foreground=min_foreground).samples]
-    if not samples:
+                                                        min_foreground=min_foreground).samples
+               if classes is None or s.class_name in classes] if in_2d else []
+    cases = volume_cases(datasets, split, parts, classes) if in_3d else []
+    if in_2d and not samples:
         raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
+                         f"{', '.join(map(str, data_dirs))}")
+    if in_3d and not cases:
+        raise InputError(f"--prompt {in_3d[0].prompt}: no {part} case of a 3-D dataset in "
                          f"{', '.join(map(str, data_dirs))}")
     weights, expected = resolve_weights(backbone, checkpoint)
     info: dict[str, Any] = {
@@ -126,7 +139,7 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         "split": {d: {k: v for k, v in e.items() if k in ("train", "val", "note")}
                   for d, e in split.items()},
         "axis": axis, "min_foreground": min_foreground, "n_samples": len(samples),
-        "models": {}}
+        "n_objects_3d": len(cases), "nsd_mm": nsd_mm, "classes": classes, "models": {}}
     adapters = [m for m in models if m != "base"]
     results: dict[str, list] = {}
     loaded = {name: _load(name, backbone, checkpoint) for name in adapters or ["base"]}
@@ -142,10 +155,14 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
             info["models"][name] = {"adapter_sha256": None if name == "new"
                                     else sha256_file(Path(path))}
         cache = None
-        if cache_dir is not None:
-            cache = EmbeddingCache(Path(cache_dir), model,
+        scratch = tempfile.TemporaryDirectory() if cache_dir is None and in_3d else None
+        if cache_dir is not None or scratch is not None:
+            cache = EmbeddingCache(Path(cache_dir or scratch.name), model,
                                    f"{backbone}-{info['backbone_sha256'][:16]}")
-        results[name] = list(evaluate_samples(model, samples, protocols, cache=cache))
+        results[name] = list(evaluate_samples(model, samples, in_2d, cache=cache)) + \
+            list(evaluate_volumes(model, cases, in_3d, cache, axis=axis, nsd_mm=nsd_mm))
+        if scratch is not None:
+            scratch.cleanup()
     summary: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     sources = [(m, "adapter") for m in adapters]
@@ -158,7 +175,9 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         summary[name] = {p: s[output] for p, s in summarize_results(picked).items()}
         rows += [{"model": name, "prompt": r.prompt, "dataset": r.dataset, "case": r.case_id,
                   "slice": "" if r.slice_index is None else r.slice_index,
-                  "class": r.class_name, "dice": f"{r.dice[output]:.6f}"} for r in picked]
+                  "class": r.class_name, "dice": f"{r.dice[output]:.6f}",
+                  "nsd": "" if r.nsd is None else f"{r.nsd[output]:.6f}",
+                  "hd95": "" if r.hd95 is None else f"{r.hd95[output]:.3f}"} for r in picked]
     summary = {m: summary[m] for m in models}
     return ModelEvaluation(rows, summary, info)
 

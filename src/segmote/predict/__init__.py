@@ -1,0 +1,1 @@
+"""Prediction: prompts, the Segmenter, volumes and propagation through them."""
