@@ -14,6 +14,7 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from serve_common import BOX_2D, CT, K, NUCLEI, cli_label, client, read_label, upload
 
 import segmote
@@ -234,3 +235,35 @@ def _labels(c, url: str, k: int = K) -> np.ndarray:
 def _save(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def test_propagate_through_the_volume_from_the_key_slice(model):
+    from segmote.predict.propagation import propagate
+
+    with client(model) as c:
+        sid = upload(c, CT)["id"]
+        url = f"/api/images/{sid}"
+        r = c.post(f"{url}/segment", json={"slice": K, "box": BOX_2D, "propagate": True})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["label"] == 1 and K in answer["slices"] and len(answer["slices"]) >= 5
+        assert answer["slices"] == list(range(answer["slices"][0], answer["slices"][-1] + 1))
+        assert answer["score"] == answer["scores"][str(K)]
+        session = c.app.app.state.store.get(sid)
+        labels = session.labels.copy()
+        # the reference: propagation itself, on the features the session cached
+        seg = segmote.Segmenter(model)
+        image = segmote.read_image(CT).array
+
+        def cached(k: int) -> None:
+            seg.set_features(session.cache.get((2, k)), (256, 256))
+
+        reference = propagate(seg, cached, image.shape, K, {"box": BOX_2D}, bound=BOX_2D)
+        np.testing.assert_array_equal(labels == 1, reference.mask)
+        assert [k for k in range(15) if labels[:, :, k].any()] == answer["slices"]
+        # cached features are the encoder's: one slice re-encoded from scratch
+        fresh = segmote.Segmenter(model)
+        fresh.set_image(image[:, :, 4].T, modality="CT")
+        for a, b in zip(fresh.features, session.cache.get((2, 4))):
+            assert torch.equal(a, b)
+        assert c.post(f"{url}/undo").json()["undone"] and not session.labels.any()

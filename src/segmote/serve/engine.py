@@ -173,10 +173,11 @@ class Engine:
                 return {**self._text_only(session, req, label, name), "encoded": encoded}
             if req.refine and (label, req.axis, req.k) in session.lowres:
                 kw["mask_input"] = session.lowres[(label, req.axis, req.k)]
+            if req.propagate:
+                obj = SegObject(label, name, None)
+                return {**self._propagate(session, req, obj, kw), "encoded": encoded}
             pred = seg.predict(**kw)
             obj = SegObject(label, name, round(float(pred.score), 4))
-            if req.propagate:
-                return {**self._propagate(session, req, obj, kw), "encoded": encoded}
             session.paint_slice(obj, req.axis, req.k, pred.mask, pred.lowres_logits)
         return {**obj.as_dict(), "slices": [req.k], "found": bool(pred.mask.any()),
                 "encoded": encoded}
@@ -195,20 +196,32 @@ class Engine:
 
     def _propagate(self, session: ImageSession, req: SegmentRequest, obj: SegObject,
                    kw: dict) -> dict:
+        """The object through the volume from its key slice (`segmote.predict.propagation`),
+        every slice's features from the session's cache (encoded and cached when missing)."""
+        from segmote.predict.propagation import propagate
+
         if not session.is_volume:
             raise ApiError(400, "propagate needs a volume (this is a 2-D image)")
+        depth, done = session.depth(req.axis), []
+
+        def set_slice(k: int) -> None:
+            session.progress = {"task": "propagation", "done": len(done), "total": depth}
+            done.append(k)
+            self.select(session, req.axis, k)
+
+        first = {key: kw[key] for key in ("box", "points", "labels", "mask_input", "text")
+                 if key in kw}
         try:
-            from segmote.predict.propagation import propagate_object
-        except ImportError:
-            raise ApiError(501, "propagation is not available in this version") from None
-        points = kw.get("points")
-        result = propagate_object(self.seg, session.data.array, req.k, box=kw.get("box"),
-                                  points=points, point_labels=kw.get("labels"), axis=req.axis,
-                                  modality=session.modality, window=session.window)
+            result = propagate(self.seg, set_slice, session.labels.shape, req.k, first,
+                               axis=req.axis, bound=kw.get("box"))
+        finally:
+            session.progress = None
         session.paint_volume(obj, np.asarray(result.mask, bool))
         scores = {int(k): round(float(v), 4) for k, v in result.scores.items()}
-        return {**obj.as_dict(), "slices": sorted(int(k) for k in result.slices),
-                "scores": scores, "found": bool(np.any(result.mask))}
+        if req.k in scores:
+            obj = SegObject(obj.label, obj.name, scores[req.k])
+        return {**obj.as_dict(), "slices": [int(k) for k in result.slices], "scores": scores,
+                "found": bool(result.slices)}
 
     def auto(self, session: ImageSession, classes: list[str] | None, axis: int,
              k: int | None) -> dict:
