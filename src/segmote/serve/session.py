@@ -180,19 +180,18 @@ class ImageSession:
 
     def undo(self) -> bool:
         """Revert the latest edit; False when there is none."""
-        if not self.undo_stack:
-            return False
-        edit = self.undo_stack.pop()
-        self._apply(edit, forward=False)
-        self.redo_stack.append(edit)
-        return True
+        return self._step(self.undo_stack, self.redo_stack, forward=False)
 
     def redo(self) -> bool:
-        if not self.redo_stack:
+        """Apply the latest undone edit again; False when there is none."""
+        return self._step(self.redo_stack, self.undo_stack, forward=True)
+
+    def _step(self, source: list[Edit], target: list[Edit], forward: bool) -> bool:
+        if not source:
             return False
-        edit = self.redo_stack.pop()
-        self._apply(edit, forward=True)
-        self.undo_stack.append(edit)
+        edit = source.pop()
+        self._apply(edit, forward)
+        target.append(edit)
         return True
 
     def remove_object(self, label: int) -> None:
