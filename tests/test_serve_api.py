@@ -173,6 +173,22 @@ def test_token_and_host_checks():
     with client(model) as c:  # loopback without token: only loopback Host headers
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/health", headers={"Host": "evil.example:8000"}).status_code == 403
+    with client(model, max_image_mb=1.0) as c:  # 1.2 MB of .nii.gz, 1.9 MB of voxels
+        r = c.post("/api/images", files={"file": (CT.name, CT.read_bytes())})
+        assert r.status_code == 413 and "--max-image-mb" in r.json()["error"]
+
+
+def test_serve_command_fails_in_one_line_on_a_busy_port(capsys):
+    import socket
+
+    from segmote.cli.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--port", str(busy.getsockname()[1])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segmote serve: error: --host 127.0.0.1 --port") and "\n" not in err
 
 
 def test_root_confinement_and_dicom_zip(model, tmp_path):

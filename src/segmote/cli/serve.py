@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--max-upload-mb", type=float, default=512.0,
                    help="largest upload accepted (default 512)")
+    p.add_argument("--max-image-mb", type=float, default=2048.0,
+                   help="largest decoded image accepted (default 2048)")
     p.add_argument("--cache-mb", type=float, default=512.0,
                    help="encoded slices kept per image, least recently used dropped (default 512)")
     p.add_argument("--undo-mb", type=float, default=256.0,
@@ -45,15 +48,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line before the model loads when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise InputError(f"--host {host} --port {port}: cannot listen there "
+                             f"({err.strerror})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from segmote.serve.config import ServeConfig, is_loopback
 
     token = args.token or (None if is_loopback(args.host) else secrets.token_urlsafe(24))
     if not 0 < args.port < 65536:
         raise InputError(f"--port {args.port}: must be between 1 and 65535")
+    _check_port(args.host, args.port)
     config = ServeConfig(
         host=args.host, port=args.port, token=token, root=args.root,
-        max_upload_mb=args.max_upload_mb, cache_mb=args.cache_mb, undo_mb=args.undo_mb,
+        max_upload_mb=args.max_upload_mb, max_image_mb=args.max_image_mb, cache_mb=args.cache_mb, undo_mb=args.undo_mb,
         max_sessions=args.max_sessions, session_ttl_s=60.0 * args.session_minutes,
         prefetch=args.prefetch, backbone=args.backbone, checkpoint=args.checkpoint,
         adapter=None if args.adapter in ("none", "None") else args.adapter,

@@ -128,6 +128,9 @@ def _open(store: SessionStore, engine: Engine, config: ServeConfig, read, name: 
     modality = normalize_modality(modality or None)
     parse_window(window or None)
     data = read()
+    if data.array.nbytes > config.max_image_mb * 2**20:
+        raise ApiError(413, f"{name}: the image holds {data.array.nbytes / 2**20:.0f} MB, more "
+                            f"than --max-image-mb {config.max_image_mb:g}")
     from segmote.inference import guess_modality  # moves with the refactor (issue 20)
 
     session = ImageSession(store.new_id(), data, modality or guess_modality(data),

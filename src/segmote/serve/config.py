@@ -26,7 +26,8 @@ class ServeConfig:
     """host / port: where uvicorn listens. token: required on every request when set; a server
     on a host other than loopback always has one (`segmote.cli.serve` generates it).
     root: the folder the page may open files from (None: uploads only).
-    max_upload_mb: largest accepted request body. cache_mb: encoded slices kept per session
+    max_upload_mb: largest accepted request body. max_image_mb: largest decoded image (a small
+    compressed file can unpack to a huge array). cache_mb: encoded slices kept per session
     (LRU). undo_mb: undo / redo history kept per session. max_sessions: open images at once
     (the least recently used is closed beyond it). session_ttl_s: idle time before a session
     expires. prefetch: neighbouring slices encoded in the background on each side of the one
@@ -38,6 +39,7 @@ class ServeConfig:
     token: str | None = None
     root: Path | None = None
     max_upload_mb: float = 512.0
+    max_image_mb: float = 2048.0
     cache_mb: float = 512.0
     undo_mb: float = 256.0
     max_sessions: int = 8
@@ -55,7 +57,7 @@ class ServeConfig:
                              "a token (give --token, or let segmote serve generate one)")
         if self.root is not None and not Path(self.root).is_dir():
             raise InputError(f"--root {self.root}: not a folder")
-        for name in ("max_upload_mb", "cache_mb", "undo_mb", "session_ttl_s"):
+        for name in ("max_upload_mb", "max_image_mb", "cache_mb", "undo_mb", "session_ttl_s"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')}: must be positive")
         if self.max_sessions < 1 or self.prefetch < 0:
