@@ -265,6 +265,7 @@ def test_propagate_through_the_volume_from_the_key_slice(model):
         assert answer["label"] == 1 and K in answer["slices"] and len(answer["slices"]) >= 5
         assert answer["slices"] == list(range(answer["slices"][0], answer["slices"][-1] + 1))
         assert answer["score"] == answer["scores"][str(K)]
+        assert c.get(url).json()["objects"][0]["score"] == answer["score"]
         session = c.app.app.state.store.get(sid)
         labels = session.labels.copy()
         # the reference: propagation itself, on the features the session cached

@@ -216,10 +216,9 @@ class Engine:
                                axis=req.axis, bound=kw.get("box"))
         finally:
             session.progress = None
-        session.paint_volume(obj, np.asarray(result.mask, bool))
         scores = {int(k): round(float(v), 4) for k, v in result.scores.items()}
-        if req.k in scores:
-            obj = SegObject(obj.label, obj.name, scores[req.k])
+        obj = SegObject(obj.label, obj.name, scores.get(req.k))  # the key slice's IoU
+        session.paint_volume(obj, np.asarray(result.mask, bool))
         return {**obj.as_dict(), "slices": [int(k) for k in result.slices], "scores": scores,
                 "found": bool(result.slices)}
 

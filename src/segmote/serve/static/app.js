@@ -153,7 +153,8 @@ async function propagate(label) {
   if (!prompt) throw new Error("propagation starts from a box or clicks: prompt this object first");
   const body = { slice: key[1], axis: key[0], points: prompt.points, label, propagate: true };
   if (prompt.box) body.box = prompt.box;
-  const r = await api("POST", `${base()}/segment`, body, { task: "propagating through the volume" });
+  const r = await api("POST", `${base()}/segment`, body,
+    { task: "propagating through the volume", progressOf: `${base()}/progress` });
   $("status").textContent = `object ${label} on ${r.slices.length} slices (${(r.ms / 1000).toFixed(1)} s)`;
   await afterEdit();
 }
