@@ -253,34 +253,38 @@ def _save(path, data: bytes):
     return path
 
 
-def test_propagate_through_the_volume_from_the_key_slice(model):
+def test_propagate_through_the_volume_from_the_key_slice(model, tmp_path):
     from segmote.predict.propagation import propagate
 
+    # slices 4..10 of the CT (7 encoder passes instead of 15); the tumour fills them all
+    ct = nib.load(CT)
+    part = tmp_path / "ct_part.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj)[:, :, 4:11], ct.affine, ct.header), part)
+    key = 3
     with client(model) as c:
-        sid = upload(c, CT)["id"]
+        sid = upload(c, part)["id"]
         url = f"/api/images/{sid}"
-        r = c.post(f"{url}/segment", json={"slice": K, "box": BOX_2D, "propagate": True})
+        r = c.post(f"{url}/segment", json={"slice": key, "box": BOX_2D, "propagate": True})
         assert r.status_code == 200, r.text
         answer = r.json()
-        assert answer["label"] == 1 and K in answer["slices"] and len(answer["slices"]) >= 5
-        assert answer["slices"] == list(range(answer["slices"][0], answer["slices"][-1] + 1))
-        assert answer["score"] == answer["scores"][str(K)]
+        assert answer["label"] == 1 and answer["slices"] == list(range(7))
+        assert answer["score"] == answer["scores"][str(key)]
         assert c.get(url).json()["objects"][0]["score"] == answer["score"]
         session = c.app.app.state.store.get(sid)
         labels = session.labels.copy()
         # the reference: propagation itself, on the features the session cached
         seg = segmote.Segmenter(model)
-        image = segmote.read_image(CT).array
+        image = segmote.read_image(part).array
 
         def cached(k: int) -> None:
             seg.set_features(session.cache.get((2, k)), (256, 256))
 
-        reference = propagate(seg, cached, image.shape, K, {"box": BOX_2D}, bound=BOX_2D)
+        reference = propagate(seg, cached, image.shape, key, {"box": BOX_2D}, bound=BOX_2D)
         np.testing.assert_array_equal(labels == 1, reference.mask)
-        assert [k for k in range(15) if labels[:, :, k].any()] == answer["slices"]
+        assert all(labels[:, :, k].sum() > 500 for k in range(7))
         # cached features are the encoder's: one slice re-encoded from scratch
         fresh = segmote.Segmenter(model)
-        fresh.set_image(image[:, :, 4].T, modality="CT")
-        for a, b in zip(fresh.features, session.cache.get((2, 4))):
+        fresh.set_image(image[:, :, 1].T, modality="CT")
+        for a, b in zip(fresh.features, session.cache.get((2, 1))):
             assert torch.equal(a, b)
         assert c.post(f"{url}/undo").json()["undone"] and not session.labels.any()
