@@ -23,6 +23,8 @@ from segmote.serve.config import ServeConfig
 from segmote.serve.errors import ApiError, not_found
 
 MB = 1 << 20
+# refinement inputs kept per session (the oldest go first): 256 x 256 float32 = 256 KB each
+MAX_LOWRES = 128
 Index = tuple[Any, ...]
 
 
@@ -173,10 +175,11 @@ class ImageSession:
         self.objects = dict(edit.objects_after if forward else edit.objects_before)
         for key, (before, after) in edit.lowres.items():
             value = after if forward else before
-            if value is None:
-                self.lowres.pop(key, None)
-            else:
+            self.lowres.pop(key, None)  # re-inserted last: the dict's order is the age
+            if value is not None:
                 self.lowres[key] = value
+        while len(self.lowres) > MAX_LOWRES:
+            self.lowres.pop(next(iter(self.lowres)))
 
     def undo(self) -> bool:
         """Revert the latest edit; False when there is none."""
