@@ -48,13 +48,14 @@ def test_box_on_a_volume_equals_the_cli(model, tmp_path):
     np.testing.assert_array_equal(slice_png, reference[:, :, K].T)  # rows = j, as the CLI
 
 
-def test_2d_image_points_and_download_equal_the_cli(model, tmp_path):
+def test_2d_image_box_and_download_equal_the_cli(model, tmp_path):
     with client(model) as c:
         sid = upload(c, NUCLEI)["id"]
         r = c.post(f"/api/images/{sid}/segment", json={"box": [416, 350, 446, 374]})
         assert r.status_code == 200 and r.json()["found"]
         assert c.get(f"/api/images/{sid}/labels.nii.gz").status_code == 404  # 2-D: PNG
-        got = read_label(_save(tmp_path / "api.png", c.get(f"/api/images/{sid}/labels.png").content))
+        png = c.get(f"/api/images/{sid}/labels.png").content
+    got = read_label(_save(tmp_path / "api.png", png))
     np.testing.assert_array_equal(got, cli_label(tmp_path, NUCLEI, "416,350,446,374", ".png"))
 
 

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     _check_port(args.host, args.port)
     config = ServeConfig(
         host=args.host, port=args.port, token=token, root=args.root,
-        max_upload_mb=args.max_upload_mb, max_image_mb=args.max_image_mb, cache_mb=args.cache_mb, undo_mb=args.undo_mb,
+        max_upload_mb=args.max_upload_mb, max_image_mb=args.max_image_mb,
+        cache_mb=args.cache_mb, undo_mb=args.undo_mb,
         max_sessions=args.max_sessions, session_ttl_s=60.0 * args.session_minutes,
         prefetch=args.prefetch, backbone=args.backbone, checkpoint=args.checkpoint,
         adapter=None if args.adapter in ("none", "None") else args.adapter,
