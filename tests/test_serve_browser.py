@@ -175,12 +175,43 @@ def test_segment_in_the_browser_matches_the_cli(page, server, tmp_path):
     tab.screenshot(path=str(ARTIFACTS / "04_coronal.png"))
 
 
+def test_view_controls(page):
+    tab = page  # the CT of the test above is still open, coronal
+    tab.keyboard.press("1")
+    tab.wait_for_function("SegmoteApp.S.axis === 2")
+    tab.select_option("#preset", "bone")
+    assert tab.evaluate("[SegmoteApp.V.level, SegmoteApp.V.width]") == [400, 1800]
+    zoom = tab.evaluate("SegmoteApp.V.zoom")
+    tab.mouse.move(*_mouse(tab, 128, 128))
+    tab.keyboard.down("Control")
+    tab.mouse.wheel(0, -120)
+    tab.keyboard.up("Control")
+    tab.wait_for_function(f"SegmoteApp.V.zoom > {zoom}")
+    pan = tab.evaluate("SegmoteApp.V.panX")
+    x, y = _mouse(tab, 128, 128)
+    tab.mouse.move(x, y)
+    tab.mouse.down(button="middle")
+    tab.mouse.move(x + 60, y, steps=3)
+    tab.mouse.up(button="middle")
+    assert abs(tab.evaluate("SegmoteApp.V.panX") - pan - 60) < 1
+    tab.click("#tools button[data-tool=wl]")  # W/L tool: drag up raises the level
+    tab.mouse.move(x, y)
+    tab.mouse.down()
+    tab.mouse.move(x, y - 50, steps=3)
+    tab.mouse.up()
+    assert tab.evaluate("SegmoteApp.V.level") > 400 and tab.input_value("#preset") == "custom"
+    tab.click("#tools button[data-tool=box]")
+    tab.keyboard.press("f")
+    assert tab.evaluate("SegmoteApp.V.zoom") == pytest.approx(zoom)
+    tab.screenshot(path=str(ARTIFACTS / "05_controls.png"))
+
+
 def test_errors_are_shown_in_the_page(page, tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(CT.read_bytes()[:3000])
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#error:not([hidden])")
     assert "broken.nii.gz" in page.inner_text("#error-text")
-    page.screenshot(path=str(ARTIFACTS / "05_error.png"))
+    page.screenshot(path=str(ARTIFACTS / "06_error.png"))
     page.click("#error-close")
     assert page.locator("#error").is_hidden()
