@@ -105,6 +105,33 @@ def test_text_prompt_and_automatic_mode_on_a_slice(model):
         assert nothing.json()["found"] is False and nothing.json()["label"] is None
 
 
+def test_automatic_mode_on_a_volume(model, tmp_path):
+    ct = nib.load(CT)
+    part = tmp_path / "ct_two_slices.nii.gz"  # slices 9 and 10: two encoder passes
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj)[:, :, 9:11], ct.affine, ct.header), part)
+    with client(model) as c:
+        sid = upload(c, part)["id"]
+        body = {"slice": None, "classes": ["tumour", "nuclei"]}
+        r = c.post(f"/api/images/{sid}/auto", json=body)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["slices"] == [0, 1] and answer["classes"] == ["tumour", "nuclei"]
+        session = c.app.app.state.store.get(sid)
+        seg = segmote.Segmenter(model)
+        expected = np.zeros(session.labels.shape, np.uint16)
+        for k in range(2):  # the reference: Segmenter.predict_auto on each cached slice
+            seg.set_features(session.cache.get((2, k)), (256, 256))
+            expected[:, :, k] = seg.predict_auto(["tumour", "nuclei"]).label_map.T
+        found = [o["name"] for o in answer["objects"]]
+        assert found == ["tumour"]  # the presence head: no nuclei on a CT
+        values = {o["name"]: o["label"] for o in answer["objects"]}
+        remapped = np.zeros_like(expected)
+        for i, name in enumerate(["tumour", "nuclei"], start=1):
+            remapped[expected == i] = values.get(name, 0)
+        np.testing.assert_array_equal(session.labels, remapped)
+        assert c.get(f"/api/images/{sid}/progress").json() == {"progress": None}
+
+
 def test_bad_requests_answer_4xx_json_and_the_server_keeps_running(model):
     truncated = CT.read_bytes()[:4000]
     with client(model, max_upload_mb=1.5) as c:  # the CT is 1.2 MB
