@@ -201,6 +201,11 @@ def test_token_and_host_checks():
     with client(model) as c:  # loopback without token: only loopback Host headers
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/health", headers={"Host": "evil.example:8000"}).status_code == 403
+        other_site = c.post("/api/images", headers={"Origin": "https://evil.example"},
+                            files={"file": ("a.png", b"x")})
+        assert other_site.status_code == 403 and "cross-site" in other_site.json()["error"]
+        same_site = c.get("/api/health", headers={"Origin": "http://127.0.0.1"})
+        assert same_site.status_code == 200
     with client(model, max_image_mb=1.0) as c:  # 1.2 MB of .nii.gz, 1.9 MB of voxels
         r = c.post("/api/images", files={"file": (CT.name, CT.read_bytes())})
         assert r.status_code == 413 and "--max-image-mb" in r.json()["error"]

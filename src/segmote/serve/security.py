@@ -5,6 +5,8 @@
   `?token=`; compared in constant time.
 - host: a loopback server without a token answers only Host headers naming loopback, so a web
   page elsewhere cannot reach it through DNS rebinding.
+- origin: a request a browser sends from another site (its Origin differs from the Host) is
+  refused, so a web page cannot post uploads or prompts to a server on this machine.
 - size: a request body must announce its length (Content-Length) and stay within the limit.
 """
 
@@ -15,7 +17,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from segmote.serve.config import is_loopback
 
@@ -52,6 +54,9 @@ class Guard:
         if self.token is None and not is_loopback(_host_name(headers.get("host", ""))):
             return await send_json(send, 403, {"error": "this server answers only requests "
                                                "addressed to localhost / 127.0.0.1"})
+        origin = headers.get("origin")
+        if origin and urlsplit(origin).netloc != headers.get("host"):
+            return await send_json(send, 403, {"error": "cross-site request refused"})
         from_query = False
         if self.token is not None:
             given, from_query = self._given_token(scope, headers)
