@@ -1,4 +1,4 @@
-"""Which Colin27/AAL protocol reproduces data.md's atlas numbers? (its wording is ambiguous)
+"""Which Colin27/AAL protocol reproduces docs/data.md's atlas numbers? (its wording is ambiguous)
 
 Measures LiteMedSAM tight-box Dice for each intensity handling (MR slice percentiles, raw
 min-max, volume percentiles) and each reading of "structure" (left, left and right separately,
@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from segmote.build import load_model
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 from segmote.samples import fetch_sample
 D=str(fetch_sample("colin27"))+"/"
 img=np.asarray(nib.load(D+"Dataset003_Colin27AAL/imagesTr/colin27_0000.nii.gz").dataobj).astype(np.float32)

@@ -40,7 +40,7 @@ def _false_positives(seg, samples, cache, ask) -> dict:
     import torch
 
     from segmote.data.files import read_label
-    from segmote.inference import volume_slice
+    from segmote.slicing import volume_slice
     from segmote.modeling.encoder_output import EncoderOutput
 
     by_slice: dict = {}
@@ -118,7 +118,7 @@ def _cost(seg, image: np.ndarray, classes: list[str], repeats: int = 5) -> dict:
 def _fresh_ppt_segmenter():
     import torch
 
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     from segmote.text.classes import class_embeddings
     from segmote.training.config import load_config
     from segmote.training.trainer import build_model
@@ -145,7 +145,7 @@ def run(run_dir: Path | None, adapter: str, absent_only: str | None = None) -> d
     from segmote.data.datasets import discover, slice_samples
     from segmote.evaluation.prompted import Protocol, evaluate_samples, summarize_results
     from segmote.io import read_image
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     from segmote.training.default_adapter import NOTES
 
     torch.manual_seed(0)
@@ -204,8 +204,8 @@ def run(run_dir: Path | None, adapter: str, absent_only: str | None = None) -> d
     }
     data = {"machine": machine(), "adapter": str(adapter_path),
             "adapter_sha256": sha256_file(adapter_path),
-            "calibration": model.adapter_metadata.get("auto"),
-            "presence": model.adapter_metadata.get("presence"),
+            "calibration": model.card.calibration and model.card.calibration.raw,
+            "presence": model.card.presence and model.card.presence.raw,
             "protocols": [p.to_dict() for p in protocols],
             "held_out": {d: {"cases": split[d]["val"], "note": NOTES.get(d, "")} for d in split},
             "n_samples": len(samples), "eval_seconds": seconds, "summary": ours,

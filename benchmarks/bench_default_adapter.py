@@ -82,6 +82,7 @@ def held_out_setup(run_dir: Path | None, adapter: str) -> tuple:
     run (its data, split and cache; adapter "latest" = its last adapter) or, without a run, of
     freshly prepared sample data (adapter "default" = the shipped one)."""
     from segmote.build import DEFAULT_ADAPTER
+    from segmote.data.cache import default_cache_dir
     from segmote.data.datasets import load_split
     from segmote.training.default_adapter import prepare
 
@@ -91,7 +92,7 @@ def held_out_setup(run_dir: Path | None, adapter: str) -> tuple:
         data_dirs = [Path(p) for p in config["data"]]
         adapter_path = run_dir / "adapter_latest.safetensors" if adapter == "latest" \
             else Path(adapter)
-        cache = Path(config["cache_dir"]) if config.get("cache_dir") else run_dir / "cache"
+        cache = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir()
         return None, data_dirs, load_split(run_dir / "split.json"), cache, adapter_path
     tmp = tempfile.TemporaryDirectory()
     prepared = prepare(Path(tmp.name) / "data")

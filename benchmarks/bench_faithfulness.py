@@ -1,4 +1,5 @@
-"""LiteMedSAM faithfulness: our re-implementation vs the reference Dice of data.md (tight boxes).
+"""LiteMedSAM faithfulness: our re-implementation vs the reference Dice of docs/data.md (tight
+boxes).
 
     python benchmarks/bench_faithfulness.py        # fetches the real samples on first use
 """
@@ -18,7 +19,7 @@ from common import machine, write_result  # noqa: E402
 def main() -> None:
     from segmote.build import load_model
     from segmote.evaluation.reference import REFERENCE_DICE, reference_sets, run_reference
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     from segmote.samples import fetch_sample, segmote_home
     for name in ("pyradiomics", "nuclei", "colin27"):
         fetch_sample(name)

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 
 from segmote.adapter import attach_adapter
+from segmote.atomic import atomic_write_text
 from segmote.build import build_base
 from segmote.samples import bundled_sample_path, bundled_samples
 from segmote.transforms import ResizeGeometry, to_input_tensor
@@ -158,12 +158,7 @@ def main() -> None:
     result = {"machine": machine, **run(args.runs, args.warmup, device)}
     if hasattr(os, "getloadavg"):
         machine["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     b, s = result["base_decoder_ms"]["median"], result["segmote_decoder_ms"]["median"]
     print(f"base decoder {b:.1f} ms, SegMoTE decoder {s:.1f} ms, ratio {result['ratio_median']:.3f}"
           f" (target <= 1.25) on {machine['device']} x{machine['torch_threads']} threads; "

@@ -26,9 +26,10 @@ from common import machine, median_time, write_result  # noqa: E402
 def interactive(repeats: int) -> dict:
     from segmote.build import load_model
     from segmote.io import read_image
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     from segmote.samples import bundled_sample_path
-    from segmote.transforms import ResizeGeometry, intensity_range, to_input_tensor
+    from segmote.intensity import intensity_range
+    from segmote.transforms import ResizeGeometry, to_input_tensor
     torch.set_grad_enabled(False)
     model = load_model(adapter=None)
     seg = Segmenter(model)
@@ -76,9 +77,10 @@ def make_volume(path: Path, slices: int) -> None:
 
 
 def volume_child(path: str, out: str, slices: int) -> None:
-    from segmote.api import predict_file
     from segmote.build import load_model
     from segmote.io import read_image
+    from segmote.predict.pipeline import PredictOptions, predict_file
+    from segmote.predict.prompts import ObjectPrompt
     from segmote.transforms import ResizeGeometry, to_input_tensor
     # the encoder alone on one slice of this volume, timed in this process: the baseline for the
     # per-slice overhead (reading, slicing, pre/post-processing, decoding, writing)
@@ -88,7 +90,8 @@ def volume_child(path: str, out: str, slices: int) -> None:
     with torch.inference_mode():
         t_enc = median_time(lambda: model.encode(x), 5)
     t = time.perf_counter()
-    predict_file(path, out, boxes=[f"150,180,0,350,330,{slices - 1}"], adapter=None)
+    predict_file(path, out, [ObjectPrompt(box=(150, 180, 0, 350, 330, slices - 1))],
+                 PredictOptions(adapter=None))
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
     print(f"RESULT {dt} {peak} {t_enc}")

@@ -42,15 +42,15 @@ def _queries(run_dir: Path | None) -> tuple:
     from segmote.training.default_adapter import config_path
     from segmote.training.loader import other_modality_classes
     from segmote.training.presence import slice_targets
-    from segmote.training.trainer import _class_texts, class_table
+    from segmote.training.run_data import class_table, class_texts
 
     tmp, data_dirs, split, cache_root, adapter = held_out_setup(run_dir, "default")
     cfg = load_config(config_path("text"))
     model = load_model(adapter=str(adapter))
     samples = slice_samples(discover(data_dirs), split, part="train", axis=cfg.axis,
                             min_foreground=cfg.min_foreground).samples
-    names = sorted(model.adapter_metadata.get("vocabulary") or {s.class_name for s in samples})
-    texts, _ = _class_texts(cfg, names)
+    names = sorted(model.card.vocabulary or {s.class_name for s in samples})
+    texts, _ = class_texts(cfg, names)
     cache = EmbeddingCache(cache_root, model, f"{cfg.backbone}-{model.backbone_sha256[:16]}",
                            cfg.window)
     cache.build(samples, progress=False)

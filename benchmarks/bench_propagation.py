@@ -134,10 +134,12 @@ def timing() -> dict:
     from segmote.build import load_model
     from segmote.data.datasets import discover
     from segmote.data.files import read_label
-    from segmote.inference import ObjectPrompt, segment_volume, volume_slice
+    from segmote.predict.prompts import ObjectPrompt
+    from segmote.predict.volume import segment_volume
+    from segmote.slicing import volume_slice
     from segmote.io import read_image
     from segmote.predict.propagation import propagate_object
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
     from segmote.transforms import preprocess
 
     (ct,) = [d for d in discover(data_dirs()[:1])]

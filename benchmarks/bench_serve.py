@@ -53,7 +53,7 @@ def measure(adapter: str | None, repeats: int) -> dict:
     import httpx
 
     import segmote
-    from segmote.inference import volume_slice  # moves with the refactor (issue 20)
+    from segmote.slicing import volume_slice
     from segmote.samples import bundled_sample_path
     from segmote.serve import ServeConfig, create_app
 

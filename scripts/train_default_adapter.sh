@@ -36,12 +36,12 @@ CONFIG=$($PY -m segmote.training.default_adapter config)
 TEXT_CONFIG=$($PY -m segmote.training.default_adapter config --stage text)
 start=$(date +%s)
 /usr/bin/time -v -o "$RUN/train_time.txt" .venv/bin/segmote train --data "${DATA[@]}" \
-  --split "${prepared[1]}" --config "$CONFIG" --out "$RUN" --device cpu
+  --split "${prepared[1]}" --config "$CONFIG" --out "$RUN" --cache-dir "$RUN/cache" --device cpu
 middle=$(date +%s)
 /usr/bin/time -v -o "$RUN/train_time_text.txt" .venv/bin/segmote train --data "${DATA[@]}" \
   --split "${prepared[1]}" --config "$TEXT_CONFIG" --out "$RUN/text" --cache-dir "$RUN/cache" \
   --init-adapter "$RUN/adapter_latest.safetensors" --device cpu
-$PY -m segmote.training.presence "$RUN/text" --negatives other-modalities
+.venv/bin/segmote presence "$RUN/text" --negatives other-modalities
 end=$(date +%s)
 printf '{"train_seconds_incl_cache": %d, "stage1_seconds_incl_cache": %d, "stage2_seconds": %d, "threads": %d}\n' \
   "$((end - start))" "$((middle - start))" "$((end - middle))" \

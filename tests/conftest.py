@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+# Modules that train adapters, run the CLI end to end on real volumes or read the fetched sample
+# datasets: minutes on a 2-core machine. `pytest -m "not slow"` leaves them out (the fast tier
+# for development); CI runs every test.
+SLOW_MODULES = {
+    "test_train_runs", "test_cli_auto", "test_cli_predict", "test_cli_routing", "test_cli_curate",
+    "test_evaluate_model", "test_evaluate_cli", "test_default_adapter", "test_faithfulness",
+    "test_presence", "test_prompted", "test_samples", "test_curation", "test_stages",
+    "test_serve_api", "test_serve_browser",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def base_model():

@@ -12,7 +12,7 @@ import torch
 from segmote.errors import InputError
 from segmote.training.config import load_config
 from segmote.training.loader import CachedSlices, other_modality_classes
-from segmote.training.trainer import query_tables
+from segmote.training.run_data import query_tables
 
 
 def _sample(dataset: str, modality: str | None, name: str, value: int = 1) -> SimpleNamespace:

@@ -53,7 +53,7 @@ def test_round_trip_identical_outputs_and_metadata(tmp_path: Path) -> None:
     cfg = MoTEConfig(num_expert_tokens=2, num_experts=3, top_k=2, expert_rank=8)
     model = _trained_like(cfg)
     vocab = ["liver", "left kidney"]
-    data = {"datasets": ["nuclei"], "masks": 12}
+    data = {"Dataset005_Nuclei": ["nuclei"]}  # what the trainer writes: dataset -> classes
     path = save_adapter(model, tmp_path / "a.safetensors",
                         {"vocabulary": vocab, "training_data": data, "note": "42"})
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]  # no temp file left
@@ -69,7 +69,7 @@ def test_round_trip_identical_outputs_and_metadata(tmp_path: Path) -> None:
     assert meta["embed_dim"] == 32 and meta["segmote_version"]
 
     loaded = attach_adapter(tiny_sam(), path, **IDENTITY)
-    assert loaded.config == cfg and loaded.adapter_metadata["vocabulary"] == vocab
+    assert loaded.config == cfg and loaded.card.vocabulary == tuple(vocab)
     assert not loaded.training
     for a, b in zip(_outputs(model), _outputs(loaded)):
         assert torch.equal(a, b)
@@ -201,10 +201,10 @@ def test_load_model_adapter_modes(tmp_path: Path) -> None:
     default = load_model()
     assert isinstance(default, SegMoTE) and Path(DEFAULT_ADAPTER).is_file()
     assert Path(DEFAULT_ADAPTER).stat().st_size < 10_000_000  # a few MB
-    meta = default.adapter_metadata
+    card = default.card
     assert {"Dataset001_PyradiomicsCT", "Dataset005_NucleiQuadrants",
-            "Dataset006_Colin27AALSlabs"} <= set(meta["training_data"])
-    assert "nuclei" in meta["vocabulary"] and "Hippocampus_L" in meta["vocabulary"]
+            "Dataset006_Colin27AALSlabs"} <= set(card.training_data)
+    assert "nuclei" in card.vocabulary and "Hippocampus_L" in card.vocabulary
     fresh = load_model(adapter="new")
     assert isinstance(fresh, SegMoTE) and fresh.backbone_sha256 == LITEMEDSAM_SHA256
     n_adapter = sum(p.numel() for p in fresh.parameters() if p.requires_grad)

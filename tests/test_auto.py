@@ -5,22 +5,33 @@ test_default_adapter.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
 import torch
 
-from segmote.adapter import attach_adapter
+from segmote.adapter import AdapterCard, attach_adapter
 from segmote.errors import InputError
 from segmote.modeling.segmote import MoTEConfig
 from segmote.modeling.text_ensemble import text_ensemble
-from segmote.predictor import Segmenter
+from segmote.predict.auto import mask_offsets, text_beside_prompt
+from segmote.predict.segmenter import Segmenter
 from segmote.training.calibration import (OFFSETS, CalibrationCounts, choose_calibration,
                                           offset_dice, offset_nonempty)
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
 
 DIM = 12
+
+
+def card(entries: dict) -> AdapterCard:
+    """An adapter card as a file with these header entries would give."""
+    return AdapterCard.from_metadata({"format": "segmote-adapter", **entries}, "test")
+
+
+def with_calibration(old: AdapterCard, auto: dict) -> AdapterCard:
+    return dataclasses.replace(old, calibration=card({"auto": auto}).calibration)
 
 
 class HashEncoder:
@@ -150,8 +161,8 @@ def seg():
     torch.manual_seed(0)
     model = attach_adapter(tiny_sam(), "new", MoTEConfig(text_dim=DIM, ppt_queries=2),
                            backbone="tiny", backbone_sha256="0" * 64)
-    model.adapter_metadata = {"vocabulary": ["liver", "spleen", "kidney"],
-                              "text": {"encoder": "hash", "template": "{}"}}
+    model.card = card({"vocabulary": ["liver", "spleen", "kidney"],
+                       "text": {"encoder": "hash", "template": "{}"}})
     s = Segmenter(model, text_encoder=HashEncoder())
     s.set_image(np.random.default_rng(0).random((40, 50)).astype(np.float32))
     return s
@@ -180,9 +191,11 @@ def test_calibrated_mask_offsets_shift_prompt_free_masks_only(seg):
     before = {n: seg.predict(text=n).logits for n in ("liver", "left kidney", "spleen")}
     boxed = seg.predict(box=box, text="liver").logits
     auto_before = seg.predict_auto(["liver", "spleen"], threshold=-10.0)
-    seg.model.adapter_metadata["auto"] = {"threshold": 0.0, "mask_offset_default": -0.5,
-                                          "mask_offsets": {"liver": 2.0, "Kidney_L": 1.0}}
-    assert seg.mask_offsets(["liver", "left kidney", "spleen"]).tolist() == [2.0, 1.0, -0.5]
+    seg.model.card = with_calibration(seg.model.card, {
+        "threshold": 0.0, "mask_offset_default": -0.5,
+        "mask_offsets": {"liver": 2.0, "Kidney_L": 1.0}})
+    offsets = mask_offsets(seg.card, ["liver", "left kidney", "spleen"])
+    assert offsets.tolist() == [2.0, 1.0, -0.5]
     after = seg.predict(text="liver")
     np.testing.assert_allclose(after.logits, before["liver"] + 2.0, atol=1e-5)
     assert np.array_equal(after.mask, after.logits > 0)
@@ -211,9 +224,11 @@ def test_text_beside_prompt_is_the_mean_with_the_box_alone(seg):
     torch.testing.assert_close(with_text.lowres_logits,
                                (token.masks + plain.lowres_logits) / 2)
     # older adapters chose per class: still honoured
-    seg.model.adapter_metadata["auto"] = {"threshold": 0.0, "text_beside_prompt_default": True,
-                                          "text_beside_prompt": {"Spleen": False}}
-    assert seg.text_beside_prompt(["liver", "spleen", "other"]).tolist() == [True, False, True]
+    seg.model.card = with_calibration(seg.model.card, {
+        "threshold": 0.0, "text_beside_prompt_default": True,
+        "text_beside_prompt": {"Spleen": False}})
+    used = text_beside_prompt(seg.card, ["liver", "spleen", "other"])
+    assert used.tolist() == [True, False, True]
     mixed = seg.predict(boxes=boxes, text=["liver", "spleen"])
     assert mixed.extras["text_used"].tolist() == [True, False]
     np.testing.assert_array_equal(mixed.logits[0], with_text.logits[0])
@@ -255,10 +270,10 @@ def test_shipped_adapter_segments_nuclei_from_the_class_name_alone():
     path = bundled_sample_path("nuclei")
     seg = Segmenter(load_model())
     assert seg.prompt_free and seg.takes_text
-    auto = seg.model.adapter_metadata["auto"]
-    assert 0 <= auto["threshold"] < 1 and auto["calibrated_on"] == "train"
+    auto = seg.card.calibration
+    assert 0 <= auto.threshold < 1 and auto.raw["calibrated_on"] == "train"
     # calibrated on training slices: nuclei masks need a lower threshold (offset +0.75)
-    assert seg.mask_offsets(["nuclei"])[0] > 0
+    assert mask_offsets(seg.card, ["nuclei"])[0] > 0
     seg.set_image(read_image(path).array)
     mask, score = seg.predict(text="nuclei")
     gt = np.asarray(Image.open(path.with_name("nuclei_label.png"))) > 0

@@ -9,7 +9,7 @@ import torch
 
 from segmote.build import BACKBONES, build_base, litemedsam_weights_path, load_model
 from segmote.checkpoint import read_state_dict, sha256_file
-from segmote.errors import CheckpointError, InputError
+from segmote.errors import CheckpointError, InputError, ParameterError
 
 
 def test_litemedsam_weights_are_the_published_file():
@@ -44,8 +44,9 @@ def test_sam_checkpoints_load_from_a_user_file(tmp_path, name):
 
 
 def test_sam_vit_needs_a_checkpoint():
-    with pytest.raises(CheckpointError, match="--checkpoint"):
+    with pytest.raises(ParameterError, match="pass checkpoint FILE") as err:
         build_base("sam_vit_h")
+    assert err.value.render({"checkpoint": "--checkpoint"}).count("--checkpoint FILE") == 1
 
 
 def test_unknown_backbone():

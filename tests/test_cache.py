@@ -16,7 +16,7 @@ from torch import nn
 
 from segmote.data.cache import EmbeddingCache, label_to_frame
 from segmote.data.datasets import discover, slice_samples
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io import read_image
 from segmote.io.writers import write_label
 from segmote.modeling.encoder_output import EncoderOutput

@@ -80,21 +80,22 @@ def test_auto_without_classes_warns_and_asks_for_every_class(ppt_adapter, tmp_pa
 
 def test_auto_asks_only_the_classes_trained_on_the_images_modality(modality_adapter, tmp_path,
                                                                     capsys):
-    from segmote.api import predict_file
+    from segmote.predict.pipeline import PredictOptions, predict_file
+
+    def auto(**kw) -> PredictOptions:
+        return PredictOptions(auto=True, adapter=modality_adapter, **kw)
 
     # a CT volume (modality told by its Hounsfield units): only the CT dataset's class
-    ct = predict_file(LUNG, tmp_path / "ct.nii.gz", auto=True, adapter=modality_adapter)
+    ct = predict_file(LUNG, tmp_path / "ct.nii.gz", options=auto())
     assert ct.auto_modality == "CT" and ct.classes == {1: "tumour"}
     assert set(np.unique(ct.label)) <= {0, 1} and "CT classes" in ct.summary
     # a PNG says nothing of its modality: every class, unless --modality names one
-    png = predict_file(NUCLEI, tmp_path / "all.png", auto=True, adapter=modality_adapter)
+    png = predict_file(NUCLEI, tmp_path / "all.png", options=auto())
     assert png.auto_modality is None and png.classes == {1: "nuclei", 2: "tumour"}
-    cells = predict_file(NUCLEI, tmp_path / "cells.png", auto=True, adapter=modality_adapter,
-                         modality="microscopy")
+    cells = predict_file(NUCLEI, tmp_path / "cells.png", options=auto(modality="microscopy"))
     assert cells.auto_modality == "MICROSCOPY" and cells.classes == {1: "nuclei"}
     # a modality the adapter never trained on: every class again (nothing to go by)
-    mr = predict_file(NUCLEI, tmp_path / "mr.png", auto=True, adapter=modality_adapter,
-                      modality="MR")
+    mr = predict_file(NUCLEI, tmp_path / "mr.png", options=auto(modality="MR"))
     assert mr.auto_modality is None and len(mr.classes) == 2
     # the CLI's note comes only when every class was asked
     rc, _, err = _run(["-i", str(NUCLEI), "-o", str(tmp_path / "c.png"), "--auto", "-m",
@@ -103,7 +104,8 @@ def test_auto_asks_only_the_classes_trained_on_the_images_modality(modality_adap
 
 
 def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
-    for extra in (["--text", "nuclei", "--label", "7"],
+    # the overlay of a prompt-free 2-D result (it once asked a 2-D image for its slice axis)
+    for extra in (["--text", "nuclei", "--label", "7", "--overlay", str(tmp_path / "o.png")],
                   ["--text", "nuclei", "--box", NUCLEI_BOX]):
         out = tmp_path / "m.png"
         rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--adapter", str(ppt_adapter),
@@ -112,6 +114,7 @@ def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
         mask = read_image(out).array
         assert mask.shape == read_image(NUCLEI).array.shape
         assert set(np.unique(mask)) <= ({0, 7} if "--label" in extra else {0, 1})
+    assert (tmp_path / "o.png").is_file()
 
 
 @pytest.mark.parametrize("extra, needle", [

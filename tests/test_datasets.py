@@ -17,7 +17,7 @@ import segmote.data.datasets as datasets_mod
 from segmote.data.datasets import (Case, DatasetInfo, discover, load_split, make_split,
                                    save_split, slice_samples)
 from segmote.errors import InputError
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io import read_image
 
 MR = "pyradiomics/Dataset002_PyradiomicsMR"

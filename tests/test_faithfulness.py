@@ -13,7 +13,7 @@ import pytest
 
 from segmote.evaluation.reference import (REFERENCE_DICE, REFERENCE_TOLERANCE, reference_sets,
                                           run_reference)
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 
 
 @pytest.mark.parametrize("name", list(REFERENCE_DICE))

@@ -251,7 +251,7 @@ def test_itk_round_trip_keeps_origin_spacing_direction(tmp_path, ext, out_ext):
     for key in ("origin", "spacing", "direction"):
         np.testing.assert_allclose(back.meta[key], getattr(image, f"Get{key.title()}")(), atol=1e-6)
     np.testing.assert_array_equal(back.array, label)
-    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".tmp")) == []
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
 
 
 def test_2d_mha_reads_as_single_slice_volume_and_writes_back_2d(tmp_path):

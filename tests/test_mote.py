@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segmote.errors import InputError
+from segmote.errors import ConfigError
 from segmote.modeling.mote import MoTE, TokenRouter, cv_squared, load_balance_loss
 from segmote.modeling.segmote import MoTEConfig
 
@@ -167,11 +167,13 @@ def test_mote_unrouted_experts_get_no_gradient() -> None:
 def test_config_validation_and_round_trip() -> None:
     cfg = MoTEConfig(num_expert_tokens=2, num_experts=3, top_k=2, expert_rank=8, head_dim=4)
     assert MoTEConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(InputError, match="top_k"):
+    with pytest.raises(ConfigError, match="top_k"):
         MoTEConfig(num_experts=2, top_k=3)
-    with pytest.raises(InputError, match="num_experts"):
+    with pytest.raises(ConfigError, match="num_experts"):
         MoTEConfig(num_experts=0)
-    with pytest.raises(InputError, match="unknown field"):
+    with pytest.raises(ConfigError, match="unknown field"):
         MoTEConfig.from_dict({"num_experts": 4, "width": 256})
-    assert MoTEConfig().balance_weight == 0.01
-    assert math.isclose(MoTEConfig().to_dict()["balance_weight"], 0.01)
+    assert MoTEConfig().balance_loss_weight == 0.01
+    assert math.isclose(MoTEConfig().to_dict()["balance_loss_weight"], 0.01)
+    # adapters written before the rename store "balance_weight"
+    assert MoTEConfig.from_dict({"balance_weight": 0.5}).balance_loss_weight == 0.5

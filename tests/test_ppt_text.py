@@ -1,6 +1,6 @@
 """PPT and text prompts in the SegMoTE decoder (tiny random backbone): the new parts leave box /
 point decoding untouched, text adds a token and a mask bias, PPT replaces the manual prompts,
-everything trains, saves and loads; misuse fails with one-line InputErrors."""
+everything trains, saves and loads; misuse fails with one-line ConfigErrors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segmote.adapter import attach_adapter, save_adapter
-from segmote.errors import InputError
+from segmote.errors import ConfigError
 from segmote.modeling.segmote import MoTEConfig
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
 
@@ -141,9 +141,9 @@ def test_save_load_round_trip(tmp_path):
     (CFG, {"auto": True, "boxes": BOX}, "no points or boxes"),
     (CFG, {"boxes": BOX.expand(2, -1), "text": torch.zeros(3, TEXT_DIM)}, "3 text prompts"),
 ])
-def test_misuse_is_one_line_input_error(cfg, kwargs, needle):
+def test_misuse_is_one_line_config_error(cfg, kwargs, needle):
     model = _model(cfg)
-    with pytest.raises(InputError, match=needle):
+    with pytest.raises(ConfigError, match=needle):
         model.decode(_image(model), **kwargs)
-    with pytest.raises(InputError, match="ppt_queries"):
+    with pytest.raises(ConfigError, match="ppt_queries"):
         MoTEConfig(ppt_queries=-1)

@@ -8,7 +8,7 @@ import torch
 
 from segmote.errors import InputError
 from segmote.io import read_image
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 from segmote.samples import bundled_sample_path, bundled_samples
 
 
@@ -105,7 +105,8 @@ def test_base_model_has_no_trainable_parameters(base_model):
 
 def test_ct_window_changes_the_input(base_model):
     """CT is windowed in HU before min-max: values outside the window saturate."""
-    from segmote.transforms import ResizeGeometry, intensity_range, to_input_tensor
+    from segmote.intensity import intensity_range
+    from segmote.transforms import ResizeGeometry, to_input_tensor
     vol = read_image(bundled_sample_path("lung2_ct_crop")).array
     img = vol[:, :, 7].T
     g = ResizeGeometry.for_shape(img.shape, 256)

@@ -1,9 +1,10 @@
 """The class presence head: its shape, its training targets and weights, that it learns, that
 the automatic mode drops what it rejects while every mask stays bit-identical, and
-`python -m segmote.training.presence` end to end on real weights and two real modalities."""
+`segmote presence` end to end on real weights and two real modalities."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,14 +17,15 @@ from safetensors.torch import load_file
 
 import segmote
 from segmote.adapter import attach_adapter
-from segmote.errors import InputError
+from segmote.errors import ConfigError
 from segmote.modeling.presence import PresenceHead, image_summary
 from segmote.modeling.segmote import MoTEConfig
-from segmote.predictor import Segmenter
+from segmote.predict.auto import presence_threshold
+from segmote.predict.segmenter import Segmenter
 from segmote.training.presence import (PresenceSettings, fit_presence, learned_queries,
                                        presence_counts, query_weights, slice_targets)
 from lung_case import lung_dataset  # noqa: F401  (fixture)
-from test_auto import DIM, HashEncoder
+from test_auto import DIM, HashEncoder, card
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
 
 ASSETS = Path(segmote.__file__).parent / "assets" / "samples"
@@ -44,9 +46,9 @@ def test_head_shapes_and_one_summary_for_many_classes():
 
 
 def test_config_needs_text_for_presence():
-    with pytest.raises(InputError, match="presence"):
+    with pytest.raises(ConfigError, match="presence"):
         MoTEConfig(presence=True)
-    with pytest.raises(InputError, match="presence"):
+    with pytest.raises(ConfigError, match="presence"):
         MoTEConfig(text_dim=4, presence="yes")
     assert MoTEConfig.from_dict({"text_dim": 4}).presence is False  # older adapter headers
 
@@ -132,7 +134,7 @@ def seg_pair():
     image = np.random.default_rng(0).random((40, 50)).astype(np.float32)
     out = []
     for model in (plain, gated):
-        model.adapter_metadata = dict(meta)
+        model.card = card(meta)
         s = Segmenter(model, text_encoder=HashEncoder())
         s.set_image(image)
         out.append(s)
@@ -159,8 +161,9 @@ def test_auto_mode_drops_what_the_head_rejects_and_leaves_masks_alone(seg_pair):
         assert np.array_equal(pa.logits, pb.logits)
         assert "presence" in pb.extras and "presence" not in pa.extras
     assert gated.predict(text="spleen").extras["presence"] < 0.01
-    assert gated.presence_threshold == 0.5
-    gated.model.adapter_metadata["presence"] = {"threshold": 0.0}
+    assert presence_threshold(gated.card) == 0.5
+    gated.model.card = dataclasses.replace(gated.model.card,
+                                           presence=card({"presence": {"threshold": 0.0}}).presence)
     assert gated.predict_auto(threshold=-10.0).kept["spleen"]
 
 
@@ -190,8 +193,9 @@ def test_presence_training_end_to_end(lung_dataset, tmp_path, capsys):  # noqa: 
     from segmote.data.datasets import discover, make_split, save_split
     from segmote.io import read_image
     from segmote.training.config import load_config, save_config
-    from segmote.training.presence import main
-    from segmote.training.trainer import _class_texts, build_model
+    from segmote.cli.main import main
+    from segmote.training.run_data import class_texts
+    from segmote.training.trainer import build_model
 
     nuclei = _nuclei_quadrants(tmp_path / "Dataset002_Nuclei")
     run = tmp_path / "run"
@@ -201,13 +205,13 @@ def test_presence_training_end_to_end(lung_dataset, tmp_path, capsys):  # noqa: 
     save_config(cfg, run / "config.yaml")
     save_split(make_split(discover([lung_dataset, nuclei]), val_fraction=0.34, seed=0),
                run / "split.json")
-    texts, text_meta = _class_texts(cfg, ["nuclei", "tumour"])
+    texts, text_meta = class_texts(cfg, ["nuclei", "tumour"])
     torch.manual_seed(0)
     model = build_model(cfg, torch.device("cpu"), text_meta["dim"])
     adapter = run / "adapter_latest.safetensors"
     save_adapter(model, adapter, {"vocabulary": ["nuclei", "tumour"], "text": text_meta})
 
-    assert main([str(run), "--negatives", "other-modalities", "-o",
+    assert main(["presence", str(run), "--negatives", "other-modalities", "-o",
                  str(run / "gated.safetensors")]) == 0
     assert "presence head:" in capsys.readouterr().out
     a, b = load_file(adapter), load_file(run / "gated.safetensors")
@@ -228,8 +232,8 @@ def test_presence_training_end_to_end(lung_dataset, tmp_path, capsys):  # noqa: 
     assert on_nuclei["nuclei"] > 0.5 > on_nuclei["tumour"]
 
     # one class per dataset, in every slice: no absent query of the same dataset to learn from
-    assert main([str(run), "--negatives", "dataset-absent", "-o",
-                 str(run / "none.safetensors")]) == 2
+    assert main(["presence", str(run), "--negatives", "dataset-absent", "-o",
+                 str(run / "none.safetensors")]) == 1  # as every segmote command
     err = capsys.readouterr().err  # the cache's progress bar, then one line
     assert err.count("error") == 1 and err.splitlines()[-1].startswith("error: ")
     assert "no absent-class query" in err

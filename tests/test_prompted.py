@@ -16,7 +16,7 @@ from segmote.errors import InputError
 from segmote.evaluation.prompted import (Protocol, corrective_click, deepest_point, dice,
                                          evaluate_samples, padded_box, sample_seed,
                                          summarize_results)
-from segmote.training.prompts import jittered_box
+from segmote.simulated_prompts import jittered_box
 from tiny_models import one_thread, tiny_sam  # noqa: F401  (one_thread: autouse fixture)
 
 MR = "pyradiomics/Dataset002_PyradiomicsMR"

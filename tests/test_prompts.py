@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segmote.training.prompts import (central_point, error_clicks, interior_distance,
+from segmote.simulated_prompts import (central_point, error_clicks, interior_distance,
                                       jittered_box, prompt_probabilities, sample_prompt,
                                       tight_box, to_model_coords)
 

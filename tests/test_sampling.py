@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from segmote.training.loader import epoch_plan, sample_weights
-from segmote.training.trainer import cap_per_class
+from segmote.training.run_data import cap_per_class
 
 # one large dataset with two classes (900 + 90 samples) and one tiny dataset (10 samples)
 GROUPS = [("big", "a")] * 900 + [("big", "b")] * 90 + [("small", "t")] * 10
@@ -67,3 +67,20 @@ def test_balance_power_interpolates_between_equal_and_proportional():
     assert share(0.0) == pytest.approx(0.5)
     assert share(0.5) == pytest.approx(10 / (30 + 10))  # sqrt(100) / (sqrt(900) + sqrt(100))
     assert share(1.0) == pytest.approx(0.1)
+
+
+def test_sampling_balance_reads_its_older_names(tmp_path) -> None:
+    """`balance` / `balance_power` named the dataset sampling before the MoE balance loss made
+    the word ambiguous: YAML files and older runs' config.yaml still load."""
+    from segmote.errors import InputError
+    from segmote.training.config import load_config
+
+    old = tmp_path / "old.yaml"
+    old.write_text("balance: dataset_class\nbalance_power: 0.5\n")
+    cfg = load_config(old)
+    assert cfg.sampling_balance == "dataset_class" and cfg.sampling_balance_power == 0.5
+    assert "balance" not in cfg.to_dict()  # written back under the new names
+    both = tmp_path / "both.yaml"
+    both.write_text("balance: dataset\nsampling_balance: dataset_class\n")
+    with pytest.raises(InputError, match="old name of sampling_balance"):
+        load_config(both)

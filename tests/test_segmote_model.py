@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segmote.errors import InputError
+from segmote.errors import ConfigError, InputError
 from segmote.modeling.sam import Sam
 from segmote.modeling.segmote import ImageFeatures, MoTEConfig, SegMoTE
 from segmote.routing import expert_usage, format_routing_table, routing_table, save_attention_png
@@ -76,7 +76,7 @@ def test_multimask_and_base_outputs_are_sams() -> None:
         assert torch.equal(out.masks, ref.masks) and torch.equal(out.iou_pred, ref.iou_pred)
     multi = model.decode(feats, multimask_output=True, **p)
     assert multi.masks.shape == (3, 3, 16, 16)
-    with pytest.raises(InputError, match="output"):
+    with pytest.raises(ConfigError, match="output"):
         model.decode(feats, output="hq", **p)
 
 
@@ -129,7 +129,7 @@ def _train_loss(model: SegMoTE, feats: ImageFeatures, prompts: dict) -> torch.Te
     target = (torch.rand_like(out.expert_masks) > 0.5).float()
     mask_loss = nn.functional.binary_cross_entropy_with_logits(out.expert_masks, target)
     iou_loss = (out.expert_iou - 0.5).pow(2).mean()
-    return mask_loss + iou_loss + model.config.balance_weight * out.balance_loss
+    return mask_loss + iou_loss + model.config.balance_loss_weight * out.balance_loss
 
 
 def test_every_adapter_parameter_learns_and_no_backbone_parameter_does() -> None:
@@ -245,7 +245,7 @@ def _real_cases() -> list[tuple[str, np.ndarray, object, np.ndarray]]:
     import nibabel as nib
 
     from segmote.samples import bundled_sample_path, bundled_samples
-    from segmote.transforms import IntensityRange
+    from segmote.intensity import IntensityRange
 
     info = bundled_samples()
     nuclei = np.asarray(Image.open(bundled_sample_path("nuclei")))
@@ -303,7 +303,7 @@ def test_fresh_adapter_reproduces_litemedsam_on_real_data(base_model: Sam,
 def test_segmenter_with_a_fresh_adapter_matches_the_base(base_model: Sam,
                                                          real_encoded: dict) -> None:
     """The predictor drives SegMoTE like Sam: same mask and score, routing in the extras."""
-    from segmote.predictor import Segmenter
+    from segmote.predict.segmenter import Segmenter
 
     image, _, box, enc = real_encoded["nuclei"]
     base_seg = Segmenter(base_model)

@@ -181,11 +181,12 @@ def test_sessions_are_isolated_random_and_expire(model):
 
 
 def test_token_and_host_checks():
-    from segmote.errors import InputError
+    from segmote.errors import ParameterError
     from segmote.serve import ServeConfig
 
-    with pytest.raises(InputError, match="token"):
+    with pytest.raises(ParameterError, match="token") as err:
         ServeConfig(host="0.0.0.0")
+    assert err.value.render({"host": "--host"}).startswith("--host 0.0.0.0: ")
     model = segmote.load_model(adapter=None)
     with client(model, host="0.0.0.0", token="s3cret", base_url="http://10.1.2.3") as c:
         assert c.get("/api/health").status_code == 401
@@ -208,7 +209,7 @@ def test_token_and_host_checks():
         assert same_site.status_code == 200
     with client(model, max_image_mb=1.0) as c:  # 1.2 MB of .nii.gz, 1.9 MB of voxels
         r = c.post("/api/images", files={"file": (CT.name, CT.read_bytes())})
-        assert r.status_code == 413 and "--max-image-mb" in r.json()["error"]
+        assert r.status_code == 413 and "more than this server takes" in r.json()["error"]
 
 
 def test_serve_command_fails_in_one_line_on_a_busy_port(capsys):

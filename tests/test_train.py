@@ -17,7 +17,8 @@ import torch
 from lung_case import CT, LABEL, PLAIN
 from segmote.training.config import TrainConfig, load_config
 from segmote.training.step import Batch, TrainStep, train_step
-from segmote.transforms import ResizeGeometry, intensity_range, to_input_tensor
+from segmote.intensity import intensity_range
+from segmote.transforms import ResizeGeometry, to_input_tensor
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
     texts = class_embeddings(["tumour", "lung"])
     model = _model_text(cfg, texts.dim)
     step = TrainStep(model, cfg, dict(zip(texts.names, texts.embeddings)))
-    from segmote.training.prompts import sample_prompt
+    from segmote.simulated_prompts import sample_prompt
     gt = one.target[0, 0].numpy() > 0.5
 
     def kind(seed: list[int]) -> str:

@@ -36,10 +36,10 @@ def _cfg(cache_dir: Path, **kw) -> TrainConfig:
 
 
 def test_resume_after_kill_matches_a_straight_run(lung_dataset, cache_dir, tmp_path):
-    from segmote.training.trainer import train
+    from segmote.training.trainer import fit
 
     cfg = _cfg(cache_dir, epochs=2, batch_size=1, refine_rounds=0)
-    straight = train(cfg, [lung_dataset], tmp_path / "straight", progress=False)
+    straight = fit(cfg, [lung_dataset], tmp_path / "straight", progress=False)
     steps = straight.global_step
     assert straight.epochs_done == 2 and steps == 4  # 2 training slices, batch 1
 
@@ -51,10 +51,10 @@ def test_resume_after_kill_matches_a_straight_run(lung_dataset, cache_dir, tmp_p
             raise Killed
 
     with pytest.raises(Killed):
-        train(cfg, [lung_dataset], tmp_path / "resumed", progress=False, on_step=kill)
+        fit(cfg, [lung_dataset], tmp_path / "resumed", progress=False, on_step=kill)
     with pytest.raises(segmote.errors.InputError, match="--resume"):
-        train(cfg, [lung_dataset], tmp_path / "resumed", progress=False)
-    resumed = train(cfg, [lung_dataset], tmp_path / "resumed", resume=True, progress=False)
+        fit(cfg, [lung_dataset], tmp_path / "resumed", progress=False)
+    resumed = fit(cfg, [lung_dataset], tmp_path / "resumed", resume=True, progress=False)
     assert resumed.global_step == steps and resumed.epochs_done == 2
     a = load_file(straight.latest_adapter)
     b = load_file(resumed.latest_adapter)
@@ -77,7 +77,7 @@ def test_ddp_two_gloo_processes_match_one_process(lung_dataset, cache_dir, tmp_p
     """torchrun with 2 CPU processes (gloo), global batch 2 = 1 per rank, trains the same adapter
     as one process with batch 2. Router noise and the (per-rank) balance loss are switched off:
     they are the only batch-composition-dependent parts."""
-    from segmote.training.trainer import train
+    from segmote.training.trainer import fit
 
     extra = {"mote": {"noisy_gating": False},
              "loss_weights": {"balance": 0.0}, "epochs": 2, "batch_size": 2}
@@ -95,7 +95,7 @@ def test_ddp_two_gloo_processes_match_one_process(lung_dataset, cache_dir, tmp_p
          str(tmp_path / "ddp"), "--config", str(cfg_file), "--device", "cpu", "--quiet"],
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = train(load_config(cfg_file), [lung_dataset], tmp_path / "single", progress=False)
+    single = fit(load_config(cfg_file), [lung_dataset], tmp_path / "single", progress=False)
     assert single.global_step == 2
     a = load_file(tmp_path / "ddp" / "adapter_latest.safetensors")
     b = load_file(single.latest_adapter)
@@ -200,12 +200,12 @@ def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_p
     a malformed manifest or --data with --manifest fails with one line and writes nothing."""
     from segmote.cli.main import main
     from segmote.training.distributed import DistInfo
-    from segmote.training.trainer import _load_data
+    from segmote.training.run_data import load_run_data
 
     manifest = _manifest(lung_dataset, tmp_path / "m.json", [(0, 0), (2, 0)])
     cfg = _cfg(cache_dir, manifest=str(manifest), val_fraction=0.0)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    _, split, train, val = _load_data(cfg, [], tmp_path / "probe", False, info)
+    _, split, train, val = load_run_data(cfg, [], tmp_path / "probe", False, info)
     assert [(s.case_id, s.slice_index) for s in train] == [("lung_000", 0), ("lung_002", 0)]
     assert val == [] and split[lung_dataset.name]["train"] == ["lung_000", "lung_002"]
 
@@ -240,9 +240,9 @@ def test_second_stage_adds_text_and_ppt_and_leaves_box_decoding_bit_identical(
     init adapter of another shape is refused with one line."""
     from segmote.build import load_model
     from segmote.cli.main import main
-    from segmote.training.trainer import train
+    from segmote.training.trainer import fit
 
-    first = train(_cfg(cache_dir, refine_rounds=0, **PLAIN), [lung_dataset], tmp_path / "s1",
+    first = fit(_cfg(cache_dir, refine_rounds=0, **PLAIN), [lung_dataset], tmp_path / "s1",
                   progress=False)
     cfg_file = tmp_path / "stage2.yaml"
     cfg_file.write_text(f"train_parts: [text, ppt]\nprompt_mix: {{box: 0.5, text: 0.5}}\n"
@@ -284,7 +284,7 @@ def test_second_stage_adds_text_and_ppt_and_leaves_box_decoding_bit_identical(
     assert read_adapter_metadata(tmp_path / "recal.safetensors")["vocabulary"] == \
         read_adapter_metadata(out / "adapter_latest.safetensors")["vocabulary"]
 
-    other = train(_cfg(cache_dir, refine_rounds=0, epochs=1, mote={"num_experts": 2}, **PLAIN),
+    other = fit(_cfg(cache_dir, refine_rounds=0, epochs=1, mote={"num_experts": 2}, **PLAIN),
                   [lung_dataset], tmp_path / "other", progress=False)
     rc = main(["train", "--data", str(lung_dataset), "--out", str(tmp_path / "bad"), "--config",
                str(cfg_file), "--init-adapter", str(other.latest_adapter), "--device", "cpu",

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from segmote.errors import InputError
-from segmote.transforms import (IntensityRange, ResizeGeometry, intensity_range,
-                                normalize_modality, parse_window, to_input_tensor)
+from segmote.intensity import IntensityRange, intensity_range, normalize_modality, parse_window
+from segmote.transforms import ResizeGeometry, to_input_tensor
 
 
 def test_longest_side_and_padding():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segmote.errors import InputError
+from segmote.errors import ConfigError
 from segmote.modeling.encoder_output import EncoderOutput
 from segmote.modeling.image_encoder_vit import (
     VIT_VARIANTS,
@@ -138,7 +138,7 @@ def test_state_dict_matches_official_layout(variant: str) -> None:
 
 
 def test_unknown_variant_is_a_user_error() -> None:
-    with pytest.raises(InputError, match="vit_x"):
+    with pytest.raises(ConfigError, match="vit_x"):
         build_vit_encoder("vit_x")
 
 

@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
         from segmote.build import load_model
         return load_model
     if name == "Segmenter":
-        from segmote.predictor import Segmenter
+        from segmote.predict.segmenter import Segmenter
         return Segmenter
     if name in ("read_image", "write_label"):
         import segmote.io

@@ -1,16 +1,18 @@
 """Atomic file writes: readers (and a killed run) never see a half-written file.
 
-Every output of segmote (label maps aside, see `segmote.io.writers`) is written to a temporary
-file in the destination folder and renamed over the destination, which is atomic on POSIX and
-Windows file systems. `tempfile.mkstemp` creates files readable by the owner only; the finished
-file gets the permissions an ordinary `open(path, "w")` would give (0666 minus the umask), so
-adapters, configs and reports can be shared.
+The one implementation for every output of segmote (label maps, adapters, caches, reports,
+benchmark results): write to a temporary file in the destination folder, then rename it over
+the destination, which is atomic on POSIX and Windows file systems. `tempfile.mkstemp`
+creates files readable by the owner only; the finished file gets the permissions an ordinary
+`open(path, "w")` would give (0666 minus the umask), so adapters, configs and reports can be
+shared.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +43,23 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_sibling_files(path: str | Path) -> Iterator[Path]:
+    """Yield `path`'s name inside a temporary folder next to it, for writers that write several
+    files named after it (a detached header: `.nhdr` + `.raw.gz`, `.mhd` + `.raw`, where the
+    header names its data file). When the block ends normally every file there moves out, the
+    file named `path` last, so `path` appears only once its data is in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp-dir", dir=path.parent))
+    try:
+        yield folder / path.name
+        for item in sorted(folder.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(item, path.parent / item.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str, newline: str | None = None) -> None:

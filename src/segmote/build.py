@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from segmote.checkpoint import load_strict, read_state_dict, sha256_file
-from segmote.errors import CheckpointError, InputError
+from segmote.errors import CheckpointError, InputError, ParameterError
 from segmote.modeling.mask_decoder import MaskDecoder
 from segmote.modeling.prompt_encoder import PromptEncoder
 from segmote.modeling.sam import Sam
@@ -98,8 +98,8 @@ def resolve_weights(backbone: str, checkpoint: str | Path | None) -> tuple[Path,
     if checkpoint is not None:
         return Path(checkpoint), None
     if spec.default_weights is None:
-        raise CheckpointError(f"backbone {backbone} has no shipped weights: pass "
-                              f"--checkpoint FILE (e.g. the official sam_vit_b_01ec64.pth)")
+        raise ParameterError("checkpoint", f"backbone {backbone} has no shipped weights: pass "
+                             "{checkpoint} FILE (e.g. the official sam_vit_b_01ec64.pth)")
     return spec.default_weights(), spec.sha256
 
 
@@ -164,3 +164,16 @@ def load_model(backbone: str = "litemedsam", checkpoint: str | Path | None = Non
         sha = expected or sha256_file(path)
         model = attach_adapter(model, adapter, backbone=backbone, backbone_sha256=sha)
     return model.to(device)
+
+
+def resolve_device(device: str, param: str = "device") -> torch.device:
+    """"cpu", "cuda" or "cuda:N" -> a device this machine has (errors name `param`)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ParameterError(param, f"{{{param}}} {device!r}: expected cpu, cuda or "
+                             "cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(param, f"{{{param}}} {device}: CUDA is not available on this "
+                             "machine")
+    return dev

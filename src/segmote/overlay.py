@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmote.atomic import atomic_path
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 _COLOURS = np.array([[255, 64, 64], [64, 255, 64], [64, 128, 255], [255, 224, 32],
                      [255, 64, 255], [32, 224, 224]], dtype=np.uint8)
@@ -29,12 +29,17 @@ def render_overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def check_png(path: str | Path | None, param: str) -> None:
+    """A figure the caller asked for (parameter `param`) must be a .png file."""
+    if path is not None and Path(path).suffix.lower() != ".png":
+        raise ParameterError(param, f"{path}: {{{param}}} must be a .png file")
+
+
 def save_overlay(image: np.ndarray, label: np.ndarray, path: str | Path) -> Path:
     """Write the overlay PNG atomically (temp file + rename)."""
     from PIL import Image
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise InputError(f"{path}: --overlay must be a .png file")
+    check_png(path, "overlay")
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
     with atomic_path(path, ".png") as tmp:

@@ -13,6 +13,7 @@ The pipeline reproduces LiteMedSAM's upstream quality (see docs/preprocessing.md
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,85 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segmote.errors import InputError
-
-# (level, width) in HU. "lung" (-1000..400 HU) is the window of the LiteMedSAM reference protocol.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "lung": (-300.0, 1400.0),
-    "soft_tissue": (40.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-}
-DEFAULT_CT_WINDOW = "lung"
-MR_PERCENTILES = (0.5, 99.5)
-MODALITIES = ("CT", "MR", "PET", "XRAY", "US", "ENDOSCOPY", "DERMOSCOPY", "MICROSCOPY", "OTHER")
-_ALIASES = {"MRI": "MR", "X-RAY": "XRAY", "CR": "XRAY", "DX": "XRAY", "PT": "PET", "ES": "ENDOSCOPY"}
-
-
-def normalize_modality(modality: str | None) -> str | None:
-    """Canonical modality name (DICOM codes such as 'MR', 'CT', 'CR' accepted), or None."""
-    if modality is None:
-        return None
-    m = _ALIASES.get(modality.strip().upper(), modality.strip().upper())
-    if m not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
-    return m
-
-
-def parse_window(window: str | tuple[float, float] | None) -> tuple[float, float] | None:
-    """'lung' | 'soft_tissue' | ... | 'LEVEL,WIDTH' -> (lo, hi) in HU."""
-    if window is None:
-        return None
-    if isinstance(window, str):
-        if window in CT_WINDOWS:
-            level, width = CT_WINDOWS[window]
-        else:
-            try:
-                level, width = (float(v) for v in window.split(","))
-            except ValueError:
-                raise InputError(f"--window {window!r}: expected LEVEL,WIDTH or one of "
-                                 f"{', '.join(CT_WINDOWS)}") from None
-    else:
-        level, width = window
-    if width <= 0:
-        raise InputError(f"--window: width must be positive, got {width}")
-    return level - width / 2, level + width / 2
-
-
-@dataclass(frozen=True)
-class IntensityRange:
-    """Clip range applied before min-max; None bounds mean no clipping."""
-
-    lo: float | None = None
-    hi: float | None = None
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32, copy=False)
-        if self.lo is None and self.hi is None:
-            return x
-        return np.clip(x, self.lo, self.hi)
-
-
-def intensity_range(data: np.ndarray, modality: str | None,
-                    window: str | tuple[float, float] | None = None) -> IntensityRange:
-    """Clip range for an image or a whole volume.
-
-    CT uses an HU window (default `DEFAULT_CT_WINDOW`); MR the 0.5 / 99.5 percentiles of
-    `data` (the 2-D slice being segmented, as in the reference protocol); anything else: none.
-    """
-    modality = normalize_modality(modality)
-    win = parse_window(window)
-    if win is not None:
-        return IntensityRange(*win)
-    if modality == "CT":
-        return IntensityRange(*parse_window(DEFAULT_CT_WINDOW))
-    if modality == "MR":
-        # percentiles on a strided sample: exact enough and bounded cost for big volumes
-        flat = data.reshape(-1)
-        step = max(1, flat.size // 4_000_000)
-        lo, hi = np.percentile(flat[::step], MR_PERCENTILES)
-        return IntensityRange(float(lo), float(hi))
-    return IntensityRange()
-
+# the intensity rules themselves are numpy-only (`segmote.intensity`): data and curation use
+# them without torch
+from segmote.intensity import IntensityRange, intensity_range, normalize_modality
 
 @dataclass(frozen=True)
 class ResizeGeometry:
@@ -183,3 +108,30 @@ def preprocess(image: np.ndarray, img_size: int, modality: str | None = None,
     geometry = ResizeGeometry.for_shape(image.shape[:2], img_size)
     clip = intensity_range(image, normalize_modality(modality), window)
     return to_input_tensor(image, geometry, clip), geometry
+
+
+# A binary mask given as a prompt becomes logits of this magnitude (SAM expects logits).
+MASK_PROMPT_LOGIT = 8.0
+
+
+def mask_prompt(mask_input: Any, n: int, geometry: ResizeGeometry, size: int,
+                device: torch.device) -> Tensor | None:
+    """A mask prompt as the decoder takes it: (n, 1, size, size) float32 logits.
+
+    mask_input: None, low-res logits (1 or n, 1, s, s) from an earlier prediction, or an (H, W)
+        mask (bool / 0-1, made +-MASK_PROMPT_LOGIT) or logit map on the original grid.
+    """
+    if mask_input is None:
+        return None
+    if isinstance(mask_input, Tensor) and mask_input.ndim == 4:
+        t = mask_input  # low-res logits from an earlier Prediction
+    else:
+        m = np.asarray(mask_input)
+        if m.shape != geometry.orig_hw:
+            raise InputError(f"mask_input shape {m.shape} differs from the image "
+                             f"{geometry.orig_hw}")
+        if m.dtype == bool or set(np.unique(m)) <= {0, 1}:
+            m = (m.astype(np.float32) * 2 - 1) * MASK_PROMPT_LOGIT
+        t = geometry.mask_to_lowres(m, size)
+    t = t.to(device, torch.float32)
+    return t.expand(n, -1, -1, -1) if t.shape[0] == 1 and n > 1 else t

@@ -51,13 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dedup", action="store_true",
                    help="skip near-duplicate removal (no model, no embeddings)")
     p.add_argument("-w", "--window", help="CT window for scoring and encoding")
-    p.add_argument("--cache-dir", help="embedding cache (default SEGMOTE_HOME/embedding-cache; "
-                                       "shareable with `segmote train --cache-dir`)")
+    p.add_argument("--cache-dir", help="embedding cache (default SEGMOTE_HOME/embedding-cache, "
+                                       "shared with `segmote train` and `evaluate-model`)")
     p.add_argument("--backbone", default="litemedsam", help="encoder for the embeddings")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("-d", "--device", default="cpu", help="device for the encoder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"weights": "--weight"})
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, float]:
@@ -106,14 +106,12 @@ def load_curation_config(args: argparse.Namespace):
 def _embedding_cache(args: argparse.Namespace, window: str | None):
     from segmote.build import load_model, resolve_weights
     from segmote.checkpoint import sha256_file
-    from segmote.data.cache import EmbeddingCache
-    from segmote.samples import segmote_home
-
+    from segmote.data.cache import EmbeddingCache, default_cache_dir
     model = load_model(args.backbone, args.checkpoint, adapter=None, device=args.device)
     path, expected = resolve_weights(args.backbone, args.checkpoint)
     # the trainer's backbone id, so `segmote train --cache-dir` reuses these entries
     backbone_id = f"{args.backbone}-{(expected or sha256_file(path))[:16]}"
-    root = Path(args.cache_dir) if args.cache_dir else segmote_home() / "embedding-cache"
+    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     return EmbeddingCache(root, model, backbone_id, window)
 
 

@@ -41,14 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-foreground", type=int, default=20)
     p.add_argument("--backbone", default="litemedsam")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
-    p.add_argument("--cache-dir", help="embedding cache to reuse (e.g. RUN/cache)")
+    p.add_argument("--cache-dir", help="embedding cache to read and fill (default SEGMOTE_HOME/"
+                                       "embedding-cache, shared with curate and train)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="evaluate only these classes (names as in dataset.json)")
     p.add_argument("--nsd-mm", type=float, default=2.0,
                    help="NSD tolerance in mm of the 3-D protocols (default 2)")
     p.add_argument("-o", "--out", metavar="PREFIX",
                    help="write PREFIX.json (summary + metadata) and PREFIX.csv (per sample)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"models": "--model", "prompts": "--prompt"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,16 +40,16 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.backbone, args.checkpoint, adapter=adapter)
     label = {None: "none (base model)", "new": "new (freshly initialised)"}.get(adapter, adapter)
     print(f"backbone: {args.backbone}    adapter: {label}")
-    meta = getattr(model, "adapter_metadata", None)
-    if meta:
-        shown = {k: meta[k] for k in ("segmote_version", "vocabulary", "training_data",
-                                      "training_modalities")
-                 if k in meta}
-        for key, value in shown.items():
-            print(f"  {key}: {value}")
-        if "presence" in meta:
-            entry = meta["presence"]
-            print(f"  presence head: threshold {entry.get('threshold')}, negatives "
-                  f"{entry.get('negatives')}, trained on {entry.get('slices')} slices")
+    card = getattr(model, "card", None)
+    if card is not None:
+        print(f"  segmote_version: {card.segmote_version}")
+        print(f"  vocabulary: {list(card.vocabulary)}")
+        print(f"  training_data: { {d: list(n) for d, n in card.training_data.items()} }")
+        if card.training_modalities is not None:
+            print(f"  training_modalities: {card.training_modalities}")
+        if card.presence is not None:
+            p = card.presence
+            print(f"  presence head: threshold {p.threshold}, negatives {p.negatives}, "
+                  f"trained on {p.slices} slices")
     print(format_summary(parameter_summary(model)))
     return 0

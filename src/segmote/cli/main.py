@@ -13,11 +13,11 @@ import importlib
 import sys
 
 from segmote import __version__
-from segmote.errors import SegmoteError
+from segmote.errors import ParameterError, SegmoteError
 
 # Sub-command modules, in the order they appear in `segmote --help`.
 COMMANDS = ("predict", "samples", "info", "evaluate", "evaluate_model", "train", "curate",
-            "serve")
+            "presence", "recalibrate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_names(err: ParameterError, args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each parameter a library error names: the command's own table (`flags`,
+    set by its `register`), else the parameter spelled as a long flag (`nsd_mm` -> --nsd-mm)."""
+    table = getattr(args, "flags", {})
+    return {p: table.get(p, "--" + p.replace("_", "-")) for p in err.params()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ParameterError as err:
+        print(f"segmote {args.command}: error: {err.render(flag_names(err, args))}",
+              file=sys.stderr)
+        return 1
     except SegmoteError as err:
         print(f"segmote {args.command}: error: {err}", file=sys.stderr)
         return 1

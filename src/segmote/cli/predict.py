@@ -14,57 +14,10 @@ import argparse
 import sys
 import time
 
-from segmote.errors import InputError
+from segmote.predict.prompts import PromptNumbers, parse_class_names, parse_numbers
 
-
-def _numbers(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected comma-separated numbers") from None
-
-
-def parse_objects(boxes: list[str], points: list[str], labels: list[int], is_volume: bool,
-                  depth: int) -> list:
-    """Turn --box / --point / --label flags into ObjectPrompts (see `segmote predict --help`)."""
-    from segmote.inference import ObjectPrompt
-    nd = 3 if is_volume else 2
-    objects = []
-    for text in boxes:
-        v = _numbers(text, "--box")
-        if is_volume and len(v) == 4 and depth == 1:
-            v = v[:2] + [0.0] + v[2:] + [0.0]  # a single-slice volume accepts a 2-D box
-        if len(v) != 2 * nd:
-            raise InputError(f"--box {text!r}: expected {2 * nd} numbers "
-                             f"({'x0,y0,z0,x1,y1,z1' if is_volume else 'x0,y0,x1,y1'}), got {len(v)}")
-        objects.append(ObjectPrompt(box=tuple(v)))
-    pts, pl = [], []
-    for text in points:
-        v = _numbers(text, "--point")
-        if is_volume and len(v) in (2, 3) and depth == 1:
-            v = v[:2] + [0.0] + v[2:]
-        if len(v) not in (nd, nd + 1):
-            raise InputError(f"--point {text!r}: expected {'x,y,z' if is_volume else 'x,y'}"
-                             f"[,label], got {len(v)} numbers")
-        lab = int(v[nd]) if len(v) == nd + 1 else 1
-        if lab not in (0, 1):
-            raise InputError(f"--point {text!r}: label must be 1 (foreground) or 0 (background)")
-        pts.append(tuple(v[:nd]))
-        pl.append(lab)
-    if pts and len(objects) == 1:  # points refine the single box
-        objects[0].points, objects[0].point_labels = pts, pl
-    elif pts:
-        objects.append(ObjectPrompt(points=pts, point_labels=pl))
-    if not objects:
-        raise InputError("give at least one --box or --point")
-    if labels and len(labels) != len(objects):
-        raise InputError(f"{len(labels)} --label values for {len(objects)} objects "
-                         "(one per box, plus one for the points when there are several boxes)")
-    for n, obj in enumerate(objects):
-        obj.label = labels[n] if labels else n + 1
-        if not 0 < obj.label < 65536:
-            raise InputError(f"--label {obj.label}: must be between 1 and 65535")
-    return objects
+# library parameter -> the flag that sets it, where they differ (`segmote.cli.main.flag_names`)
+FLAGS = {"boxes": "--box", "points": "--point", "labels": "--label"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,28 +62,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the expert tokens' attention maps for the first object as a PNG")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
-def _classes(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    names = [c.strip() for c in text.split(",") if c.strip()]
-    if not names:
-        raise InputError("--classes: give class names separated by commas")
-    return names
+def options(args: argparse.Namespace):
+    """The typed request of parsed flags: (prompts, PredictOptions)."""
+    from segmote.predict.pipeline import PredictOptions
 
-
-def run(args: argparse.Namespace) -> int:
-    from segmote.api import predict_file
-    t0 = time.perf_counter()
-    result = predict_file(
-        args.input, args.output, boxes=args.box, points=args.point, labels=args.label,
+    prompts = PromptNumbers(tuple(parse_numbers(t, "box") for t in args.box),
+                            tuple(parse_numbers(t, "point") for t in args.point),
+                            tuple(args.label))
+    return prompts, PredictOptions(
         backbone=args.backbone, checkpoint=args.checkpoint, adapter=args.adapter,
         modality=args.modality, window=args.window, axis=args.axis, overlay=args.overlay,
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
-        classes=_classes(args.classes), threshold=args.threshold)
+        classes=parse_class_names(args.classes), threshold=args.threshold)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segmote.predict.pipeline import predict_file
+    t0 = time.perf_counter()
+    prompts, opts = options(args)
+    result = predict_file(args.input, args.output, prompts, opts)
     if args.auto and args.classes is None and result.auto_modality is None \
             and not result.auto_presence:
         # after the run, so a refused request still prints one line. Measured: without a

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an image left idle this long is closed (default 60)")
     p.add_argument("--prefetch", type=int, default=2,
                    help="neighbouring slices encoded in the background on each side (default 2)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"session_ttl_s": "--session-minutes"})
 
 
 def _check_port(host: str, port: int) -> None:

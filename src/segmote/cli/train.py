@@ -23,8 +23,8 @@ from segmote.errors import InputError
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
           "backbone": "backbone", "checkpoint": "checkpoint", "num_workers": "num_workers",
           "amp": "amp", "window": "window", "cache_dir": "cache_dir", "split": "split",
-          "balance": "balance", "samples_per_epoch": "samples_per_epoch", "manifest": "manifest",
-          "init_adapter": "init_adapter"}
+          "sampling_balance": "sampling_balance", "samples_per_epoch": "samples_per_epoch",
+          "manifest": "manifest", "init_adapter": "init_adapter"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,19 +52,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(instead of --data)")
     p.add_argument("--init-adapter", metavar="SAFETENSORS",
                    help="start from this adapter (a second stage; see train_parts in the config)")
-    p.add_argument("--balance", choices=("none", "dataset", "dataset_class"),
-                   help="draw samples so every dataset (and class) is seen equally often")
+    p.add_argument("--sampling-balance", "--balance", dest="sampling_balance",
+                   choices=("none", "dataset", "dataset_class"),
+                   help="draw samples so every dataset (and class) is seen equally often "
+                        "(--balance: its older name)")
     p.add_argument("--samples-per-epoch", type=int, help="samples drawn per epoch")
     p.add_argument("-w", "--window", help="CT window for the cached images")
-    p.add_argument("--cache-dir", help="embedding cache folder (default RUN_DIR/cache)")
+    p.add_argument("--cache-dir", help="embedding cache folder (default SEGMOTE_HOME/"
+                                       "embedding-cache, shared with curate and evaluate-model)")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or epoch lines")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"out_dir": "--out"})
 
 
 def run(args: argparse.Namespace) -> int:
     from segmote.training.config import TrainConfig, load_config, merge, read_yaml
-    from segmote.training.trainer import train
+    from segmote.training.trainer import fit
 
     out = Path(args.out)
     base = TrainConfig()
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                          "manifest with --manifest JSON")
     if cfg.manifest:
         data = []
-    result = train(cfg, data, out, resume=args.resume, device=args.device,
+    result = fit(cfg, data, out, resume=args.resume, device=args.device,
                    progress=not args.quiet)
     print(result.best_adapter or result.latest_adapter)
     return 0

@@ -7,7 +7,7 @@ enumeration keeps them, so the curator can report them with a reason:
   rejection (class "*", value 0, slice None). A case lacking some of the classes is normal (not
   every scan shows every organ or a tumour) and is not reported; nor is every empty slice of a
   volume, which would bury the report.
-Planes are cut by `segmote.inference.volume_slice`, as inference and training cut them.
+Planes are cut by `segmote.slicing.volume_slice`, as inference and training cut them.
 Instance-labelled datasets (`DatasetInfo.instance_labels`) give one candidate per instance id.
 """
 
@@ -24,7 +24,7 @@ from segmote.curation.scores import (ImageScores, QualityThresholds, image_reaso
 from segmote.data.datasets import Case, DatasetInfo, SliceSample
 from segmote.data.files import read_label
 from segmote.errors import InputError
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io import read_image
 
 EMPTY_CLASS = "*"  # the class of an "empty" rejection: the case has no foreground at all

@@ -16,10 +16,9 @@ import numpy as np
 from segmote.curation.candidates import Candidate
 from segmote.curation.pipeline import CurationResult
 from segmote.curation.scores import REASONS, normalized_plane
-from segmote.data.files import read_label
-from segmote.inference import volume_slice
-from segmote.io import read_image
 from segmote.atomic import atomic_write_text
+from segmote.data.files import RecentFiles
+from segmote.slicing import volume_slice
 
 HIST_SCORES = ("quality", "sharpness", "contrast", "entropy", "foreground_ratio", "components",
                "isolated_fraction", "pixels")
@@ -58,27 +57,17 @@ def _histograms(cands: list[Candidate]) -> str:
     return f'<img src="{_png(fig)}" alt="score histograms">'
 
 
-class _Planes:
-    """Reads image/label planes for thumbnails, keeping the last file pair."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-
-    def plane(self, c: Candidate) -> tuple[np.ndarray, np.ndarray]:
-        s = c.sample
-        key = (str(s.image), str(s.label))
-        if key != self._key:
-            self._arrays = (np.asarray(read_image(s.image).array), read_label(s.label))
-            self._key = key
-        image, label = self._arrays
-        if s.slice_index is None and label.ndim == 3:  # a whole-case entry: middle slice
-            k = label.shape[s.axis] // 2
-            return volume_slice(image, k, s.axis), volume_slice(label, k, s.axis)
-        if s.slice_index is not None:
-            return volume_slice(image, s.slice_index, s.axis), volume_slice(label, s.slice_index,
-                                                                            s.axis)
-        return image, label
+def _planes(files: RecentFiles, c: Candidate) -> tuple[np.ndarray, np.ndarray]:
+    """The image and label planes of a candidate for its thumbnail."""
+    s = c.sample
+    image, label = files.image(s.image), files.label(s.label)
+    if s.slice_index is None and label.ndim == 3:  # a whole-case entry: middle slice
+        k = label.shape[s.axis] // 2
+        return volume_slice(image, k, s.axis), volume_slice(label, k, s.axis)
+    if s.slice_index is not None:
+        return volume_slice(image, s.slice_index, s.axis), volume_slice(label, s.slice_index,
+                                                                        s.axis)
+    return image, label
 
 
 def _thumbnail(image: np.ndarray, mask: np.ndarray, modality: str | None) -> str:
@@ -98,7 +87,7 @@ def _rejections(result: CurationResult) -> str:
     by_reason: dict[str, list[int]] = {}
     for i in result.rejected():
         by_reason.setdefault(cands[i].reason or "", []).append(i)
-    planes = _Planes()
+    files = RecentFiles()
     parts = ["<h2>Rejected, by reason</h2>"]
     for reason in [r for r in REASONS if r in by_reason]:
         idx = by_reason[reason]
@@ -107,7 +96,7 @@ def _rejections(result: CurationResult) -> str:
                                              cands[j].sample.slice_index or 0))[
                 :THUMBS_PER_REASON]:
             s = cands[i].sample
-            image, label = planes.plane(cands[i])
+            image, label = _planes(files, cands[i])
             mask = label == s.class_value if s.class_value > 0 else np.zeros(label.shape, bool)
             src = _thumbnail(image, mask, s.modality)
             where = f"{s.case_id}" + ("" if s.slice_index is None else f" slice {s.slice_index}")

@@ -2,7 +2,7 @@
 sanity checks).
 
 A sample is one (image plane, class mask). Image scores are computed once per plane on the
-intensities the encoder sees (`segmote.transforms.intensity_range`: CT window, MR percentiles,
+intensities the encoder sees (`segmote.intensity.intensity_range`: CT window, MR percentiles,
 else min-max; then scaled to [0, 1]); mask scores per class.
 
 Image (shared by every class of the plane):
@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmote.errors import InputError
-from segmote.transforms import intensity_range
+from segmote.intensity import intensity_range
 
 # reasons, in the order they are checked (the first that applies is reported)
 IMAGE_REASONS = ("blank_image", "low_contrast", "low_entropy", "blurry")

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 Cell = tuple[str, str]  # (modality, class name)
 UNKNOWN_MODALITY = "unknown"
@@ -49,8 +49,8 @@ def parse_budget(text: str | int, total: int) -> int:
             raise ValueError
         return n
     except ValueError:
-        raise InputError(f"--budget: expected a positive count (5000) or a percentage in "
-                         f"(0, 100] (1%), got {raw!r}") from None
+        raise ParameterError("budget", "{budget}: expected a positive count (5000) or a "
+                             f"percentage in (0, 100] (1%), got {raw!r}") from None
 
 
 def parse_weights(items: Sequence[str]) -> dict[str, float]:
@@ -64,8 +64,8 @@ def parse_weights(items: Sequence[str]) -> dict[str, float]:
         except ValueError:
             w = -1.0
         if not sep or "/" not in pattern or not math.isfinite(w) or w < 0:
-            raise InputError(f"--weight: expected MODALITY/CLASS=WEIGHT (wildcards allowed, "
-                             f"weight >= 0), got {item!r}")
+            raise ParameterError("weights", "{weights}: expected MODALITY/CLASS=WEIGHT (wildcards "
+                                 f"allowed, weight >= 0), got {item!r}")
         out[pattern] = w
     return out
 

@@ -10,7 +10,7 @@ input size), in ``root/ab/abcdef.../``:
   fields. It is written last, by rename: an entry without it (a killed build) is not an entry.
 
 Slices are preprocessed by `segmote.transforms.preprocess`, the function `Segmenter.set_image`
-uses, and cut by `segmote.inference.volume_slice`, so training sees what inference sees.
+uses, and cut by `segmote.slicing.volume_slice`, so training sees what inference sees.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from torch import Tensor, nn
 from segmote.atomic import atomic_write_bytes
 from segmote.checkpoint import sha256_file
 from segmote.data.datasets import SliceSample
-from segmote.data.files import read_label
+from segmote.data.files import RecentFiles, read_label
 from segmote.errors import InputError
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io import read_image
-from segmote.transforms import ResizeGeometry, normalize_modality, parse_window, preprocess
+from segmote.intensity import normalize_modality, parse_window
+from segmote.samples import segmote_home
+from segmote.transforms import ResizeGeometry, preprocess
 
 FORMAT_VERSION = 1
 _ARRAYS = {"embedding": np.float16, "early": np.float16, "label": np.uint16}
@@ -85,11 +87,6 @@ def _pair(sample: SliceSample) -> _Pair:
                  None if is_2d else sample.axis, normalize_modality(sample.modality))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # unique temporary names (mkstemp): several ranks may rebuild the same entry at once
-    atomic_write_bytes(path, data)
-
-
 def label_to_frame(label: np.ndarray, geometry: ResizeGeometry, side: int) -> np.ndarray:
     """(H, W) label map -> (side, side) uint16 over the padded input frame, nearest neighbour.
 
@@ -107,6 +104,13 @@ def label_to_frame(label: np.ndarray, geometry: ResizeGeometry, side: int) -> np
     return out
 
 
+def default_cache_dir() -> Path:
+    """The embedding cache that `segmote curate`, `segmote train` and `segmote evaluate-model`
+    share unless told otherwise: SEGMOTE_HOME/embedding-cache. Entries are keyed by content
+    (image, label, slice, window, encoder weights), so one folder serves every run."""
+    return segmote_home() / "embedding-cache"
+
+
 class EmbeddingCache:
     """Precomputed encoder outputs + label maps of training slices on disk.
 
@@ -114,7 +118,7 @@ class EmbeddingCache:
         root: cache folder (shared by runs: entries are keyed by content, not by run).
         model: a `Sam` or `SegMoTE`; only its frozen `encode` is used, on its device.
         backbone_id: names the encoder weights (e.g. "litemedsam-79d8c9dc..."); part of the key.
-        window: CT window for CT slices (`segmote.transforms.parse_window`); other modalities
+        window: CT window for CT slices (`segmote.intensity.parse_window`); other modalities
             ignore it, as a CT window means nothing for MR or microscopy.
 
     sha256 of the array files is checked when an entry is built or first read in this process,
@@ -246,10 +250,11 @@ class EmbeddingCache:
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
             data = buf.getvalue()
-            _atomic_write(d / f"{name}.npy", data)
+            # unique temporary names: several ranks may rebuild the same entry at once
+            atomic_write_bytes(d / f"{name}.npy", data)
             meta["arrays"][name] = {"shape": list(arr.shape), "dtype": arr.dtype.name,
                                     "sha256": hashlib.sha256(data).hexdigest()}
-        _atomic_write(d / "meta.json", json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=1).encode())
         self._verified.add(d.name)
         return {**arrays, "orig_hw": geometry.orig_hw}
 
@@ -274,7 +279,7 @@ class EmbeddingCache:
             image_key = json.dumps({k: v for k, v in fields.items() if k != "label_sha256"},
                                    sort_keys=True)
             groups.setdefault(image_key, []).append(pair)
-        files = _LastFile()
+        files = RecentFiles()
         for pairs in tqdm(list(groups.values())[rank::world_size], desc="embedding cache",
                           unit="slice", disable=not progress):
             encoded = None
@@ -296,30 +301,6 @@ class EmbeddingCache:
                     stats.built += 1
         stats.seconds = time.perf_counter() - start
         return stats
-
-
-class _LastFile:
-    """Keeps the last few images and labels read: the slices of one case come together (and
-    label sets drawn on one image alternate), so each file is read once per run of its slices."""
-
-    KEEP = 4
-
-    def __init__(self) -> None:
-        self._cache: dict[str, dict[Path, np.ndarray]] = {"image": {}, "label": {}}
-
-    def _get(self, kind: str, path: Path, read) -> np.ndarray:
-        held = self._cache[kind]
-        if path not in held:
-            if len(held) >= self.KEEP:
-                del held[next(iter(held))]  # the oldest
-            held[path] = read(path)
-        return held[path]
-
-    def image(self, path: Path) -> np.ndarray:
-        return self._get("image", path, lambda p: np.ascontiguousarray(read_image(p).array))
-
-    def label(self, path: Path) -> np.ndarray:
-        return self._get("label", path, lambda p: np.ascontiguousarray(read_label(p)))
 
 
 def _read_plane(pair: _Pair, image: np.ndarray, label: np.ndarray,

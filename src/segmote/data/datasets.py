@@ -11,7 +11,7 @@ Three layouts are read (one folder = one dataset):
 
 A ``patient_of_case`` mapping in ``dataset.json`` (as `segmote samples fetch` writes) groups cases
 of one patient, so the split never puts one patient on both sides. Slices are cut exactly as
-inference cuts them (`segmote.inference.volume_slice`).
+inference cuts them (`segmote.slicing.volume_slice`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from segmote.atomic import atomic_write_text
 from segmote.data.files import (channel0, channel_modality, image_shape, parse_labels, read_json,
                                 read_label)
 from segmote.errors import InputError
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.io.image import READ_FORMATS, split_ext
 
 Split = dict[str, dict[str, Any]]  # dataset -> {"train": [case ids], "val": [...], "note": str}
@@ -51,7 +51,7 @@ class DatasetInfo:
     """One discovered dataset folder.
 
     labels: label value -> class name, background (0) and nnU-Net's "ignore" label excluded.
-    modality: canonical name of channel 0 (`segmote.transforms.MODALITIES`) or None if unknown.
+    modality: canonical name of channel 0 (`segmote.intensity.MODALITIES`) or None if unknown.
     patient_of_case: case id -> patient id, where dataset.json says; other cases are their own
         patient.
     instance_labels: dataset.json's ``"instance_labels": true`` (a segmote extension): the label

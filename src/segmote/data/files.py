@@ -12,7 +12,7 @@ import numpy as np
 from segmote.errors import InputError
 from segmote.io import read_image
 from segmote.io.image import READ_FORMATS, short_reason, split_ext
-from segmote.transforms import normalize_modality
+from segmote.intensity import normalize_modality
 
 MAX_LABEL = int(np.iinfo(np.uint16).max)  # the embedding cache stores label maps as uint16
 
@@ -136,3 +136,32 @@ def image_shape(path: Path) -> tuple[tuple[int, ...], bool]:
         pass
     data = read_image(path)
     return data.shape, data.is_volume
+
+
+class RecentFiles:
+    """The reader cache: keeps the last few images and label maps read, since the slices of one
+    case come together (and label sets drawn on one image alternate), so each file is read once
+    per run of its slices. Arrays are C-contiguous (slicing a transposed reader view per slice
+    would copy the whole volume)."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._cache: dict[str, dict[Path, np.ndarray]] = {"image": {}, "label": {}}
+
+    def _get(self, kind: str, path: Path, read) -> np.ndarray:
+        held = self._cache[kind]
+        path = Path(path)
+        if path not in held:
+            if len(held) >= self.KEEP:
+                del held[next(iter(held))]  # the oldest
+            held[path] = read(path)
+        return held[path]
+
+    def image(self, path: str | Path) -> np.ndarray:
+        """The array of an image or volume file (`segmote.io.read_image`)."""
+        return self._get("image", path, lambda p: np.ascontiguousarray(read_image(p).array))
+
+    def label(self, path: str | Path) -> np.ndarray:
+        """The integer label map of a file (`read_label`)."""
+        return self._get("label", path, lambda p: np.ascontiguousarray(read_label(p)))

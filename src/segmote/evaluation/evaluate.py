@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmote.atomic import atomic_write_text
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 from segmote.evaluation.metrics import EMPTY_BOTH, EMPTY_GT, EMPTY_NONE, EMPTY_PRED
 from segmote.evaluation.metrics import case_metrics, image_diagonal_mm
 
@@ -123,7 +123,8 @@ def evaluate_folders(
     """
     pred_dir, gt_dir, out_csv = Path(pred_dir), Path(gt_dir), Path(out_csv)
     if not (np.isfinite(nsd_mm) and nsd_mm >= 0):
-        raise InputError(f"--nsd-mm must be a non-negative number of mm, got {nsd_mm}")
+        raise ParameterError("nsd_mm", f"{{nsd_mm}} must be a non-negative number of mm, got "
+                             f"{nsd_mm}")
     gt_files = index_folder(gt_dir)
     if not gt_files:
         raise InputError(f"{gt_dir}: no label files ({', '.join(LABEL_EXTENSIONS)})")
@@ -131,15 +132,16 @@ def evaluate_folders(
     missing = sorted(set(gt_files) - set(pred_files))
     if missing and not allow_missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise InputError(
+        raise ParameterError(
+            "allow_missing",
             f"{pred_dir}: no prediction for {len(missing)} of {len(gt_files)} ground-truth cases "
-            f"({shown}); pass --allow-missing to count them as empty predictions"
-        )
+            f"({shown}); pass {{allow_missing}} to count them as empty predictions")
     rows, caps, gt_labels, pred_labels = _score_cases(gt_files, pred_files, labels, nsd_mm, progress)
     ignored: list[int] = []
     if labels is None:
         if not gt_labels:
-            raise InputError(f"{gt_dir}: no foreground label in any file; pass --labels dataset.json")
+            raise ParameterError("labels", f"{gt_dir}: no foreground label in any file; pass "
+                                 "{labels} dataset.json")
         labels = {k: str(k) for k in sorted(gt_labels)}
         ignored = sorted(pred_labels - gt_labels)
         rows, caps = _complete_rows(rows, caps, labels, list(gt_files))

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from segmote.atomic import atomic_write_text
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 from segmote.evaluation.prompted import (PROMPTS, TEXT_PROMPTS, Protocol, check_text_protocol,
                                          evaluate_samples, summarize_results)
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 
 @dataclass
 class ModelEvaluation:
@@ -60,11 +60,25 @@ class ModelEvaluation:
         return "\n".join(lines)
 
 
+def _check_request(models: list[str], part: str, text: list[str]) -> None:
+    if not models:
+        raise ParameterError("models", "give at least one {models} (base, default, new or an "
+                             "adapter file)")
+    if len(set(models)) != len(models):
+        raise ParameterError("models", "a {models} is named twice")
+    if part not in ("val", "train", "all"):
+        raise ParameterError("part", f"{{part}} must be val, train or all, got {part!r}")
+    if text and "base" in models:
+        raise ParameterError("prompts", f"{{prompts}} {text[0]}: the base model takes no text; "
+                             "compare adapters trained with text prompts (drop base)")
+
+
 def _parse_prompts(prompts: list[str], seed: int, clicks: int, jitter: float) -> list[Protocol]:
     out = []
     for p in prompts:
         if p not in PROMPTS:
-            raise InputError(f"--prompt {p}: unknown; expected one of {', '.join(PROMPTS)}")
+            raise ParameterError("prompts", f"{{prompts}} {p}: unknown; expected one of "
+                                 f"{', '.join(PROMPTS)}")
         out.append(Protocol(p, seed=seed, clicks=clicks, jitter=jitter))
     return out
 
@@ -91,30 +105,21 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
 
     split_path: a split JSON (e.g. a training run's split.json); None draws the same split
         `segmote train` draws from val_fraction and split_seed.
-    cache_dir: an embedding cache to read and fill (e.g. a training run's RUN/cache); the 3-D
-        protocols (`segmote.evaluation.volume_protocols`) use a temporary one without it.
+    cache_dir: the embedding cache to read and fill (default: the one `segmote curate` and
+        `segmote train` share, `segmote.data.cache.default_cache_dir`); the 3-D protocols
+        (`segmote.evaluation.volume_protocols`) use it too.
     classes: evaluate only these classes. nsd_mm: NSD tolerance of the 3-D protocols.
     """
-    import tempfile
-
     from segmote.evaluation.volume_protocols import PROMPTS_3D, evaluate_volumes, volume_cases
     from segmote import __version__
     from segmote.build import DEFAULT_ADAPTER, resolve_weights
     from segmote.checkpoint import sha256_file
-    from segmote.data.cache import EmbeddingCache
+    from segmote.data.cache import EmbeddingCache, default_cache_dir
     from segmote.data.datasets import discover, load_split, make_split, slice_samples
 
-    if not models:
-        raise InputError("give at least one --model (base, default, new or an adapter file)")
-    if len(set(models)) != len(models):
-        raise InputError("a --model is named twice")
-    if part not in ("val", "train", "all"):
-        raise InputError(f"part must be val, train or all, got {part!r}")
     protocols = _parse_prompts(prompts, seed, clicks, jitter)
     text = [p.prompt for p in protocols if p.prompt in TEXT_PROMPTS]
-    if text and "base" in models:
-        raise InputError(f"--prompt {text[0]}: the base model takes no text; compare adapters "
-                         "trained with text prompts (drop base)")
+    _check_request(models, part, text)
     datasets = discover([Path(d) for d in data_dirs])
     split = load_split(Path(split_path)) if split_path else \
         make_split(datasets, val_fraction=val_fraction, seed=split_seed)
@@ -148,21 +153,16 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
             try:
                 check_text_protocol(Segmenter(model), prompt)
             except InputError as err:
-                raise InputError(f"--model {name}: {err}") from None
+                raise ParameterError("models", f"{{models}} {name}: {err}") from None
     for name, model in loaded.items():
         if name != "base":
             path = DEFAULT_ADAPTER if name == "default" else name
             info["models"][name] = {"adapter_sha256": None if name == "new"
                                     else sha256_file(Path(path))}
-        cache = None
-        scratch = tempfile.TemporaryDirectory() if cache_dir is None and in_3d else None
-        if cache_dir is not None or scratch is not None:
-            cache = EmbeddingCache(Path(cache_dir or scratch.name), model,
-                                   f"{backbone}-{info['backbone_sha256'][:16]}")
+        cache = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir(), model,
+                               f"{backbone}-{info['backbone_sha256'][:16]}")
         results[name] = list(evaluate_samples(model, samples, in_2d, cache=cache)) + \
             list(evaluate_volumes(model, cases, in_3d, cache, axis=axis, nsd_mm=nsd_mm))
-        if scratch is not None:
-            scratch.cleanup()
     summary: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     sources = [(m, "adapter") for m in adapters]

@@ -6,7 +6,7 @@ and for every model compared:
 
 - ``box``: tight box of the mask padded by `box_pad` pixels, clamped to the image;
 - ``box_jitter``: the tight box with each side moved by up to `jitter` x the box extent, in or
-  out (seeded; `segmote.training.prompts.jittered_box`, as in training);
+  out (seeded; `segmote.simulated_prompts.jittered_box`, as in training);
 - ``point``: one positive point at the mask pixel farthest from the mask boundary (the centre of
   the largest inscribed disc; ties go to the first pixel in row-major order);
 - ``clicks``: ``point``, then `clicks` corrective clicks, each at the pixel deepest inside the
@@ -34,19 +34,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from segmote.adapter.card import Calibration
 from segmote.data.datasets import class_mask
+from segmote.data.files import RecentFiles
 from segmote.errors import InputError
 from segmote.evaluation import reference
 from segmote.evaluation.reference import dice
-from segmote.inference import volume_slice
-from segmote.predictor import Segmenter
-from segmote.training.prompts import error_clicks, interior_distance, jittered_box
+from segmote.predict.auto import presence_threshold
+from segmote.predict.segmenter import Segmenter
+from segmote.slicing import volume_slice
+from segmote.simulated_prompts import error_clicks, interior_distance, jittered_box
 
 PROMPTS = ("box", "box_jitter", "point", "clicks", "box_text", "text", "auto", "box3d",
            "box3d_every_slice", "key_box", "key_point")  # the last four: volume_protocols.py
@@ -95,7 +97,7 @@ def deepest_point(mask: np.ndarray) -> tuple[float, float]:
 def corrective_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator,
                      ) -> tuple[tuple[float, float], int] | None:
     """The next click: ((x, y), 1) in missed foreground or ((x, y), 0) in a false positive, at
-    the deepest pixels of the largest error region (`training.prompts.error_clicks` with k = 1
+    the deepest pixels of the largest error region (`simulated_prompts.error_clicks`, k = 1
     and only the deepest pixels allowed); None when the prediction is exact."""
     points, labels = error_clicks(pred, gt, 1, rng, central_frac=1.0)
     if not len(labels):
@@ -147,8 +149,7 @@ def check_text_protocol(seg: Segmenter, prompt: str) -> None:
 
 def auto_threshold(seg: Segmenter) -> float:
     """The adapter's calibrated confidence threshold for prompt-free masks (0 if none)."""
-    calib = getattr(seg.model, "adapter_metadata", {}).get("auto") or {}
-    return float(calib.get("threshold", 0.0))
+    return (seg.card.calibration or Calibration()).threshold
 
 
 def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
@@ -168,7 +169,7 @@ def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
         mask = pred.mask
         presence = pred.extras.get("presence", 1.0)  # 1 without a presence head
         if protocol.prompt == "auto" and (pred.score < auto_threshold(seg)
-                                          or presence < seg.presence_threshold):
+                                          or presence < presence_threshold(seg.card)):
             mask = np.zeros_like(mask)
         return {"adapter": dice(mask, gt)}, pred
     if protocol.prompt in ("box", "box_jitter"):
@@ -201,21 +202,12 @@ def evaluate_slice(seg: Segmenter, gt: np.ndarray, protocol: Protocol,
     return scores, pred
 
 
-class _Planes:
-    """Label planes at original size, each label file read once per run of its samples."""
-
-    def __init__(self) -> None:
-        self._path: Path | None = None
-        self._label: np.ndarray | None = None
-
-    def get(self, sample: Any) -> np.ndarray:
-        from segmote.data.files import read_label
-
-        if self._path != Path(sample.label):
-            self._path, self._label = Path(sample.label), read_label(sample.label)
-        if sample.slice_index is None:
-            return self._label
-        return volume_slice(self._label, sample.slice_index, sample.axis)
+def _label_plane(files: RecentFiles, sample: Any) -> np.ndarray:
+    """The label plane of a sample at original size."""
+    label = files.label(sample.label)
+    if sample.slice_index is None:
+        return label
+    return volume_slice(label, sample.slice_index, sample.axis)
 
 
 def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: list[Protocol],
@@ -228,11 +220,11 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
         entries are encoded into it); None encodes every slice here.
     Samples of one slice share one encoder pass (keep them together, as `slice_samples` does).
     """
-    from segmote.data.cache import _LastFile, _pair, _read_plane
+    from segmote.data.cache import _pair, _read_plane
     from segmote.modeling.encoder_output import EncoderOutput
 
     seg = Segmenter(model)
-    planes, files = _Planes(), _LastFile()
+    files = RecentFiles()
     current = None
     asked: set[tuple[Any, ...]] = set()  # (slice, class) already asked by text alone
     samples = list(samples)
@@ -250,7 +242,7 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
                 image, _ = _read_plane(pair, files.image(pair.image), files.label(pair.label))
                 seg.set_image(image, pair.modality, window if pair.modality == "CT" else None)
             current = key
-        plane = planes.get(sample)
+        plane = _label_plane(files, sample)
         gt = plane == sample.class_value
         # a text prompt names the whole class: every instance of it (`class_mask`)
         whole = class_mask(plane, sample)

@@ -1,4 +1,4 @@
-"""The LiteMedSAM reference protocol (../shared/docs/data.md): tight-box Dice on the real samples.
+"""The LiteMedSAM reference protocol (docs/data.md): tight-box Dice on the real samples.
 
 Used by the faithfulness test and the benchmark suite to show our re-implementation reproduces
 the upstream model: the same slices, boxes and preprocessing give the same Dice.
@@ -8,7 +8,7 @@ Protocols:
   CT clipped to -1000..400 HU, MR to the slice's 0.5..99.5 percentiles; box = tight box + 2 px.
 - nuclei (DSB2018): every instance with >= 30 px; raw intensities; box = tight box + 1 px.
 - Colin27 / AAL: axial slices `np.rot90(vol[:, :, z])` from the middle half of the structure's
-  z-range, box + 2 px, MR slice percentiles; brain mask = ch2bet > 0. data.md does not say
+  z-range, box + 2 px, MR slice percentiles; brain mask = ch2bet > 0. docs/data.md does not say
   whether "thalamus" means the left, the right or both AAL regions, nor how the T1 was scaled;
   of the variants we measured (docs/benchmarks.md) the left region with the MR slice
   percentiles comes closest (within 0.012 for each structure), so that is the protocol here.
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 
-# data.md's reference Dice for LiteMedSAM (n = instances).
+# docs/data.md's reference Dice for LiteMedSAM (n = instances).
 REFERENCE_DICE: dict[str, float] = {
     "lung2": 0.936, "brain1": 0.885, "lung1": 0.839, "breast1": 0.660, "brain2": 0.537,
     "nuclei": 0.758, "thalamus": 0.90, "hippocampus": 0.67, "caudate": 0.54, "brain_mask": 0.764,
 }
-# Sets whose protocol data.md states completely must match to 0.01. The atlas sets' protocol is
+# Sets whose protocol docs/data.md states completely must match to 0.01. The atlas sets' protocol is
 # under-specified (see above); their tolerance is wider and the gap is reported, not hidden.
 REFERENCE_TOLERANCE: dict[str, float] = {name: 0.01 for name in REFERENCE_DICE} | {
     "thalamus": 0.02, "hippocampus": 0.02, "caudate": 0.02, "brain_mask": 0.05}

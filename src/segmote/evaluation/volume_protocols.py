@@ -4,7 +4,7 @@ Every prompt comes from the ground-truth object and a seed keyed by (dataset, ca
 each protocol gives identical prompts in every run and for every model compared:
 
 - ``box3d``: the object's 3-D bounding box with each of its six sides moved by up to `jitter` x
-  the box extent (at least one voxel), in or out (`training.prompts.jittered_box`'s rule); the
+  the box extent (at least one voxel), in or out (`simulated_prompts.jittered_box`'s rule); the
   key slice is the middle of the box's k-range and the object is followed from there inside
   the k-range (`segmote.predict.propagation`);
 - ``box3d_every_slice``: the same box, every slice of its k-range prompted with its in-plane box
@@ -33,10 +33,10 @@ import torch
 from segmote.data.datasets import SliceSample
 from segmote.evaluation.metrics import case_metrics, image_diagonal_mm
 from segmote.evaluation.prompted import PromptResult, Protocol, deepest_point
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 from segmote.predict.propagation import DEFAULT_CONFIG, PropagationConfig, propagate
-from segmote.predictor import Segmenter
-from segmote.training.prompts import jittered_box
+from segmote.predict.segmenter import Segmenter
+from segmote.simulated_prompts import jittered_box
 
 PROMPTS_3D = ("box3d", "box3d_every_slice", "key_box", "key_point")
 

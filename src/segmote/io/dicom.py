@@ -15,8 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from segmote.errors import InputError
-from segmote.io.image import ImageData, short_reason
-from segmote.io.readers import sitk_volume
+from segmote.io.image import ImageData, short_reason, sitk_volume
 
 
 def read_dicom_file(path: Path) -> ImageData:

@@ -134,3 +134,27 @@ def embed_itk_geometry(origin, spacing, direction) -> tuple[tuple, tuple, tuple]
     d3 = np.eye(3)
     d3[:2, :2] = np.asarray(direction, float).reshape(2, 2)
     return (*origin, 0.0), (*spacing, 1.0), tuple(d3.ravel())
+
+
+def sitk_volume(image, path: Path) -> tuple[np.ndarray, tuple[float, ...], dict]:
+    """SimpleITK scalar image (2-D or 3-D) -> (X, Y, Z) array view, spacing (3,), geometry meta.
+
+    GetArrayFromImage gives (z, y, x); the transpose is a free view back to index order.
+    A 2-D image becomes (X, Y, 1); ``meta['dimension']`` remembers it for the writer.
+    """
+    import SimpleITK as sitk
+
+    dim = image.GetDimension()
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
+                         "voxel; only scalar (grey-value) volumes are supported")
+    if dim not in (2, 3):
+        raise InputError(f"{path}: {dim}-D image of size {image.GetSize()} is not supported")
+    array = sitk.GetArrayFromImage(image).T
+    if dim == 2:
+        array = array[:, :, None]
+    origin, spacing, direction = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+    origin3, spacing3, direction3 = embed_itk_geometry(origin, spacing, direction)
+    meta = {"origin": origin, "spacing": spacing, "direction": direction, "dimension": dim,
+            "affine": itk_to_ras_affine(origin3, spacing3, direction3)}
+    return array, tuple(float(s) for s in spacing3), meta

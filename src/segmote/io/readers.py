@@ -13,14 +13,8 @@ from typing import Callable
 import numpy as np
 
 from segmote.errors import InputError
-from segmote.io.image import (
-    ImageData,
-    embed_itk_geometry,
-    itk_to_ras_affine,
-    native_byte_order,
-    read_format,
-    short_reason,
-)
+from segmote.io.dicom import read_dicom_file, read_dicom_series
+from segmote.io.image import ImageData, native_byte_order, read_format, short_reason, sitk_volume
 
 
 def read_image(path: str | Path) -> ImageData:
@@ -33,8 +27,6 @@ def read_image(path: str | Path) -> ImageData:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        from segmote.io.dicom import read_dicom_series
-
         return read_dicom_series(path)
     return _READERS[read_format(path)](path)
 
@@ -189,30 +181,6 @@ def _read_nifti(path: Path, fmt: str = "nifti") -> ImageData:
 
 # ---------------------------------------------------------------- NRRD / MetaImage
 
-def sitk_volume(image, path: Path) -> tuple[np.ndarray, tuple[float, ...], dict]:
-    """SimpleITK scalar image (2-D or 3-D) -> (X, Y, Z) array view, spacing (3,), geometry meta.
-
-    GetArrayFromImage gives (z, y, x); the transpose is a free view back to index order.
-    A 2-D image becomes (X, Y, 1); ``meta['dimension']`` remembers it for the writer.
-    """
-    import SimpleITK as sitk
-
-    dim = image.GetDimension()
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
-                         "voxel; only scalar (grey-value) volumes are supported")
-    if dim not in (2, 3):
-        raise InputError(f"{path}: {dim}-D image of size {image.GetSize()} is not supported")
-    array = sitk.GetArrayFromImage(image).T
-    if dim == 2:
-        array = array[:, :, None]
-    origin, spacing, direction = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
-    origin3, spacing3, direction3 = embed_itk_geometry(origin, spacing, direction)
-    meta = {"origin": origin, "spacing": spacing, "direction": direction, "dimension": dim,
-            "affine": itk_to_ras_affine(origin3, spacing3, direction3)}
-    return array, tuple(float(s) for s in spacing3), meta
-
-
 def _read_itk(path: Path, fmt: str) -> ImageData:
     """NRRD (.nrrd/.nhdr) or MetaImage (.mha/.mhd) with SimpleITK; origin/spacing/direction kept."""
     import SimpleITK as sitk
@@ -225,12 +193,6 @@ def _read_itk(path: Path, fmt: str) -> ImageData:
     return ImageData(array, True, spacing, fmt, path, meta)
 
 
-def _read_dicom_file(path: Path, fmt: str = "dicom") -> ImageData:
-    from segmote.io.dicom import read_dicom_file
-
-    return read_dicom_file(path)
-
-
 _READERS: dict[str, Callable[[Path], ImageData]] = {
     "png": lambda p: _read_pillow(p, "png"),
     "jpg": lambda p: _read_pillow(p, "jpg"),
@@ -241,5 +203,5 @@ _READERS: dict[str, Callable[[Path], ImageData]] = {
     "nifti": _read_nifti,
     "nrrd": lambda p: _read_itk(p, "nrrd"),
     "mha": lambda p: _read_itk(p, "mha"),
-    "dicom": _read_dicom_file,
+    "dicom": read_dicom_file,
 }

@@ -9,14 +9,12 @@ name in the target folder and renamed into place, so a failure never leaves a ha
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
+from segmote.atomic import atomic_path, atomic_sibling_files
 from segmote.errors import InputError
 from segmote.io.image import ImageData, embed_itk_geometry, ras_affine_to_itk, short_reason, split_ext
 
@@ -120,32 +118,13 @@ def _label_array(label: np.ndarray, reference: ImageData, path: Path) -> np.ndar
     raise InputError(f"{path}: label values {lo}..{hi} do not fit uint16 or int16")
 
 
-@contextmanager
-def _atomic_target(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final`` and rename it into place when the block succeeds.
-
-    The temporary name ends with the real name (``.tmp-1a2b3c4d-case.nii.gz``) so libraries pick
-    the format from it. Detached-header formats (.nhdr, .mhd) write two files, whose header
-    names its data file, so they are written with their final names into a temporary folder and
-    moved out data file first, header last.
-    """
-    tag = f".tmp-{secrets.token_hex(4)}-{final.name}"
+def _atomic_target(final: Path):
+    """`segmote.atomic` for a label file: the temporary name ends with the real name
+    (`.case.nii.gz.1a2b3c.tmp-case.nii.gz`) so libraries pick the format from it; detached-header
+    formats (.nhdr, .mhd) write their two files in a temporary folder, header moved out last."""
     if split_ext(final)[1] in _DETACHED:
-        folder = final.parent / tag
-        folder.mkdir()
-        try:
-            yield folder / final.name
-            for item in sorted(folder.iterdir(), key=lambda p: p.name == final.name):
-                os.replace(item, final.parent / item.name)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        return
-    tmp = final.parent / tag
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there if writing or renaming failed
+        return atomic_sibling_files(final)
+    return atomic_path(final, suffix=f".tmp-{final.name}")
 
 
 # ---------------------------------------------------------------- one writer per format

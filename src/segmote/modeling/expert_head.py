@@ -1,6 +1,6 @@
 """Expert mask head: one hypernetwork per expert token over a fused high-resolution feature map.
 
-The fused map (method.md, "Expert mask head") at the low-res mask grid (4h, 4w), C channels:
+The fused map (docs/method.md, "Expert mask head") at the low-res mask grid (4h, 4w), C channels:
 
     fused = feature_conv(decoder upscaled features)          per prompt
           + up4(image embedding) + up4(early encoder features)   per image (cached)
@@ -152,7 +152,7 @@ class ExpertMaskHead(nn.Module):
 
     def text_bias(self, vector: Tensor, image_features: Tensor) -> Tensor:
         """Spatial text bias: vector (B, C) . image_features (1 or B, C, 4h, 4w) ->
-        (B, 1, 4h, 4w), added to every expert mask (method.md, text prompts)."""
+        (B, 1, 4h, 4w), added to every expert mask (docs/method.md, text prompts)."""
         b, c = vector.shape
         g = image_features.flatten(2)  # (1|B, C, HW)
         if g.shape[0] == 1 and b > 1:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segmote.errors import InputError
+from segmote.errors import ConfigError
 from segmote.modeling.common import LayerNorm2d
 from segmote.modeling.encoder_output import EncoderOutput
 
@@ -378,5 +378,5 @@ def build_vit_encoder(variant: str, img_size: int = 1024) -> ImageEncoderViT:
         config = VIT_VARIANTS[variant]
     except KeyError:
         choices = ", ".join(VIT_VARIANTS)
-        raise InputError(f"unknown ViT variant {variant!r}; choose one of: {choices}") from None
+        raise ConfigError(f"unknown ViT variant {variant!r}; choose one of: {choices}") from None
     return ImageEncoderViT(img_size=img_size, **config)

@@ -1,7 +1,7 @@
 """Token-level mixture of experts (MoTE): a noisy top-k router and small low-rank experts.
 
-Written from the SegMoTE paper (method.md, "Architecture"). Inside every two-way decoder block the
-expert tokens skip SAM's frozen token MLP and go through `MoTE` instead:
+Written from the SegMoTE paper (docs/method.md, "Architecture"). Inside every two-way decoder
+block the expert tokens skip SAM's frozen token MLP and go through `MoTE` instead:
 
     L  = X W_g                                   clean router logits, X: (B, T, D)
     L~ = L + softplus(X W_n) * N(0, 1)           training only (noisy gating); eval: L~ = L

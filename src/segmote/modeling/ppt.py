@@ -1,6 +1,6 @@
 """Progressive prompt tokenization (PPT) and the text prompt, the adapter's prompt-side parts.
 
-PPT (method.md): Q learnable queries cross-attend (multi-head) over the layer-normed image
+PPT (docs/method.md): Q learnable queries cross-attend (multi-head) over the layer-normed image
 embedding plus a learned 2-D position term, then MLP + residual + LayerNorm give Q prompt tokens
 that replace the manual sparse prompt tokens. Two optional foreground hints ("priors"): a mask
 prompt's dense embedding is added to the image before the attention, and a text embedding is
@@ -12,8 +12,8 @@ that output. The anchor is the frozen prompt encoder's embedding of a box around
 box, a prompt it understands, instead of with random vectors it was never trained on; learning
 moves the tokens away from a working prompt, which takes far fewer steps than finding one.
 
-Text prompt (method.md): a frozen text encoder's sentence embedding (computed outside the model:
-no I/O here) is projected to one extra sparse prompt token: SAM's padding token (what SAM appends
+Text prompt (docs/method.md): a frozen text encoder's sentence embedding (computed outside the
+model: no I/O here) is projected to one extra sparse prompt token: SAM's padding token (what SAM appends
 to a point-only prompt) plus a zero-initialised projection, so a fresh text module leaves a box /
 point prompt as the decoder knows it. The same embedding, projected to the expert head's C
 channels (+1), gives a spatial bias `(W e) . fused_image_features` plus a per-class constant

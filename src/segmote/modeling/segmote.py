@@ -1,7 +1,7 @@
 """SegMoTE: a frozen SAM-style model plus expert tokens, MoTE routing and an expert mask head.
 
-Written from the SegMoTE paper (method.md). The base `Sam` is passed in and frozen; the learnable
-parts live in one `MoTEAdapter` module, so `model.adapter.state_dict()` is the adapter checkpoint.
+Written from the SegMoTE paper (docs/method.md). The base `Sam` is passed in and frozen; the
+learnable parts live in one `MoTEAdapter` module, so `model.adapter.state_dict()` is the adapter checkpoint.
 
 Decoder token sequence: SAM's `[iou | mask x4 | sparse prompts]` plus the T expert tokens. The
 paper writes `[iou | mask | expert | sparse]`; attention has no notion of order (each token carries
@@ -21,93 +21,22 @@ values of each token-to-image attention are projected once and shared with the e
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segmote.errors import InputError
+from segmote.errors import ConfigError
 from segmote.modeling.encoder_output import EncoderOutput
-from segmote.modeling.expert_head import ExpertMaskHead
 from segmote.modeling.mask_decoder import expand_image
 from segmote.modeling.mote import MoTE, RouterOutput, load_balance_loss
-from segmote.modeling.ppt import PromptTokenizer, TextPrompt
-from segmote.modeling.presence import PresenceHead, image_summary
+from segmote.modeling.mote_adapter import MoTEAdapter, MoTEConfig
+from segmote.modeling.presence import image_summary
 from segmote.modeling.sam import Sam
 from segmote.modeling.transformer import Attention, TwoWayAttentionBlock
 
 Output = Literal["expert", "base"]
-
-
-@dataclass(frozen=True)
-class MoTEConfig:
-    """Adapter hyper-parameters (paper values by default). The width D comes from the backbone.
-
-    Attributes:
-        num_expert_tokens: T expert tokens.
-        num_experts: E experts per decoder block.
-        top_k: experts per token (k = 1: straight-through router gradient).
-        expert_rank: r of each expert's D -> r projection and the shared r -> r -> D.
-        noisy_gating: noisy router logits in training mode (never at eval).
-        balance_weight: weight of the load-balance loss (applied by the trainer).
-        head_dim: channels C of the fused mask-head map; None -> D // 8 (SAM's upscaled width).
-        text_dim: width of the text embeddings the adapter takes (384: all-MiniLM-L6-v2); None ->
-            no text prompt (adapters trained before text prompts existed).
-        ppt_queries: Q queries of progressive prompt tokenization; 0 -> no PPT.
-        presence: a class presence head (`segmote.modeling.presence`; needs text_dim), trained
-            after the rest (`segmote.training.presence`) to drop absent classes in the
-            automatic mode.
-    """
-
-    num_expert_tokens: int = 4
-    num_experts: int = 4
-    top_k: int = 1
-    expert_rank: int = 64
-    noisy_gating: bool = True
-    balance_weight: float = 0.01
-    head_dim: int | None = None
-    text_dim: int | None = None
-    ppt_queries: int = 0
-    presence: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("num_expert_tokens", "num_experts", "top_k", "expert_rank"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InputError(f"MoTE config: {name} must be a positive integer, "
-                                 f"got {getattr(self, name)!r}")
-        if self.top_k > self.num_experts:
-            raise InputError(f"MoTE config: top_k ({self.top_k}) exceeds num_experts "
-                             f"({self.num_experts})")
-        if self.balance_weight < 0:
-            raise InputError("MoTE config: balance_weight must be >= 0")
-        for name in ("text_dim",):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise InputError(f"MoTE config: {name} must be a positive integer or null, "
-                                 f"got {v!r}")
-        if isinstance(self.ppt_queries, bool) or not isinstance(self.ppt_queries, int) \
-                or self.ppt_queries < 0:
-            raise InputError(f"MoTE config: ppt_queries must be an integer >= 0, "
-                             f"got {self.ppt_queries!r}")
-        if not isinstance(self.presence, bool) or self.presence and self.text_dim is None:
-            raise InputError(f"MoTE config: presence must be true or false and needs text_dim, "
-                             f"got {self.presence!r}")
-        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
-            raise InputError(f"MoTE config: head_dim must be a positive integer or null, "
-                             f"got {self.head_dim!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MoTEConfig:
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise InputError(f"MoTE config: unknown field(s) {', '.join(unknown)}")
-        return cls(**values)
 
 
 class ImageFeatures(NamedTuple):
@@ -148,29 +77,6 @@ class SegMoTEOutput(NamedTuple):
     balance_loss: Tensor
     attention: Tensor | None = None
     base_iou: Tensor | None = None
-
-
-class MoTEAdapter(nn.Module):
-    """Every learnable part of SegMoTE: expert tokens, one MoTE per decoder block, the head,
-    and (when configured) the text prompt projection and the PPT module."""
-
-    def __init__(self, embed_dim: int, early_dim: int, num_blocks: int,
-                 config: MoTEConfig) -> None:
-        super().__init__()
-        self.config = config
-        # N(0, 1) like SAM's own token embeddings; distinct tokens can take different experts
-        self.expert_tokens = nn.Embedding(config.num_expert_tokens, embed_dim)
-        self.mote = nn.ModuleList(
-            MoTE(embed_dim, config.num_experts, config.expert_rank, config.top_k,
-                 config.noisy_gating) for _ in range(num_blocks))
-        self.head = ExpertMaskHead(embed_dim, early_dim, config.num_expert_tokens,
-                                   config.head_dim)
-        head_dim = config.head_dim or embed_dim // 8
-        self.text = TextPrompt(config.text_dim, embed_dim, head_dim) if config.text_dim else None
-        self.ppt = PromptTokenizer(embed_dim, config.ppt_queries, config.text_dim) \
-            if config.ppt_queries else None
-        self.presence = PresenceHead(embed_dim, config.text_dim) \
-            if config.presence and config.text_dim else None
 
 
 class _Decoded(NamedTuple):
@@ -225,7 +131,8 @@ class SegMoTE(nn.Module):
         self.base = base.requires_grad_(False).eval()
         self.config = config or MoTEConfig()
         self.backbone, self.backbone_sha256 = backbone, backbone_sha256
-        self.adapter_metadata: dict[str, Any] = {}  # header of a loaded adapter file
+        # the typed header of a loaded adapter file (`segmote.adapter.card.AdapterCard`)
+        self.card: Any = None
         self.adapter = MoTEAdapter(base.embed_dim, base.image_encoder.early_dim,
                                    len(base.mask_decoder.transformer.layers), self.config)
 
@@ -291,21 +198,9 @@ class SegMoTE(nn.Module):
             prompt and `text` act as foreground hints): prompt-free segmentation, of the class
             named by `text` when given. Needs an adapter with ppt_queries.
         """
-        if output not in ("expert", "base"):
-            raise InputError(f"output must be 'expert' or 'base', got {output!r}")
-        if isinstance(image, EncoderOutput):
-            image = self.prepare_image(image)
-        elif not isinstance(image, ImageFeatures):
-            raise TypeError("decode() needs prepare_image(...) output or an EncoderOutput")
+        image = self._check_request(image, output, text, auto, points is not None or
+                                    boxes is not None)
         dec = self.base.mask_decoder
-        if text is not None and self.adapter.text is None:
-            raise InputError("this adapter was not trained with text prompts")
-        if auto:
-            if self.adapter.ppt is None:
-                raise InputError("this adapter has no PPT module: prompt-free segmentation "
-                                 "needs an adapter trained with ppt_queries > 0")
-            if points is not None or boxes is not None:
-                raise InputError("auto (prompt-free) decoding takes no points or boxes")
         n = text.shape[0] if text is not None else None
         if masks is not None:
             n = max(n or 1, masks.shape[0])
@@ -313,7 +208,7 @@ class SegMoTE(nn.Module):
                                                  batch_size=n if auto else None)
         b = sparse.shape[0]
         if text is not None and text.shape[0] not in (1, b):
-            raise InputError(f"{text.shape[0]} text prompts for {b} prompts")
+            raise ConfigError(f"{text.shape[0]} text prompts for {b} prompts")
         text = None if text is None else text.to(sparse.dtype).expand(b, -1)
         text_bias = None
         pe_module = self.base.prompt_encoder
@@ -350,8 +245,8 @@ class SegMoTE(nn.Module):
             out_masks, out_iou = all_masks[:, :1], base_iou[:, :1]
         else:
             rows = torch.arange(b, device=selected.device)
-            out_masks = expert_masks[rows, selected].unsqueeze(1)
-            out_iou = expert_iou[rows, selected].unsqueeze(1)
+            out_masks, out_iou = (expert_masks[rows, selected].unsqueeze(1),
+                                  expert_iou[rows, selected].unsqueeze(1))
         attention = None
         if run.attention is not None:
             attention = run.attention.view(b, -1, *src.shape[-2:])
@@ -359,11 +254,29 @@ class SegMoTE(nn.Module):
                              run.router_logits, run.expert_index, selected, run.balance_loss,
                              attention, base_iou[:, :1])
 
+    def _check_request(self, image: ImageFeatures | EncoderOutput, output: Output,
+                       text: Tensor | None, auto: bool, spatial: bool) -> ImageFeatures:
+        """The image features of a `decode` call whose options this adapter can serve."""
+        if output not in ("expert", "base"):
+            raise ConfigError(f"output must be 'expert' or 'base', got {output!r}")
+        if text is not None and self.adapter.text is None:
+            raise ConfigError("this adapter was not trained with text prompts")
+        if auto and self.adapter.ppt is None:
+            raise ConfigError("this adapter has no PPT module: prompt-free segmentation "
+                              "needs an adapter trained with ppt_queries > 0")
+        if auto and spatial:
+            raise ConfigError("auto (prompt-free) decoding takes no points or boxes")
+        if isinstance(image, EncoderOutput):
+            return self.prepare_image(image)
+        if not isinstance(image, ImageFeatures):
+            raise TypeError("decode() needs prepare_image(...) output or an EncoderOutput")
+        return image
+
     def presence_logits(self, image: ImageFeatures | EncoderOutput, text: Tensor) -> Tensor:
         """(B,) logits that each class named by `text` (B, text_dim) is in the image (batch 1);
         needs an adapter with a presence head."""
         if self.adapter.presence is None:
-            raise InputError("this adapter has no presence head")
+            raise ConfigError("this adapter has no presence head")
         return self.adapter.presence(image_summary(image.image_embedding), text)
 
     def _ppt_anchor(self, like: Tensor) -> Tensor:

@@ -148,7 +148,7 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
 def volume_setter(seg: Any, volume: np.ndarray, axis: int = 2, modality: str | None = None,
                   window: str | None = None) -> SliceSetter:
     """A `SliceSetter` that encodes slice k of `volume` (X, Y, Z) with `seg.set_image`."""
-    from segmote.inference import volume_slice
+    from segmote.slicing import volume_slice
 
     def set_slice(k: int) -> None:
         seg.set_image(volume_slice(volume, k, axis), modality=modality, window=window)

@@ -5,7 +5,7 @@
 
 Layout: `config` (the typed settings), `cache` (an LRU of encoded slices bounded in bytes),
 `session` (one opened image: its label map, objects, undo / redo), `engine` (the model, its lock
-and the background encoder of neighbouring slices), `files` (uploads and `--root` confinement),
+and the background encoder of neighbouring slices), `files` (uploads and root-folder confinement),
 `security` (token, host and upload-size checks), `app` (the routes) and `static/` (the page,
 plain canvas code, no network needed). The API is documented in docs/api.md.
 """

@@ -32,7 +32,7 @@ from segmote.serve.files import list_folder, read_upload, resolve_under, upload_
 from segmote.serve.images import image_info, label_png, slice_pixels
 from segmote.serve.security import Guard
 from segmote.serve.session import ImageSession, SessionStore
-from segmote.transforms import normalize_modality, parse_window
+from segmote.intensity import normalize_modality, parse_window
 
 log = logging.getLogger("segmote.serve")
 # the page's files (served from the package: the page needs no network)
@@ -130,8 +130,8 @@ def _open(store: SessionStore, engine: Engine, config: ServeConfig, read, name: 
     data = read()
     if data.array.nbytes > config.max_image_mb * 2**20:
         raise ApiError(413, f"{name}: the image holds {data.array.nbytes / 2**20:.0f} MB, more "
-                            f"than --max-image-mb {config.max_image_mb:g}")
-    from segmote.inference import guess_modality  # moves with the refactor (issue 20)
+                            f"than this server takes ({config.max_image_mb:g} MB)")
+    from segmote.predict.volume import guess_modality
 
     session = ImageSession(store.new_id(), data, modality or guess_modality(data),
                            window or None, config, name)
@@ -175,13 +175,13 @@ def _image_routes(app: FastAPI, config: ServeConfig, store: SessionStore,
     @app.get("/api/files")
     def browse(folder: str = "") -> dict:
         if config.root is None:
-            raise ApiError(404, "no --root folder was given to segmote serve")
+            raise ApiError(404, "this server has no root folder to open files from")
         return list_folder(config.root, folder)
 
     @app.post("/api/images/open")
     def open_file(body: OpenBody) -> dict:
         if config.root is None:
-            raise ApiError(404, "no --root folder was given to segmote serve")
+            raise ApiError(404, "this server has no root folder to open files from")
         path = resolve_under(config.root, body.path)
         return _open(store, engine, config, lambda: segmote.read_image(path), body.path,
                      body.modality, body.window)

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from segmote.errors import InputError
+from segmote.errors import ParameterError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -53,12 +53,14 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
-            raise InputError(f"--host {self.host}: a server reachable from other machines needs "
-                             "a token (give --token, or let segmote serve generate one)")
+            raise ParameterError("host", f"{{host}} {self.host}: a server reachable from other "
+                                 "machines needs a token")
         if self.root is not None and not Path(self.root).is_dir():
-            raise InputError(f"--root {self.root}: not a folder")
+            raise ParameterError("root", f"{{root}} {self.root}: not a folder")
         for name in ("max_upload_mb", "max_image_mb", "cache_mb", "undo_mb", "session_ttl_s"):
             if getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')}: must be positive")
-        if self.max_sessions < 1 or self.prefetch < 0:
-            raise InputError("--max-sessions must be >= 1 and --prefetch >= 0")
+                raise ParameterError(name, f"{{{name}}}: must be positive")
+        if self.max_sessions < 1:
+            raise ParameterError("max_sessions", "{max_sessions}: must be at least 1")
+        if self.prefetch < 0:
+            raise ParameterError("prefetch", "{prefetch}: must be 0 or more")

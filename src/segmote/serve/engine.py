@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from segmote.predictor import Segmenter
+from segmote.predict.segmenter import Segmenter
 from segmote.serve.errors import ApiError
-from segmote.serve.session import ImageSession, SegObject, slice_index
+from segmote.serve.session import ImageSession, SegObject
+from segmote.slicing import set_volume_slice
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class Engine:
         found becomes a new object. One undo step."""
         if not (self.seg.prompt_free and self.seg.takes_text):
             raise ApiError(400, "automatic mode needs an adapter trained with PPT and text")
-        names = list(classes or self.seg.classes_for_modality(session.modality)
+        names = list(classes or self.seg.card.classes_for_modality(session.modality)
                      or self.seg.vocabulary)
         ks = [k] if k is not None else list(range(session.depth(axis)))
         for j in ks:
@@ -245,7 +246,7 @@ class Engine:
                     if pred.kept[n]:
                         confidence[n] = max(confidence.get(n, 0.0), pred.confidence[n])
                 if session.is_volume:
-                    found[slice_index(axis, j)] = pred.label_map.T
+                    set_volume_slice(found, j, axis, pred.label_map)
                 else:
                     found[...] = pred.label_map
             session.progress = None

@@ -1,4 +1,4 @@
-"""Where images come from: uploads (a file, or a zip holding a DICOM series) and `--root`.
+"""Where images come from: uploads (a file, or a zip holding a DICOM series) and the root folder.
 
 Files are opened only under the root: a relative path with no `..` part, resolved (symlinks
 followed) to a place still inside the root; anything else is answered 404 like a missing file,

@@ -100,5 +100,5 @@ class Guard:
             return 400, {"error": "bad Content-Length"}
         if int(length) > self.max_body:
             return 413, {"error": f"request body of {int(length) / 2**20:.1f} MB exceeds the "
-                                  f"limit of {self.max_body / 2**20:g} MB (--max-upload-mb)"}
+                                  f"server's upload limit of {self.max_body / 2**20:g} MB"}
         return None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from segmote.io import ImageData
-from segmote.inference import volume_slice  # moves with the refactor (issue 20)
+from segmote.slicing import volume_slice
 from segmote.serve.cache import FeatureCache
 from segmote.serve.config import ServeConfig
 from segmote.serve.errors import ApiError, not_found

@@ -1,1 +1,1 @@
-"""Training of SegMoTE adapters on cached image embeddings (see `trainer.train`)."""
+"""Training of SegMoTE adapters on cached image embeddings (see `trainer.fit`)."""

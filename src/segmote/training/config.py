@@ -14,7 +14,7 @@ from typing import Any
 from segmote.atomic import atomic_write_text  # noqa: F401  (re-exported)
 from segmote.errors import InputError
 from segmote.training.losses import LossWeights
-from segmote.training.prompts import PROMPT_KINDS
+from segmote.simulated_prompts import PROMPT_KINDS
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 BALANCE_CHOICES = ("none", "dataset", "dataset_class")
@@ -23,7 +23,8 @@ ADAPTER_PARTS = ("expert_tokens", "mote", "head", "text", "ppt")
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters (method.md, "Training recipe"; paper values where it has them).
+    """Training hyper-parameters (docs/method.md, "Training recipe"; paper values where it has
+    them).
 
     Attributes:
         backbone, checkpoint: base model (see `segmote.build.BACKBONES`).
@@ -69,11 +70,12 @@ class TrainConfig:
         manifest: a curation manifest (`segmote curate`): train on exactly its selected
             (slice, class) samples instead of every slice of the dataset folders; the selection
             is still split by patient into train / val (val_fraction: 0 trains on all of it).
-        balance: how an epoch draws training samples: "none" (each sample once, shuffled),
+        sampling_balance: how an epoch draws training samples: "none" (each sample once, shuffled),
             "dataset" (every dataset equally often) or "dataset_class" (every dataset equally,
             and within it every class equally) — the latter two draw with replacement, so a
             small dataset is not drowned by a large one.
-        balance_power: dataset shares proportional to (samples of the dataset) ** balance_power
+        sampling_balance_power: dataset shares proportional to (samples of the dataset) **
+            sampling_balance_power
             (0: equal shares; 0.5: square-root "temperature" sampling; see
             `segmote.training.loader.sample_weights`).
         samples_per_epoch: samples drawn per epoch (None: the number of training samples).
@@ -82,8 +84,10 @@ class TrainConfig:
         window: CT window for the cached images (None: the modality default).
         amp: autocast dtype on GPU ("auto": bf16 where supported, else fp16); CPU runs in fp32.
         num_workers: DataLoader workers reading cached embeddings.
-        cache_dir: embedding cache (None: RUN_DIR/cache).
-        mote: MoTEConfig fields except balance_weight (set by loss_weights.balance).
+        cache_dir: embedding cache (None: the shared SEGMOTE_HOME/embedding-cache).
+        mote: MoTEConfig fields except balance_loss_weight (set by loss_weights.balance).
+    Older names still read (`RENAMED`): balance -> sampling_balance, balance_power ->
+    sampling_balance_power ("balance" alone also named the MoE load-balancing loss).
         init_adapter: an adapter file to start from (a second training stage): its weights are
             loaded into the new adapter; parts the file lacks (e.g. the text / PPT modules of an
             adapter trained without them) keep their fresh initialisation. Its MoTE settings
@@ -126,8 +130,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     split: str | None = None
     manifest: str | None = None
-    balance: str = "none"
-    balance_power: float = 0.0
+    sampling_balance: str = "none"
+    sampling_balance_power: float = 0.0
     samples_per_epoch: int | None = None
     val_per_class: int | None = None
     window: str | None = None
@@ -155,7 +159,8 @@ class TrainConfig:
         extra = {"ppt_queries": self.ppt_queries}
         if self.uses_text:
             extra["text_dim"] = text_dim or 1
-        return MoTEConfig.from_dict({**extra, **self.mote, "balance_weight": self.weights.balance})
+        return MoTEConfig.from_dict({**extra, **self.mote,
+                                     "balance_loss_weight": self.weights.balance})
 
     @property
     def uses_text(self) -> bool:
@@ -225,7 +230,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.text_encoder == "clip" and not cfg.text_encoder_path:
         raise InputError("config text_encoder clip needs text_encoder_path (a local CLIP "
                          "text-model folder)")
-    _number("balance_power", cfg.balance_power, 0.0, 1.0)
+    _number("sampling_balance_power", cfg.sampling_balance_power, 0.0, 1.0)
     _number("val_fraction", cfg.val_fraction, 0.0, 0.9)
     if not isinstance(cfg.milestones, list):
         raise InputError(f"config milestones: expected a list of epochs, got {cfg.milestones!r}")
@@ -241,9 +246,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("samples_per_epoch", "val_per_class"):
         if getattr(cfg, name) is not None:
             _positive_int(name, getattr(cfg, name))
-    if cfg.balance not in BALANCE_CHOICES:
-        raise InputError(f"config balance: expected one of {', '.join(BALANCE_CHOICES)}, "
-                         f"got {cfg.balance!r}")
+    if cfg.sampling_balance not in BALANCE_CHOICES:
+        raise InputError(f"config sampling_balance: expected one of "
+                         f"{', '.join(BALANCE_CHOICES)}, got {cfg.sampling_balance!r}")
     if cfg.train_parts is not None:
         if not isinstance(cfg.train_parts, list) or not cfg.train_parts or any(
                 part not in ADAPTER_PARTS for part in cfg.train_parts):
@@ -267,9 +272,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if sum(v for k, v in cfg.prompt_mix.items() if k != "text") <= 0:
         raise InputError("config prompt_mix: box or point needs a positive probability "
                          "(the progressive schedule starts from prompted training)")
-    if not isinstance(cfg.mote, dict) or "balance_weight" in cfg.mote:
+    if not isinstance(cfg.mote, dict) or {"balance_weight", "balance_loss_weight"} & set(cfg.mote):
         raise InputError("config mote: expected a mapping of MoTEConfig fields "
-                         "(set the balance weight with loss_weights.balance)")
+                         "(set the balance loss weight with loss_weights.balance)")
     cfg.mote_config()  # MoTEConfig validates its own fields with one-line InputErrors
     return cfg
 
@@ -285,9 +290,17 @@ def _check_mapping(name: str, value: Any, keys: list[str]) -> None:
         _number(f"{name}.{key}", v)
 
 
+# config keys renamed since, still read: YAML files and the config.yaml of older runs use them
+RENAMED = {"balance": "sampling_balance", "balance_power": "sampling_balance_power"}
+
+
 def merge(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
     """cfg with `values` applied (mapping sections merged key by key); unknown keys -> InputError
-    naming `source`."""
+    naming `source`. Old key names (`RENAMED`) are read as the new ones."""
+    both = sorted(k for k in values if k in RENAMED and RENAMED[k] in values)
+    if both:
+        raise InputError(f"{source}: {both[0]} is the old name of {RENAMED[both[0]]}; give one")
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise InputError(f"{source}: unknown config key(s) {', '.join(unknown)}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,12 @@ def resolve_device(device: str | None, local_rank: int) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+        raise ParameterError("device", f"{{device}} {device!r}: expected cpu, cuda or "
+                             "cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine")
+            raise ParameterError("device", f"{{device}} {device}: CUDA is not available on this "
+                                 "machine")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)

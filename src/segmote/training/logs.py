@@ -4,6 +4,7 @@ and a loss / Dice plot (PNG). Only rank 0 creates a `RunLog`."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,21 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
             fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
+
+
+def progress_bar(total: int, done: int, epoch: int, enabled: bool) -> Any:
+    """A tqdm bar over an epoch's steps on stderr (None when not enabled)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm  # only when a bar is shown
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}", unit="step",
+                file=sys.stderr, leave=False)
+
+
+def print_epoch(last: dict[str, Any], skipped: int) -> None:
+    """One line on stderr for a finished epoch (`last`: its history entry)."""
+    dice = last["val"]["mean_dice"]
+    loss = last["train"]["loss"]
+    print(f"epoch {last['epoch'] + 1}: loss {loss if loss is None else f'{loss:.4f}'}, "
+          f"val Dice {dice if dice is None else f'{dice:.4f}'}, "
+          f"skipped steps {skipped}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Training losses (method.md, "Training recipe"): the released SegMoTE setup's
+"""Training losses (docs/method.md, "Training recipe"): the released SegMoTE setup's
 
     total = 20 x focal(alpha 0.25, gamma 2) + Dice + MSE(predicted IoU, actual IoU)
             + 0.01 x load balance

@@ -1,7 +1,6 @@
 """Train the class presence head of a finished run's adapter (`segmote.modeling.presence`).
 
-    python -m segmote.training.presence RUN_DIR --negatives other-modalities [--adapter FILE]
-        [-o OUT]
+    segmote presence RUN_DIR --negatives other-modalities [--adapter FILE] [-o OUT]
 
 The head learns, on the run's training slices (its split's "train" cases, the embedding cache),
 whether each class the adapter knows may be in a slice. Present (1): the slice's label has a pixel
@@ -31,12 +30,11 @@ equally, so 0.5 is the balanced decision; nothing is tuned on held-out data).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from segmote.errors import InputError, SegmoteError
+from segmote.errors import InputError
 
 NEGATIVES = ("dataset-absent", "other-modalities", "both")
 THRESHOLD = 0.5
@@ -193,14 +191,14 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     atomically). negatives: `NEGATIVES`. Returns the "presence" header entry."""
     import torch
 
-    from segmote.adapter import read_adapter_metadata, resave_adapter
+    from segmote.adapter import read_adapter_card, resave_adapter
     from segmote.build import load_model
     from segmote.data.cache import EmbeddingCache
     from segmote.modeling.presence import image_summary
     from segmote.training import distributed as ddp
     from segmote.training.config import load_config
     from segmote.training.loader import other_modality_classes
-    from segmote.training.trainer import _class_texts, _load_data, class_table
+    from segmote.training.run_data import cache_root, class_table, class_texts, load_run_data
 
     settings = dataclasses.replace(settings or PresenceSettings(), negatives=negatives)
     run_dir = Path(run_dir)
@@ -210,18 +208,17 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     out = Path(out) if out else adapter
     cfg = load_config(run_dir / "config.yaml")
     info = ddp.DistInfo(0, 1, 0, torch.device(device or "cpu"))
-    _, _, train, val = _load_data(cfg, [Path(d) for d in cfg.data], run_dir, True, info)
+    _, _, train, val = load_run_data(cfg, [Path(d) for d in cfg.data], run_dir, True, info)
     model = load_model(cfg.backbone, adapter=adapter, device=info.device)
     if model.adapter.text is None:
         raise InputError(f"{adapter}: not trained with text prompts: no class to detect")
     start = time.perf_counter()
     head = add_presence_head(model, settings.seed)
-    meta = read_adapter_metadata(adapter)
-    names = sorted(meta.get("vocabulary") or {s.class_name for s in train})
-    texts, _ = _class_texts(cfg, names)
+    names = sorted(read_adapter_card(adapter).vocabulary or {s.class_name for s in train})
+    texts, _ = class_texts(cfg, names)
     other = other_modality_classes(train + val) if settings.negatives != "dataset-absent" \
         else {}
-    cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache", model,
+    cache = EmbeddingCache(cache_root(cfg), model,
                            f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
     cache.build(train, progress=progress)
     summary_of: dict[int, Any] = {}
@@ -246,28 +243,3 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
              "seconds": round(time.perf_counter() - start, 1)}
     resave_adapter(model, adapter, out, {"presence": entry})
     return entry
-
-
-def main(argv: list[str] | None = None) -> int:
-    from segmote.training.recalibrate import run_adapter_parser
-
-    parser = run_adapter_parser("segmote.training.presence", __doc__, "extend")
-    parser.add_argument("--negatives", required=True, choices=NEGATIVES,
-                        help="absent queries to learn from (other-modalities: only where the "
-                             "modalities image disjoint anatomy)")
-    args = parser.parse_args(argv)
-    try:
-        entry = train_presence(args.run_dir, args.negatives, args.adapter, args.out,
-                               args.device, progress=True)
-    except SegmoteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    c = entry["training_counts"]
-    print(f"presence head: {entry['slices']} training slices, {entry['epochs']} epochs, "
-          f"{entry['seconds']} s; on its training slices it keeps {c['present_kept']}/"
-          f"{c['present']} present and {c['absent_kept']}/{c['absent']} absent queries")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

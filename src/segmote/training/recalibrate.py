@@ -1,6 +1,6 @@
 """Re-run the automatic-mode calibration of a finished run's adapter without training.
 
-    python -m segmote.training.recalibrate RUN_DIR [--adapter FILE] [-o OUT]
+    segmote recalibrate RUN_DIR [--adapter FILE] [-o OUT]
 
 The trainer calibrates text and prompt-free segmentation at the end of a run (per-class mask
 offsets, the confidence threshold, and per class whether its text is used beside a box:
@@ -13,13 +13,10 @@ weights are copied unchanged, so every prompted answer stays bit-identical.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
 from pathlib import Path
 from typing import Any
 
-from segmote.errors import SegmoteError
 
 
 def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
@@ -36,8 +33,8 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     from segmote.training import calibration as _cal
     from segmote.training.config import load_config
     from segmote.training.loader import CachedSlices
-    from segmote.training.trainer import (_class_texts, _load_data, calibration_samples,
-                                          query_tables)
+    from segmote.training.run_data import (cache_root, calibration_samples, class_texts,
+                                           load_run_data, query_tables)
     from segmote.training.validation import validate_auto
 
     run_dir = Path(run_dir)
@@ -48,17 +45,17 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     out = Path(out) if out else adapter
     cfg = load_config(config)
     info = ddp.DistInfo(0, 1, 0, torch.device(device or "cpu"))
-    _, _, train, val = _load_data(cfg, [Path(d) for d in cfg.data], run_dir, True, info)
+    _, _, train, val = load_run_data(cfg, [Path(d) for d in cfg.data], run_dir, True, info)
     model = load_model(cfg.backbone, adapter=adapter, device=info.device)
     seg_model: Any = model
     if getattr(seg_model.adapter, "ppt", None) is None or seg_model.adapter.text is None:
         raise InputError(f"{adapter}: not trained with PPT and text prompts: nothing to "
                          "calibrate")
     names = sorted({s.class_name for s in train + val})
-    texts, _ = _class_texts(cfg, names)
+    texts, _ = class_texts(cfg, names)
     tables = query_tables(cfg, train + val)
     samples = calibration_samples(cfg, train, val)
-    cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache", model,
+    cache = EmbeddingCache(cache_root(cfg), model,
                            f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
     cache.build(samples, progress=False)
     data = CachedSlices(cache, samples, cfg.seed, **tables)
@@ -67,38 +64,3 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
             "calibrated_on": cfg.calibrate_on}
     resave_adapter(model, adapter, out, {"auto": auto})
     return auto
-
-
-def run_adapter_parser(module: str, doc: str, verb: str) -> argparse.ArgumentParser:
-    """The arguments every post-training step on a finished run shares: RUN_DIR, --adapter
-    (what to `verb`), -o / --out and --device."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a finished `segmote train` run folder")
-    parser.add_argument("--adapter", help=f"adapter to {verb} "
-                        "(default RUN_DIR/adapter_latest.safetensors)")
-    parser.add_argument("-o", "--out", help="where to write it (default: over --adapter)")
-    parser.add_argument("--device", default=None, help="cpu / cuda (default cpu)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = run_adapter_parser("segmote.training.recalibrate", __doc__, "calibrate")
-    args = parser.parse_args(argv)
-    try:
-        auto = recalibrate(args.run_dir, args.adapter, args.out, args.device)
-    except SegmoteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    off = auto["mask_offsets"]
-    print(f"threshold {auto['threshold']}, default mask offset {auto['mask_offset_default']}, "
-          f"{len(off)} classes with their own offset; calibration Dice "
-          f"{auto['dice_no_offset']} -> {auto['dice_raw']} (offsets) -> {auto['dice']} "
-          f"(threshold), absent-class FP rate {auto['fp_rate']} (n {auto['n_present']} present, "
-          f"{auto['n_absent']} absent); box Dice {auto['box_dice']}, with the text "
-          f"{auto['box_text_dice']}, with the text where kept {auto['box_text_dice_kept']} "
-          f"(text used beside prompts: {auto['text_beside_prompt_default']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,22 +16,24 @@ def check_initial_adapter(cfg: TrainConfig, text_dim: int | None = None) -> None
     """Refuse (one-line CheckpointError) an `init_adapter` whose header does not fit `cfg`:
     another backbone or other MoTE settings (text_dim / ppt_queries may be added, not changed).
     Reads the header only, so a run can check it before writing anything."""
-    from segmote.adapter import read_adapter_metadata
+    from segmote.adapter import read_adapter_card
     from segmote.errors import CheckpointError
     from segmote.modeling.segmote import MoTEConfig
 
     path = Path(cfg.init_adapter)
-    meta = read_adapter_metadata(path)
-    if meta.get("backbone") != cfg.backbone:
+    card = read_adapter_card(path)
+    if card.backbone != cfg.backbone:
         raise CheckpointError(f"{path}: init_adapter was trained for backbone "
-                              f"{meta.get('backbone')!r}, not {cfg.backbone!r}")
+                              f"{card.backbone!r}, not {cfg.backbone!r}")
     try:
-        stored = MoTEConfig.from_dict(meta["mote_config"]).to_dict()
+        if card.mote_config is None:
+            raise KeyError("mote_config")
+        stored = MoTEConfig.from_dict(card.mote_config).to_dict()
     except (KeyError, TypeError, SegmoteError) as err:
         raise CheckpointError(f"{path}: bad or missing mote_config in the header ({err})") \
             from None
     want = cfg.mote_config(text_dim).to_dict()
-    differ = [k for k in sorted(want) if k not in ("text_dim", "ppt_queries", "balance_weight",
+    differ = [k for k in sorted(want) if k not in ("text_dim", "ppt_queries", "balance_loss_weight",
                                                    "presence")
               and stored.get(k) != want[k]]
     differ += [k for k in ("text_dim", "ppt_queries")  # in the file: may not change
@@ -45,11 +47,11 @@ def load_initial_adapter(model: SegMoTE, path: Path) -> None:
     """Load the adapter file at `path` into `model`'s fresh adapter (config `init_adapter`;
     `check_initial_adapter` has checked its header). Tensors the file lacks keep their
     initialisation, but only the text / PPT modules may be absent."""
-    from segmote.adapter import check_backbone, read_adapter_metadata
+    from segmote.adapter import check_backbone, read_adapter_card
     from segmote.checkpoint import load_strict, read_state_dict
     from segmote.errors import CheckpointError
 
-    check_backbone(path, read_adapter_metadata(path), model.backbone, model.backbone_sha256)
+    check_backbone(path, read_adapter_card(path), model.backbone, model.backbone_sha256)
     state = read_state_dict(path)
     own = model.adapter.state_dict()
     lacking = [k for k in sorted(own) if k not in state and k.split(".")[0] not in NEW_PARTS]

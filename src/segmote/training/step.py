@@ -21,7 +21,7 @@ from segmote.modeling.segmote import ImageFeatures, SegMoTE
 from segmote.modeling.text_ensemble import text_ensemble
 from segmote.training.config import TrainConfig
 from segmote.training.losses import segmote_loss
-from segmote.training.prompts import (Prompt, error_clicks, sample_prompt, tight_box,
+from segmote.simulated_prompts import (Prompt, error_clicks, sample_prompt, tight_box,
                                       to_model_coords)
 
 

@@ -1,11 +1,11 @@
-"""Prompt simulation for training: boxes, central points and error-region clicks.
+"""Simulated prompts, shared by training and evaluation: boxes, central points, error clicks.
 
 Everything works on one (H, W) bool mask at mask resolution (the decoder's low-res grid, 256 x 256
 for every backbone here) and returns pixel coordinates on that grid, x = column, y = row (SAM's
 convention). `to_model_coords` scales them to the padded model-input frame that `decode` expects.
 All randomness comes from the `numpy.random.Generator` passed in, so a seed fixes every prompt.
 
-Recipe (method.md, "Training recipe"): a first prompt per sample — a tight box with each side
+Recipe (docs/method.md, "Training recipe"): a first prompt per sample — a tight box with each side
 jittered (0.4), one positive point from the central part of the foreground (0.3), or text alone
 (0.3: PPT tokens conditioned on the class name, i.e. prompt-free segmentation of that class; its
 share rises over training, see `TrainConfig.progressive`) — a box or point sometimes with the

@@ -7,7 +7,7 @@ An adapter file holds `SegMoTE.adapter.state_dict()` (a few MB) and, in the safe
     mote_config       MoTEConfig as JSON         embed_dim       decoder width D
     segmote_version   version that wrote it
     + caller metadata (e.g. "vocabulary": class / text names, "training_data": a summary),
-      each value stored as JSON and decoded again by `read_adapter_metadata`
+      each value stored as JSON; `segmote.adapter.card.AdapterCard` reads and checks them all
 
 Loading refuses an adapter trained on other base weights (name or sha256 differ), loads strictly
 (missing / unexpected / mis-shaped keys are named in one line), and never unpickles code: a
@@ -25,17 +25,13 @@ from typing import Any, Literal
 from torch import Tensor
 
 from segmote import __version__
+from segmote.adapter.card import (FORMAT, FORMAT_VERSION, RESERVED_KEYS, AdapterCard,
+                                  decode_header)
 from segmote.atomic import atomic_path
 from segmote.checkpoint import load_strict, read_state_dict
 from segmote.errors import CheckpointError, InputError, SegmoteError
 from segmote.modeling.sam import Sam
 from segmote.modeling.segmote import MoTEConfig, SegMoTE
-
-FORMAT = "segmote-adapter"
-FORMAT_VERSION = "1"
-_PLAIN = ("format", "format_version", "backbone", "backbone_sha256", "segmote_version")
-# header keys the format writes itself (callers' metadata may not use them)
-RESERVED_KEYS = (*_PLAIN, "mote_config", "embed_dim")
 
 
 def adapter_state_dict(model: SegMoTE) -> dict[str, Tensor]:
@@ -72,6 +68,7 @@ def save_adapter(model: SegMoTE, path: str | Path, metadata: dict[str, Any] | No
         "mote_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "embed_dim": str(model.embed_dim),
     })
+    AdapterCard.from_header(header, path)  # a wrong type is refused before anything is written
     with atomic_path(path) as tmp:
         save_file(adapter_state_dict(model), str(tmp), metadata=header)
     return path
@@ -87,53 +84,59 @@ def resave_adapter(model: SegMoTE, source: str | Path, path: str | Path,
     return save_adapter(model, path, {**keep, **entries})
 
 
-def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
-    """Header metadata of a `.safetensors` adapter, JSON values decoded.
-
-    Raises CheckpointError when the file is missing, unreadable or not a segmote adapter.
-    """
+def _read_header(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: adapter file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as err:  # safetensors raises several error types for bad headers
         raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a segmote adapter (no format={FORMAT!r} in its "
-                              f"header)")
-    meta: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            meta[key] = value if key in _PLAIN else json.loads(value)
-        except json.JSONDecodeError:
-            meta[key] = value
+
+
+def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
+    """Header metadata of a `.safetensors` adapter, JSON values decoded (checked by
+    `AdapterCard`; for rewriting a header, `resave_adapter`; to read it, `read_adapter_card`).
+
+    Raises CheckpointError when the file is missing, unreadable or not a segmote adapter.
+    """
+    path = Path(path)
+    meta = decode_header(_read_header(path), path)
+    AdapterCard.from_metadata(meta, path)  # the same checks as every reader
     return meta
 
 
-def check_backbone(path: Path, meta: dict[str, Any], backbone: str | None,
+def read_adapter_card(path: str | Path) -> AdapterCard:
+    """The typed header of a `.safetensors` adapter; CheckpointError (one line naming the file)
+    when it is missing, unreadable, not a segmote adapter, or holds a value of the wrong type."""
+    path = Path(path)
+    return AdapterCard.from_header(_read_header(path), path)
+
+
+def check_backbone(path: Path, card: AdapterCard, backbone: str | None,
                    sha256: str | None) -> None:
-    """CheckpointError unless the adapter at `path` (header `meta`) was trained on this backbone
+    """CheckpointError unless the adapter at `path` (header `card`) was trained on this backbone
     name and weights file (sha256); None for either means the caller cannot tell, also an error."""
     if backbone is None or sha256 is None:
         raise CheckpointError(f"{path}: cannot check which backbone the adapter belongs to; load "
                               f"it with segmote.build.load_model(backbone=..., adapter=...)")
-    if meta.get("backbone") != backbone:
+    if card.backbone != backbone:
         raise CheckpointError(f"{path}: adapter was trained for backbone "
-                              f"{meta.get('backbone')!r}, not {backbone!r}")
-    want = str(meta.get("backbone_sha256", ""))
+                              f"{card.backbone!r}, not {backbone!r}")
+    want = str(card.backbone_sha256 or "")
     if want != sha256:
         raise CheckpointError(f"{path}: adapter was trained on {backbone} weights with sha256 "
                               f"{want[:12]}..., but the loaded weights are {sha256[:12]}...; "
                               f"use the matching --checkpoint")
 
 
-def _config_from(path: Path, meta: dict[str, Any], config: MoTEConfig | None) -> MoTEConfig:
+def _config_from(path: Path, card: AdapterCard, config: MoTEConfig | None) -> MoTEConfig:
     try:
-        stored = MoTEConfig.from_dict(meta["mote_config"])
+        if card.mote_config is None:
+            raise KeyError("mote_config")
+        stored = MoTEConfig.from_dict(card.mote_config)
     except (KeyError, TypeError, SegmoteError) as err:
         raise CheckpointError(f"{path}: bad or missing mote_config in the header ({err})") from None
     if config is not None and config != stored:
@@ -154,11 +157,11 @@ def attach_adapter(base: Sam, adapter: str | Path | Literal["new"],
     if isinstance(adapter, str) and adapter == "new":
         return SegMoTE(base, config, backbone=backbone, backbone_sha256=backbone_sha256).eval()
     path = Path(adapter)
-    meta: dict[str, Any] = {}
+    card = None
     if path.suffix == ".safetensors":
-        meta = read_adapter_metadata(path)
-        check_backbone(path, meta, backbone, backbone_sha256)
-        config = _config_from(path, meta, config)
+        card = read_adapter_card(path)
+        check_backbone(path, card, backbone, backbone_sha256)
+        config = _config_from(path, card, config)
     elif not path.is_file():
         raise CheckpointError(f"{path}: adapter file not found")
     else:
@@ -167,5 +170,5 @@ def attach_adapter(base: Sam, adapter: str | Path | Literal["new"],
     state = read_state_dict(path)  # weights_only=True for pickles: code in a file never runs
     model = SegMoTE(base, config, backbone=backbone, backbone_sha256=backbone_sha256)
     load_strict(model.adapter, state, path)
-    model.adapter_metadata = meta
+    model.card = card
     return model.eval()

@@ -1,11 +1,11 @@
-"""`segmote.inference.volume_slice`: the one place volumes are cut into 2-D images."""
+"""`segmote.slicing.volume_slice`: the one place volumes are cut into 2-D images."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from segmote.inference import volume_slice
+from segmote.slicing import volume_slice
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

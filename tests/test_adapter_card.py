@@ -1,0 +1,59 @@
+"""`AdapterCard` reads every adapter header the repository has produced: the shipped adapter and
+each earlier version of it (headers taken from git history into tests/data/adapter_headers), and
+what the trainer writes today."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segmote.adapter import AdapterCard, read_adapter_card
+from segmote.build import DEFAULT_ADAPTER
+from segmote.modeling.segmote import MoTEConfig
+
+HEADERS = sorted((Path(__file__).parent / "data" / "adapter_headers").glob("*.json"))
+
+
+def test_every_older_header_variant_is_present() -> None:
+    # the six versions of the shipped adapter: box/point only, + text and PPT, + mask offsets,
+    # + a per-class text choice, + presence head, + one text choice for all classes
+    assert len(HEADERS) == 6
+
+
+@pytest.mark.parametrize("path", HEADERS, ids=lambda p: p.stem)
+def test_older_shipped_headers_load(path: Path) -> None:
+    header = json.loads(path.read_text())
+    card = AdapterCard.from_header(header, path.name)
+    assert card.backbone == "litemedsam" and card.embed_dim == 256
+    assert MoTEConfig.from_dict(card.mote_config).num_expert_tokens == 4
+    assert "nuclei" in card.vocabulary
+    assert card.training_data["Dataset005_NucleiQuadrants"] == ("nuclei",)
+    assert card.training_modalities is None and card.extra == {}
+    if "auto" not in header:  # the box / point adapter: no text, no calibration
+        assert card.text is None and card.calibration is None and card.presence is None
+        return
+    calib = json.loads(header["auto"])
+    assert card.text is not None and card.text.encoder == "minilm"
+    assert card.calibration.threshold == calib["threshold"]
+    want = calib.get("mask_offsets", {}).get("nuclei", calib.get("mask_offset_default", 0.0))
+    assert card.calibration.mask_offset("nuclei") == want
+    per_class = calib.get("text_beside_prompt") or {}
+    for name in list(per_class)[:3]:  # older calibrations chose per class
+        assert card.calibration.uses_text_beside_prompt(name) is per_class[name]
+    assert (card.presence is not None) == ("presence" in header)
+
+
+def test_the_shipped_adapter_and_a_trainer_header() -> None:
+    shipped = read_adapter_card(DEFAULT_ADAPTER)
+    assert shipped.presence is not None and shipped.calibration.text_beside_prompt == {}
+    newest = HEADERS[0].with_name("default_ffd3046.json")  # the last commit that changed it
+    assert shipped == AdapterCard.from_header(json.loads(newest.read_text()), newest.name)
+    # what `segmote train` writes now also records each dataset's modality
+    card = AdapterCard.from_metadata({
+        "format": "segmote-adapter", "vocabulary": ["nuclei", "tumour"],
+        "training_data": {"cells": ["nuclei"], "lungs": ["tumour"]},
+        "training_modalities": {"cells": "MICROSCOPY", "lungs": "CT"}}, "run")
+    assert card.classes_for_modality("CT") == ["tumour"]
+    assert card.classes_for_modality("MR") is None
