@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE))
 from common import load_result, machine_line, shipped_label  # noqa: E402
 from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
+from report_propagation import section_propagation  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
 SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",
@@ -26,7 +27,7 @@ SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py
            "curation": "bench_curation.py planted speed subset --epochs 1 --refine 0",
            "curation_mixed": "bench_curation_mixed.py",
            "curation_noisy": "bench_curation_noisy.py", "auto": "bench_auto.py",
-           "serve": "bench_serve.py"}
+           "propagation": "bench_propagation.py", "serve": "bench_serve.py"}
 
 
 def section_faithfulness(r: dict) -> list[str]:
@@ -201,7 +202,8 @@ def section_serve(r: dict) -> list[str]:
 SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "mote_decoder": section_mote, "train_step": section_train,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
-            "curation": section_curation, "auto": section_auto, "serve": section_serve}
+            "curation": section_curation, "auto": section_auto,
+            "propagation": section_propagation, "serve": section_serve}
 
 
 def write_report() -> Path:

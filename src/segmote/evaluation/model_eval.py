@@ -106,11 +106,10 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     split_path: a split JSON (e.g. a training run's split.json); None draws the same split
         `segmote train` draws from val_fraction and split_seed.
     cache_dir: the embedding cache to read and fill (default: the one `segmote curate` and
-        `segmote train` share, `segmote.data.cache.default_cache_dir`); the 3-D protocols
-        (`segmote.evaluation.volume_protocols`) use it too.
-    classes: evaluate only these classes. nsd_mm: NSD tolerance of the 3-D protocols.
+        `segmote train` share, `segmote.data.cache.default_cache_dir`).
+    classes: evaluate only these classes. nsd_mm: NSD tolerance of the 3-D protocols
+        (`segmote.evaluation.volume_protocols`).
     """
-    from segmote.evaluation.volume_protocols import PROMPTS_3D, evaluate_volumes, volume_cases
     from segmote import __version__
     from segmote.build import DEFAULT_ADAPTER, resolve_weights
     from segmote.checkpoint import sha256_file
@@ -134,8 +133,8 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
                          f"{', '.join(map(str, data_dirs))}")
     if in_3d and not cases:
-        raise InputError(f"--prompt {in_3d[0].prompt}: no {part} case of a 3-D dataset in "
-                         f"{', '.join(map(str, data_dirs))}")
+        raise InputError(f"--prompt {in_3d[0].prompt} scores whole 3-D objects, but "
+                         f"{', '.join(map(str, data_dirs))} holds no 3-D case ({part} part)")
     weights, expected = resolve_weights(backbone, checkpoint)
     info: dict[str, Any] = {
         "segmote_version": __version__, "backbone": backbone,

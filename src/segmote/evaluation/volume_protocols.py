@@ -33,7 +33,7 @@ import torch
 from segmote.data.datasets import SliceSample
 from segmote.evaluation.metrics import case_metrics, image_diagonal_mm
 from segmote.evaluation.prompted import PromptResult, Protocol, deepest_point
-from segmote.slicing import volume_slice
+from segmote.slicing import set_volume_slice, volume_slice
 from segmote.predict.propagation import DEFAULT_CONFIG, PropagationConfig, propagate
 from segmote.predict.segmenter import Segmenter
 from segmote.simulated_prompts import jittered_box
@@ -132,9 +132,7 @@ def _every_slice(seg: Segmenter, setter: Callable[[int], None], shape: tuple[int
     out = np.zeros(shape, bool)
     for k in range(ks[0], ks[1] + 1):
         setter(k)
-        index: list[Any] = [slice(None)] * 3
-        index[axis] = k
-        out[tuple(index)] = seg.predict(box=box, **decode_kwargs).mask.T
+        set_volume_slice(out, k, axis, seg.predict(box=box, **decode_kwargs).mask)
     return out
 
 
@@ -165,15 +163,17 @@ def segment_case(seg: Segmenter, setter: Callable[[int], None], gt: np.ndarray,
 def evaluate_volumes(model: torch.nn.Module, cases: Iterable[VolumeCase],
                      protocols: list[Protocol], cache: Any, axis: int = 2,
                      nsd_mm: float = 2.0, config: PropagationConfig = DEFAULT_CONFIG,
-                     ) -> Iterator[PromptResult]:
+                     outputs: Iterable[str] | None = None) -> Iterator[PromptResult]:
     """Score `model` on whole objects under 3-D protocols: one `PromptResult` per (object,
     protocol) with Dice, NSD (tolerance `nsd_mm`) and HD95 (mm, an empty prediction's capped at
-    the image diagonal) per output."""
+    the image diagonal) per output ("adapter" and "base" for a SegMoTE, or only `outputs`)."""
     from segmote.evaluation.evaluate import _read_label
 
     seg = Segmenter(model)
-    outputs = {"adapter": {}, "base": {"output": "base"}} if hasattr(model, "adapter") \
+    decodes = {"adapter": {}, "base": {"output": "base"}} if hasattr(model, "adapter") \
         else {"base": {}}
+    if outputs is not None:
+        decodes = {name: kw for name, kw in decodes.items() if name in set(outputs)}
     for case in cases:
         label = _read_label(case.label)
         gt = label.array == case.class_value
@@ -181,7 +181,7 @@ def evaluate_volumes(model: torch.nn.Module, cases: Iterable[VolumeCase],
         setter = CachedSlices(seg, cache, case, axis)
         for protocol in protocols:
             scores: dict[str, dict[str, float]] = {"dice": {}, "nsd": {}, "hd95": {}}
-            for name, kw in outputs.items():
+            for name, kw in decodes.items():
                 pred = segment_case(seg, setter, gt, protocol, axis, config,
                                     case_seed(protocol.seed, case), **kw)
                 (row,) = case_metrics(pred.astype(np.uint8), gt.astype(np.uint8),

@@ -24,8 +24,9 @@ from segmote.modeling.segmote import SegMoTE
 from segmote.overlay import check_png, save_overlay
 from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_label_value,
                                      check_objects, check_text)
+from segmote.predict.propagation import drop_thin_components, propagate_objects
 from segmote.predict.segmenter import Segmenter
-from segmote.predict.volume import (Progress, auto_image, auto_volume, guess_modality,
+from segmote.predict.volume import (Progress, _decode, auto_image, auto_volume, guess_modality,
                                     segment_image, segment_volume)
 from segmote.routing import routing_table, save_attention_png
 from segmote.slicing import volume_slice
@@ -51,6 +52,11 @@ class PredictOptions:
         those trained on the image's modality when the adapter records it) into one label
         map, value i = i-th class; every slice of a volume. threshold: confidence needed to
         keep a class's mask (default: the adapter's calibrated one).
+    every_slice, propagate, key_slice (volumes, `segmote.predict.propagation`): a 3-D box with
+        k0 < k1 is followed from its middle slice (or `key_slice`) inside its slices, unless
+        `every_slice` (each slice of the range prompted with the box); a one-slice prompt is
+        followed until the object ends when `propagate`, else only its slice is segmented.
+    min_slices: prompt-free volumes keep only 3-D components on at least this many slices.
     """
 
     backbone: str = "litemedsam"
@@ -68,6 +74,10 @@ class PredictOptions:
     auto: bool = False
     classes: Sequence[str] | None = None
     threshold: float | None = None
+    every_slice: bool = False
+    propagate: bool = False
+    key_slice: int | None = None
+    min_slices: int = 2
 
 
 @dataclass
@@ -89,6 +99,8 @@ class PredictResult:
     # automatic mode: the adapter has a class presence head (it drops classes the image cannot
     # hold, `segmote.modeling.presence`)
     auto_presence: bool = False
+    # propagated volumes: per object, slice -> the model's predicted IoU of that slice's mask
+    slice_scores: list[dict[int, float]] = field(default_factory=list)
 
 
 def _tqdm(desc: str) -> Progress:
@@ -116,6 +128,7 @@ def predict_file(input_path: str | Path, output: str | Path,
                              "(or {auto})")
     if opts.classes is not None and not opts.auto:
         raise ParameterError("classes", "{classes} goes with {auto}")
+    _check_volume_options(data, opts)
     if opts.text is not None and not prompted:
         value = numbers.labels[0] if numbers is not None and numbers.labels else None
         return _predict_auto(data, out_path, [opts.text], opts, value)
@@ -174,7 +187,16 @@ def _predict_prompted(data: ImageData, out_path: Path, objects: list[ObjectPromp
 
     rec = record if opts.routing or opts.attention is not None else None
     kw = dict(record=rec, text=opts.text, attention=opts.attention is not None)
-    if data.is_volume:
+    scores: list[dict[int, float]] = []
+    if data.is_volume and _propagated(objects, opts):
+        label, scores = propagate_objects(
+            seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
+            key_slice=opts.key_slice, follow=opts.propagate, record=rec,
+            **_decode(opts.text, opts.attention is not None))
+        # propagation visits the key slice first: the table goes by object, then slice
+        order = {obj.label: n for n, obj in enumerate(objects)}
+        rows.sort(key=lambda r: (order[r["label"]], r["slice"]))
+    elif data.is_volume:
         label = segment_volume(seg, data, objects, opts.axis, modality, opts.window,
                                _tqdm("slices") if opts.progress else None, **kw)
     else:
@@ -190,7 +212,30 @@ def _predict_prompted(data: ImageData, out_path: Path, objects: list[ObjectPromp
                                       shown["geometry"])
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
-    return PredictResult(written, label, summary, rows, att_path)
+    if scores:
+        summary += f", slices per object {[len(s) for s in scores]}"
+    return PredictResult(written, label, summary, rows, att_path, slice_scores=scores)
+
+
+def _check_volume_options(data: ImageData, opts: PredictOptions) -> None:
+    if (opts.propagate or opts.key_slice is not None) and not data.is_volume:
+        param = "propagate" if opts.propagate else "key_slice"
+        raise ParameterError(param, f"{data.path}: {{{param}}} follows an object through a "
+                             "volume; this image is 2-D")
+    if opts.every_slice and (opts.propagate or opts.key_slice is not None):
+        raise ParameterError("every_slice", "{every_slice} prompts every slice: drop "
+                             "{propagate} / {key_slice}")
+    if opts.min_slices < 1:
+        raise ParameterError("min_slices", f"{{min_slices}} {opts.min_slices}: must be at "
+                             "least 1")
+
+
+def _propagated(objects: list[ObjectPrompt], opts: PredictOptions) -> bool:
+    """Follow the objects from a key slice? (A 3-D box with k0 < k1 is, by default.)"""
+    if opts.every_slice:
+        return False
+    return opts.propagate or opts.key_slice is not None or any(
+        o.box is not None and o.box[opts.axis] < o.box[opts.axis + 3] for o in objects)
 
 
 def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None,
@@ -210,9 +255,12 @@ def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None
     names = list(classes) if classes else by_modality or seg.vocabulary
     progress = _tqdm("slices") if opts.progress else None
     if data.is_volume:
-        label, names, kept = auto_volume(seg, data, names, opts.axis, modality, opts.window,
-                                         opts.threshold, progress)
-        found = {n: f"{k} slices" for n, k in kept.items() if k}
+        label, names, _ = auto_volume(seg, data, names, opts.axis, modality, opts.window,
+                                      opts.threshold, progress)
+        label = drop_thin_components(label, opts.axis, opts.min_slices)
+        other = tuple(a for a in range(3) if a != opts.axis)
+        on_slices = [int((label == i + 1).any(axis=other).sum()) for i in range(len(names))]
+        found = {n: f"{k} slices" for n, k in zip(names, on_slices) if k}
     else:
         pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
         label, names = pred.label_map, pred.classes

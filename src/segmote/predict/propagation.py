@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
+from segmote.slicing import in_plane_axes, set_volume_slice, volume_slice
 
 # Puts slice k's features into the Segmenter (`Segmenter.set_image` or `set_features`).
 SliceSetter = Callable[[int], None]
@@ -98,23 +99,18 @@ def mask_box(mask: np.ndarray, margin: int,
     return float(x0), float(y0), float(x1), float(y1)
 
 
-def _write(out: np.ndarray, k: int, axis: int, mask2d: np.ndarray) -> None:
-    # slice images are `volume_slice(vol, k, axis)` = the plane transposed
-    index: list[Any] = [slice(None)] * 3
-    index[axis] = k
-    out[tuple(index)] = mask2d.T
-
-
 def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slice: int,
               first_prompt: dict[str, Any], *, axis: int = 2,
               k_range: tuple[int, int] | None = None, bound: Sequence[float] | None = None,
               config: PropagationConfig = DEFAULT_CONFIG,
+              record: Callable[[int, Any], None] | None = None,
               **decode_kwargs: Any) -> Propagation:
     """Segment slice `key_slice` from `first_prompt` (`Segmenter.predict` keywords: box, points,
     labels), then follow the mask outward within `k_range` (inclusive; default: the volume).
 
     seg: a `segmote.predict.Segmenter`. set_slice: puts slice k's features into it.
     shape: the volume's (X, Y, Z). bound: the user's in-plane box, which later boxes stay in.
+    record: called with (slice, `Prediction`) for every slice kept (routing, attention).
     decode_kwargs: passed to every `predict` (e.g. output="base" for SegMoTE's base mask).
     """
     lo, hi = k_range if k_range is not None else (0, shape[axis] - 1)
@@ -126,8 +122,10 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     first = seg.predict(**first_prompt, **decode_kwargs)
     if int(first.mask.sum()) < config.min_area:
         return result  # nothing found on the key slice: nothing to follow
-    _write(out, key_slice, axis, first.mask)
+    set_volume_slice(out, key_slice, axis, first.mask)
     result.scores[key_slice] = float(first.score)
+    if record is not None:
+        record(key_slice, first)
     for step in (-1, 1):
         prev, k = first, key_slice + step
         while lo <= k <= hi:
@@ -138,8 +136,10 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
             pred = seg.predict(**kw, **decode_kwargs)
             if config.ends(pred.mask, prev.mask):
                 break
-            _write(out, k, axis, pred.mask)
+            set_volume_slice(out, k, axis, pred.mask)
             result.scores[k] = float(pred.score)
+            if record is not None:
+                record(k, pred)
             prev, k = pred, k + step
     result.slices = sorted(result.scores)
     return result
@@ -148,8 +148,6 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
 def volume_setter(seg: Any, volume: np.ndarray, axis: int = 2, modality: str | None = None,
                   window: str | None = None) -> SliceSetter:
     """A `SliceSetter` that encodes slice k of `volume` (X, Y, Z) with `seg.set_image`."""
-    from segmote.slicing import volume_slice
-
     def set_slice(k: int) -> None:
         seg.set_image(volume_slice(volume, k, axis), modality=modality, window=window)
 
@@ -185,3 +183,81 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
     setter = volume_setter(seg, volume, axis, modality, window)
     return propagate(seg, setter, volume.shape, key_slice, prompt, axis=axis, k_range=k_range,
                      bound=prompt.get("box"))
+
+
+def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
+                 follow: bool) -> tuple[int, dict[str, Any], tuple[int, int], Any]:
+    """(key slice, first prompt in 2-D slice pixels, k-range, bound) of one `ObjectPrompt`."""
+    a, b = in_plane_axes(axis)
+    box, k_range, bound = obj.box, (0, depth - 1), None
+    ks = {int(round(p[axis])) for p in obj.points}
+    if box is not None:
+        k0, k1 = int(round(box[axis])), int(round(box[axis + 3]))
+        bound = (box[a], box[b], box[a + 3], box[b + 3])
+        if k0 < k1:
+            k_range = (k0, k1)
+            # points beside the box mark the key slice (all on one slice, checked below)
+            key = key_slice if key_slice is not None else min(ks) if ks else (k0 + k1) // 2
+            if not k0 <= key <= k1:
+                raise ParameterError("key_slice", f"key slice {key} ({{key_slice}}, or the "
+                                     f"points' slice) lies outside the box's slices {k0}..{k1}")
+        else:
+            key = k0
+        ks.add(key)
+    else:
+        key = next(iter(ks))
+    if len(ks) > 1:
+        raise ParameterError("every_slice", "propagation takes points on one slice (the key "
+                             "slice); prompt every slice instead with {every_slice}")
+    if k_range == (0, depth - 1) and not follow and (box is None or k0 == k1):
+        k_range = (key, key)  # a one-slice prompt segments only its slice
+    prompt: dict[str, Any] = {"box": bound} if bound is not None else {}
+    if obj.points:
+        prompt["points"] = [(p[a], p[b]) for p in obj.points]
+        prompt["labels"] = list(obj.point_labels)
+    return key, prompt, k_range, bound
+
+
+def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis: int = 2,
+                      modality: str | None = None, window: str | None = None,
+                      key_slice: int | None = None, follow: bool = False,
+                      record: Callable[[int, int, Any], None] | None = None,
+                      **decode_kwargs: Any) -> tuple[np.ndarray, list[dict[int, float]]]:
+    """Several `ObjectPrompt`s of one volume, each propagated -> (label map of the volume's
+    shape, per object {slice: predicted IoU}).
+
+    An object with a 3-D box whose k0 < k1 is followed inside the box's slices from
+    `key_slice` (default: the slice of its points, else the middle one); a one-slice prompt (a box with k0 == k1, or points
+    on one slice) is followed through the whole volume when `follow`, else it segments only
+    its slice. Where objects overlap, the earlier one keeps the voxel. record: called with
+    (object number, slice, `Prediction`) for every slice kept; decode_kwargs go to `predict`.
+    """
+    from segmote.predict.prompts import label_dtype
+
+    out = np.zeros(volume.shape, label_dtype(objects))
+    setter = volume_setter(seg, volume, axis, modality, window)
+    scores = []
+    for n, obj in enumerate(objects):
+        key, prompt, k_range, bound = _object_plan(obj, axis, volume.shape[axis], key_slice,
+                                                   follow)
+        rec = None if record is None else lambda k, pred, n=n: record(n, k, pred)
+        result = propagate(seg, setter, volume.shape, key, prompt, axis=axis, k_range=k_range,
+                           bound=bound, record=rec, **decode_kwargs)
+        out[result.mask & (out == 0)] = obj.label
+        scores.append(result.scores)
+    return out, scores
+
+
+def drop_thin_components(label: np.ndarray, axis: int = 2, min_slices: int = 2) -> np.ndarray:
+    """Keep each label's 3-D connected components (26-connected) that span at least
+    `min_slices` slices along `axis`; a class found on a single slice is most often a false
+    positive of prompt-free segmentation. (X, Y, Z) label map -> a new one."""
+    from scipy import ndimage
+
+    out = label.copy()
+    for value in np.unique(label[label > 0]):
+        comps, n = ndimage.label(label == value, structure=np.ones((3, 3, 3), bool))
+        for i, box in enumerate(ndimage.find_objects(comps), start=1):
+            if box[axis].stop - box[axis].start < min_slices:
+                out[box][comps[box] == i] = 0
+    return out
