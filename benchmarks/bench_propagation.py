@@ -4,7 +4,7 @@ time of a typical tumour case.
 
     python benchmarks/bench_propagation.py choose    # validation grid -> propagation_choice.json
     python benchmarks/bench_propagation.py report    # evaluate-model, 3-D -> propagation.json
-    python benchmarks/bench_propagation.py time      # lung CT, 30-slice box -> propagation_time.json
+    python benchmarks/bench_propagation.py time      # lung CT, 30-slice box: propagation_time.json
     python benchmarks/bench_propagation.py           # all three
 
 Validation (the choice) and report objects are disjoint: right-hemisphere AAL structures and two

@@ -274,8 +274,8 @@ def summarize_results(results: list[PromptResult]) -> dict[str, Any]:
     with n.
 
     Returns {prompt: {output: {"mean": mean over datasets of the class-mean Dice,
-    "datasets": {dataset: {"dice": class-mean, "n": samples, "classes": {class: {"dice", "n"}}}}}}};
-    3-D protocols add "nsd" and "hd95" (and "mean_nsd", "mean_hd95") beside every "dice".
+    "datasets": {dataset: {"dice": class-mean, "n": samples,
+    "classes": {class: {"dice", "n"}}}}}}}; 3-D protocols add "nsd" and "hd95" (and "mean_nsd", "mean_hd95") beside every "dice".
     """
     acc: dict[tuple[str, str, str, str], dict[str, list[float]]] = {}
     for r in results:
