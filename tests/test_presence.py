@@ -235,7 +235,7 @@ def test_presence_training_end_to_end(lung_dataset, tmp_path, capsys):  # noqa: 
     assert main(["presence", str(run), "--negatives", "dataset-absent", "-o",
                  str(run / "none.safetensors")]) == 1  # as every segmote command
     err = capsys.readouterr().err  # the cache's progress bar, then one line
-    assert err.count("error") == 1 and err.splitlines()[-1].startswith("error: ")
+    assert err.count("error") == 1 and err.splitlines()[-1].startswith("segmote presence: error: ")
     assert "no absent-class query" in err
     assert not (run / "none.safetensors").exists()
 

@@ -52,8 +52,9 @@ def test_resume_after_kill_matches_a_straight_run(lung_dataset, cache_dir, tmp_p
 
     with pytest.raises(Killed):
         fit(cfg, [lung_dataset], tmp_path / "resumed", progress=False, on_step=kill)
-    with pytest.raises(segmote.errors.InputError, match="--resume"):
+    with pytest.raises(segmote.errors.ParameterError, match="pass resume") as err:
         fit(cfg, [lung_dataset], tmp_path / "resumed", progress=False)
+    assert "pass --resume" in err.value.render({"resume": "--resume"})  # as the CLI says it
     resumed = fit(cfg, [lung_dataset], tmp_path / "resumed", resume=True, progress=False)
     assert resumed.global_step == steps and resumed.epochs_done == 2
     a = load_file(straight.latest_adapter)
@@ -169,7 +170,8 @@ def test_given_split_balance_and_samples_per_epoch(lung_dataset, cache_dir, tmp_
     assert metrics[0]["step"] == 3  # 6 samples / batch 2
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["balance"] == "dataset_class" and resolved["split"] == str(split)
+    # --balance is the older name of --sampling-balance; the run records the new key
+    assert resolved["sampling_balance"] == "dataset_class" and resolved["split"] == str(split)
     capsys.readouterr()
 
     split.write_text(json.dumps({lung_dataset.name: {"train": ["lung_009"], "val": []}}))

@@ -7,6 +7,9 @@ with no prompt at all.
     segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --text tumour
     segmote predict -i cells.png -o nuclei.png --text nuclei          # prompt-free, one class
     segmote predict -i t1.nii.gz -o aal.nii.gz --auto --classes Hippocampus_L,Hippocampus_R
+    segmote predict -i series/ -o seg.dcm --box 83,93,0,173,162,14 --label-name 1=tumour
+    segmote predict -i imagesTs/ -o predsTs/ --prompts prompts.json     # a folder of cases
+    torchrun --nproc_per_node 4 -m segmote.cli.main predict -i in/ -o out/ --auto -d cuda
 """
 
 from __future__ import annotations
@@ -15,19 +18,33 @@ import argparse
 import sys
 import time
 
-from segmote.predict.prompts import PromptNumbers, parse_class_names, parse_numbers
+from segmote.errors import InputError
+from segmote.predict.prompts import (PromptNumbers, parse_class_names, parse_label_names,
+                                     parse_numbers)
 
 # library parameter -> the flag that sets it, where they differ (`segmote.cli.main.flag_names`)
-FLAGS = {"boxes": "--box", "points": "--point", "labels": "--label"}
+FLAGS = {"boxes": "--box", "points": "--point", "labels": "--label",
+         "label_names": "--label-name"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment an image or volume from prompts",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True,
-                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series folder")
+                   help="PNG/JPG/TIFF, .npy/.npz, NIfTI, NRRD, MHA/MHD, DICOM file or series "
+                        "folder; or a folder of cases (CASE_0000.nii.gz, ..., DICOM series "
+                        "subfolders), predicted into -o as CASE.nii.gz, ...")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (format from its extension) or folder")
+                   help="output file (format from its extension: .dcm writes a DICOM "
+                        "Segmentation of a DICOM input, .seg.nrrd a Slicer segmentation) "
+                        "or folder")
+    p.add_argument("--prompts", metavar="JSON",
+                   help='prompts per case for a folder of cases: {"CASE": {"boxes": [[...]], '
+                        '"points": [[...]], "text": [...], "labels": [...]}}; cases without '
+                        "an entry need --auto")
+    p.add_argument("--output-ending", metavar="EXT",
+                   help="for a folder of cases: the label maps' ending, e.g. .dcm (DICOM-SEG of "
+                        "DICOM cases) or .seg.nrrd (default: the input's family, like nnU-Net)")
     p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--adapter", default="default",
@@ -48,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is known), or --classes, into one label map, value i = i-th class; "
                         "every slice of a volume")
     p.add_argument("--classes", help="comma-separated class names for --auto")
+    p.add_argument("--label-name", action="append", default=[], metavar="VALUE=NAME",
+                   help="name of an output label, e.g. 1=tumour (repeatable); default: the "
+                        "class names of --text / --auto. Written as DICOM-SEG segment names, "
+                        "in a .seg.nrrd, and in an ITK-SNAP file CASE_labels.txt beside "
+                        "NIfTI / NRRD outputs")
     p.add_argument("--threshold", type=float,
                    help="confidence needed to keep an automatic mask (default: the adapter's "
                         "calibrated threshold)")
@@ -91,13 +113,20 @@ def options(args: argparse.Namespace):
         attention=args.attention, text=args.text, auto=args.auto,
         classes=parse_class_names(args.classes), threshold=args.threshold,
         every_slice=args.every_slice, propagate=args.propagate, key_slice=args.key_slice,
-        min_slices=args.min_slices)
+        min_slices=args.min_slices, label_names=parse_label_names(args.label_name))
 
 
 def run(args: argparse.Namespace) -> int:
+    from segmote.predict.cases import is_case_folder
     from segmote.predict.pipeline import predict_file
     t0 = time.perf_counter()
     prompts, opts = options(args)
+    if is_case_folder(args.input):
+        from segmote.cli.predict_folder import run_folder
+        return run_folder(args, opts)
+    for flag, value in (("--prompts", args.prompts), ("--output-ending", args.output_ending)):
+        if value is not None:
+            raise InputError(f"{flag} goes with a folder of cases; {args.input} is one image")
     result = predict_file(args.input, args.output, prompts, opts)
     if args.auto and args.classes is None and result.auto_modality is None \
             and not result.auto_presence:

@@ -10,6 +10,8 @@ and :mod:`segmote.io.writers`.
 
 from segmote.io.image import ImageData
 from segmote.io.readers import read_image
-from segmote.io.writers import output_path_for, write_label
+from segmote.io.labels import LabelInfo
+from segmote.io.writers import label_names_path, output_path_for, write_label
 
-__all__ = ["ImageData", "read_image", "write_label", "output_path_for"]
+__all__ = ["ImageData", "LabelInfo", "read_image", "write_label", "output_path_for",
+           "label_names_path"]

@@ -11,7 +11,7 @@ succeeded. The way of a request: read the image (`segmote.io`), check the prompt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from segmote.build import load_model, resolve_device
 from segmote.errors import ParameterError
-from segmote.io import ImageData, output_path_for, read_image, write_label
+from segmote.io import ImageData, LabelInfo, output_path_for, read_image, write_label
 from segmote.modeling.segmote import SegMoTE
 from segmote.overlay import check_png, save_overlay
 from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_label_value,
@@ -57,6 +57,9 @@ class PredictOptions:
         `every_slice` (each slice of the range prompted with the box); a one-slice prompt is
         followed until the object ends when `propagate`, else only its slice is segmented.
     min_slices: prompt-free volumes keep only 3-D components on at least this many slices.
+    label_names: label value -> name, over the class names of `text` / `auto`; written as
+        DICOM-SEG segment names, in a Slicer .seg.nrrd, and in an ITK-SNAP label file beside
+        NIfTI / NRRD maps (`segmote.io.LabelInfo`).
     """
 
     backbone: str = "litemedsam"
@@ -78,6 +81,7 @@ class PredictOptions:
     propagate: bool = False
     key_slice: int | None = None
     min_slices: int = 2
+    label_names: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +122,7 @@ def predict_file(input_path: str | Path, output: str | Path,
         image is known; none for prompt-free modes (options.text alone or options.auto).
     """
     opts = options or PredictOptions()
+    LabelInfo(opts.label_names)  # check the names before any work
     data = read_image(input_path)
     out_path = output_path_for(data, output)
     numbers = objects if isinstance(objects, PromptNumbers) else None
@@ -201,7 +206,9 @@ def _predict_prompted(data: ImageData, out_path: Path, objects: list[ObjectPromp
                                _tqdm("slices") if opts.progress else None, **kw)
     else:
         label = segment_image(seg, data, objects, modality, opts.window, **kw)
-    written = write_label(label, data, out_path)
+    names = {obj.label: opts.text for obj in objects} if opts.text is not None else {}
+    info = LabelInfo({**names, **opts.label_names})
+    written = write_label(label, data, out_path, info)
     image = volume_slice(data.array, k_show, opts.axis) if data.is_volume else data.array
     if opts.overlay is not None:
         shown_label = volume_slice(label, k_show, opts.axis) if data.is_volume else label
@@ -269,7 +276,8 @@ def _predict_auto(data: ImageData, out_path: Path, classes: Sequence[str] | None
     if value is not None:  # one class asked by text: write it with the label value asked
         label = np.where(label > 0, value, 0).astype(np.uint8 if value < 256 else np.uint16)
         mapping = {value: names[0]}
-    written = write_label(label, data, out_path)
+    info = LabelInfo({**mapping, **opts.label_names}, automatic=True)
+    written = write_label(label, data, out_path, info)
     if opts.overlay is not None and data.is_volume:  # the middle slice
         k = data.array.shape[opts.axis] // 2
         save_overlay(volume_slice(data.array, k, opts.axis), volume_slice(label, k, opts.axis),

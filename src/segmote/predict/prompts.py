@@ -128,6 +128,18 @@ def parse_class_names(text: str | None, param: str = "classes") -> list[str] | N
     return names
 
 
+def parse_label_names(texts: Sequence[str], param: str = "label_names") -> dict[int, str]:
+    """['1=tumour', '2=left kidney'] -> {1: 'tumour', 2: 'left kidney'}."""
+    names = {}
+    for text in texts:
+        value, sep, name = text.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise ParameterError(param, f"{{{param}}} {text!r}: expected VALUE=NAME, e.g. "
+                                 "1=tumour")
+        names[int(value)] = name.strip()
+    return names
+
+
 def check_label_value(value: int, param: str = "label") -> None:
     """A label-map value must fit uint16 and differ from the background 0."""
     if not 0 < value <= MAX_LABEL:
