@@ -13,6 +13,7 @@ import zipfile
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from serve_common import BOX_2D, CT, K, NUCLEI, cli_label, client, read_label, upload
@@ -250,6 +251,13 @@ def test_root_confinement_and_dicom_zip(model, tmp_path):
         assert opened.status_code == 200 and opened.json()["shape"] == [256, 256, 15]
         series = c.post("/api/images/open", json={"path": "series"}).json()
         assert series["shape"] == [128, 128, 3] and series["modality"] == "CT"
+        url = f"/api/images/{series['id']}"
+        r = c.post(f"{url}/segment", json={"slice": 1, "box": [30, 30, 90, 90], "name": "lesion"})
+        assert r.status_code == 200 and r.json()["found"], r.text
+        seg = c.get(f"{url}/labels.dcm")  # DICOM-SEG for a DICOM series, segments named
+        assert seg.status_code == 200 and c.get(f"{url}/labels.png").status_code == 404
+        ds = pydicom.dcmread(io.BytesIO(seg.content))
+        assert ds.Modality == "SEG" and ds.SegmentSequence[0].SegmentLabel == "lesion"
         packed = io.BytesIO()
         with zipfile.ZipFile(packed, "w") as z:
             for f in sorted((root / "series").iterdir()):

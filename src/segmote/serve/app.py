@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 import segmote
 from segmote.errors import SegmoteError
-from segmote.io import write_label
+from segmote.io import LabelInfo, write_label
 from segmote.serve.config import ServeConfig
 from segmote.serve.engine import Engine, SegmentRequest
 from segmote.serve.errors import ApiError, not_found
@@ -251,6 +251,10 @@ def _label_routes(app: FastAPI, store: SessionStore) -> None:
     def labels_png(sid: str) -> Response:
         return _download(store.get(sid), ".png", "image/png")
 
+    @app.get("/api/images/{sid}/labels.dcm")
+    def labels_dicom_seg(sid: str) -> Response:
+        return _download(store.get(sid), ".dcm", "application/dicom")
+
     @app.post("/api/images/{sid}/undo")
     def undo(sid: str) -> dict:
         session = store.get(sid)
@@ -278,17 +282,23 @@ def _label_routes(app: FastAPI, store: SessionStore) -> None:
 
 
 def _download(session: ImageSession, ending: str, media: str) -> Response:
-    """The whole label map in the input's geometry, written by the product's writer."""
-    if session.is_volume != (ending == ".nii.gz"):
-        raise not_found(f"labels{ending} (this image is {'3-D' if session.is_volume else '2-D'}"
-                        f"; ask for labels{'.nii.gz' if session.is_volume else '.png'})")
+    """The whole label map in the input's geometry, written by the product's writer: NIfTI for
+    a volume, PNG for a 2-D image, DICOM-SEG (segments named after the objects) for a DICOM
+    volume."""
+    endings = (".nii.gz", ".dcm") if session.data.format == "dicom" and session.is_volume \
+        else (".nii.gz",) if session.is_volume else (".png",)
+    if ending not in endings:
+        raise not_found(f"labels{ending} (for this image: "
+                        f"{' or '.join('labels' + e for e in endings)})")
     with session.lock:
         labels = session.labels.copy()
+        info = LabelInfo({o.label: o.name for o in session.objects.values()})
     if labels.max(initial=0) < 256:
         labels = labels.astype(np.uint8)
     stem = Path(session.name).name.split(".")[0] or "image"
     with tempfile.TemporaryDirectory(prefix="segmote-labels-") as tmp:
-        path = write_label(labels, session.data, Path(tmp) / f"{stem}_seg{ending}")
+        path = write_label(labels, session.data, Path(tmp) / f"{stem}_seg{ending}",
+                           info if ending == ".dcm" else None)
         data = path.read_bytes()
     return Response(data, media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="{path.name}"'})

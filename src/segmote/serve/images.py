@@ -25,6 +25,7 @@ def image_info(session: ImageSession, classes: list[str]) -> dict:
     return {"id": session.id, "name": session.name, "shape": list(data.shape),
             "spacing": [float(s) for s in data.spacing], "modality": session.modality,
             "window": session.window, "classes": classes, "is_volume": data.is_volume,
+            "format": data.format,
             "channels": 1 if data.is_volume or data.array.ndim == 2 else data.array.shape[2],
             "intensity": intensity_stats(data.array)}
 

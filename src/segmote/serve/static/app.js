@@ -30,6 +30,7 @@ async function opened(info) {
   $("auto-volume").disabled = !info.is_volume;
   $("download").disabled = false;
   $("download").textContent = info.is_volume ? "Download NIfTI" : "Download PNG";
+  $("download-seg").hidden = !(info.is_volume && info.format === "dicom");
   $("preset").value = info.channels > 1 ? "full" : info.modality === "CT" ? "lung" : "auto";
   fillClasses(info.classes);
   await setAxis(2, info.is_volume ? Math.floor(info.shape[2] / 2) : 0);

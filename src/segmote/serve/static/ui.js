@@ -124,6 +124,7 @@
     $("error-close").onclick = () => { $("error").hidden = true; };
     $("download").onclick = guard(() => S.info.is_volume ? download(`${A.base()}/labels.nii.gz`, "labels.nii.gz")
       : download(`${A.base()}/labels.png`, "labels.png"));
+    $("download-seg").onclick = guard(() => download(`${A.base()}/labels.dcm`, "labels.dcm"));
     window.addEventListener("resize", () => V.draw());
   }
 
