@@ -13,6 +13,7 @@ SLOW_MODULES = {
     "test_presence", "test_prompted", "test_samples", "test_curation", "test_stages",
     "test_cli_folder", "test_reliability_nan", "test_reliability_predict",
     "test_engine", "test_export", "test_model_files",
+    "test_serve_api", "test_serve_browser",
 }
 
 
