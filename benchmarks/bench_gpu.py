@@ -127,7 +127,7 @@ def cli_volume(device: torch.device, size: dict) -> list[dict]:
             if not src.is_file():
                 make_volume(src, z)
             box = [] if "--auto" in flags else \
-                ["--box", f"150,180,0,350,330,{(covered or z) - 1}"]
+                ["--box", f"150,180,0,350,330,{(covered or z) - 1}", "--every-slice"]
             argv = ["predict", "-i", str(src), "-o", str(Path(tmp) / "seg.nii.gz"), *box,
                     "--modality", "CT", "--device", device.type, "-q", *flags]
             res = _child(["--child-cli", json.dumps(argv)])

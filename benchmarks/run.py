@@ -20,6 +20,7 @@ from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
 from report_gpu import section_gpu  # noqa: E402
 from report_engine import section_engine  # noqa: E402
+from report_propagation import section_choice, section_propagation, section_timing  # noqa: E402
 from report_reliability import section_train_memory  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -29,8 +30,9 @@ SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py
            "curation": "bench_curation.py planted speed subset --epochs 1 --refine 0",
            "curation_mixed": "bench_curation_mixed.py",
            "curation_noisy": "bench_curation_noisy.py", "auto": "bench_auto.py",
-           "train_memory": "bench_train_memory.py", "gpu": "bench_gpu.py",
-           "engine": "bench_engine.py all"}
+           "propagation": "bench_propagation.py", "train_memory": "bench_train_memory.py",
+           "engine": "bench_engine.py all", "serve": "bench_serve.py",
+           "gpu": "bench_gpu.py"}
 
 
 def section_faithfulness(r: dict) -> list[str]:
@@ -182,11 +184,34 @@ def section_default_adapter(r: dict) -> list[str]:
     return out + ["", "![routing](default_adapter_routing.png)", ""]
 
 
+def section_serve(r: dict) -> list[str]:
+    out = ["## `segmote serve`: prompt to overlay through the HTTP API (issue 24)", "",
+           "`benchmarks/bench_serve.py`: a real uvicorn server, the bundled CT, slice 7 already "
+           "encoded; one prompt = `POST /segment` (a box jittered by up to 3 px) + the `GET "
+           "/labels` that redraws the overlay. Baseline: `Segmenter.predict` with the same box, "
+           f"timed right before each request. Machine: {machine_line(r.get('machine'))}; "
+           "load average during the run in the table (the machine is shared: a load above 2 "
+           "on 2 cores slows every number alike).", "",
+           "| model | n | median | p90 | Segmenter.predict (median) | server adds | encoder | "
+           "load | target |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        name = "base LiteMedSAM" if x["adapter"] == "none" else f"adapter {x['adapter']}"
+        out.append(f"| {name} | {x['n']} | {x['median_ms']:.0f} ms | {x['p90_ms']:.0f} ms | "
+                   f"{x['predict_median_ms']:.0f} ms | "
+                   f"{x['median_ms'] - x['predict_median_ms']:+.0f} ms | "
+                   f"{x['encoder_ms']:.0f} ms | {x['load_average']:.1f} | "
+                   f"<= {r['target_ms']} ms |")
+    return out + [""]
+
+
 SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "mote_decoder": section_mote, "train_step": section_train,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
             "curation": section_curation, "auto": section_auto,
-            "train_memory": section_train_memory, "gpu": section_gpu, "engine": section_engine}
+            "propagation": section_propagation, "propagation_choice": section_choice,
+            "propagation_time": section_timing, "train_memory": section_train_memory,
+            "engine": section_engine, "serve": section_serve,
+            "gpu": section_gpu}
 
 
 def write_report() -> Path:

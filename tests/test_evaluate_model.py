@@ -43,7 +43,7 @@ def test_base_vs_fresh_adapter_table_and_files(mr_split, tmp_path, capsys):
     assert len(info["backbone_sha256"]) == 64 and info["segmote_version"]
     assert [p["prompt"] for p in info["protocols"]] == ["box", "point"]
     rows = (tmp_path / "r1.csv").read_text().splitlines()
-    assert rows[0] == "model,prompt,dataset,case,slice,class,dice"
+    assert rows[0] == "model,prompt,dataset,case,slice,class,dice,nsd,hd95"  # nsd, hd95: 3-D
     assert len(rows) == 1 + 2 * 2 * 3  # models x prompts x samples
 
     # same inputs and seed -> identical numbers

@@ -72,7 +72,7 @@ def test_cli_batch_size_and_precision(slab, tmp_path, capsys) -> None:
 
     src = tmp_path / "slab.nii.gz"
     nib.save(nib.Nifti1Image(slab.array, slab.meta["affine"]), src)
-    box = ["--box", "83,93,0,173,162,2", "--modality", "CT", "-q"]
+    box = ["--box", "83,93,0,173,162,2", "--every-slice", "--modality", "CT", "-q"]
     outs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"{precision}.nii.gz"

@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", nargs="+", default=["box"], metavar="PROTOCOL",
                    help="box, box_jitter, point, clicks, box_text (box + class name), text "
                         "(class name alone, prompt-free), auto (text with the calibrated "
-                        "confidence threshold); text protocols need a text + PPT adapter")
+                        "confidence threshold); text protocols need a text + PPT adapter; "
+                        "3-D (whole objects of volumes, 3-D Dice / NSD / HD95): box3d (jittered "
+                        "3-D box, followed from its middle slice), box3d_every_slice (every "
+                        "slice gets the box), key_box / key_point (a box / one click on the "
+                        "slice with the most foreground, followed until the object ends)")
     p.add_argument("--split", metavar="JSON", help="split file (e.g. a training run's "
                    "split.json); default: the split `segmote train` draws")
     p.add_argument("--part", choices=("val", "train", "all"), default="val",
@@ -44,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=("auto", "torch", "onnxruntime", "openvino"),
                    help="what runs the image encoder (default auto: the fastest installed; "
                         "docs/engine.md)")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="evaluate only these classes (names as in dataset.json)")
+    p.add_argument("--nsd-mm", type=float, default=2.0,
+                   help="NSD tolerance in mm of the 3-D protocols (default 2)")
     p.add_argument("-o", "--out", metavar="PREFIX",
                    help="write PREFIX.json (summary + metadata) and PREFIX.csv (per sample)")
     p.set_defaults(func=run, flags={"models": "--model", "prompts": "--prompt"})
@@ -64,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, split_seed=args.split_seed, seed=args.seed,
         clicks=args.clicks, jitter=args.jitter, axis=args.axis,
         min_foreground=args.min_foreground, backbone=args.backbone,
-        checkpoint=args.checkpoint, cache_dir=args.cache_dir, engine=args.engine)
+        checkpoint=args.checkpoint, cache_dir=args.cache_dir, classes=args.classes,
+        nsd_mm=args.nsd_mm, engine=args.engine)
     print(result.format_table())
     if args.out:
         json_path, csv_path = write_outputs(result, args.out)

@@ -18,7 +18,7 @@ from segmote.errors import ParameterError, SegmoteError
 
 # Sub-command modules, in the order they appear in `segmote --help`.
 COMMANDS = ("predict", "samples", "info", "evaluate", "evaluate_model", "train", "curate",
-            "presence", "recalibrate", "export")
+            "presence", "recalibrate", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

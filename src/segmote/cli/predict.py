@@ -2,6 +2,7 @@
 with no prompt at all.
 
     segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --modality CT
+    segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,7,173,162,7 --propagate
     segmote predict -i cells.png -o mask.png --box 416,350,446,374 --overlay check.png
     segmote predict -i ct.nii.gz -o seg.nii.gz --box 83,93,0,173,162,14 --text tumour
     segmote predict -i cells.png -o nuclei.png --text nuclei          # prompt-free, one class
@@ -78,6 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-w", "--window", help="CT window: LEVEL,WIDTH or lung|soft_tissue|bone|brain")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
                    help="volume axis to slice along (default 2 = k)")
+    p.add_argument("--every-slice", action="store_true",
+                   help="3-D box: prompt every slice of its range with the box (default: "
+                        "segment the middle slice, then follow the object slice by slice)")
+    p.add_argument("--key-slice", type=int, metavar="K",
+                   help="3-D box: the slice to start from (default: the middle of its range)")
+    p.add_argument("--propagate", action="store_true",
+                   help="a prompt on one slice (box x0,y0,k,x1,y1,k or points x,y,k): follow "
+                        "the object through the volume until it ends (default: that slice only)")
+    p.add_argument("--min-slices", type=int, default=2, metavar="N",
+                   help="--auto / --text on a volume: drop 3-D components on fewer slices "
+                        "(default 2: a class found on a single slice is dropped)")
     p.add_argument("--overlay", help="write a PNG of the image with the mask contour")
     p.add_argument("--routing", action="store_true",
                    help="print the router's choice per prompt (chosen expert token, experts, "
@@ -116,8 +128,9 @@ def options(args: argparse.Namespace):
         device=args.device, progress=not args.quiet, routing=args.routing,
         attention=args.attention, text=args.text, auto=args.auto,
         classes=parse_class_names(args.classes), threshold=args.threshold,
-        label_names=parse_label_names(args.label_name), series=args.series,
-        engine=args.engine, threads=args.threads,
+        every_slice=args.every_slice, propagate=args.propagate, key_slice=args.key_slice,
+        min_slices=args.min_slices, label_names=parse_label_names(args.label_name),
+        series=args.series, engine=args.engine, threads=args.threads,
         precision=args.precision, batch_size=args.batch_size)
 
 

@@ -36,7 +36,7 @@ class ModelEvaluation:
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        fields = ["model", "prompt", "dataset", "case", "slice", "class", "dice"]
+        fields = ["model", "prompt", "dataset", "case", "slice", "class", "dice", "nsd", "hd95"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
@@ -93,12 +93,35 @@ def _load(name: str, backbone: str, checkpoint: str | None, engine: str = "torch
     return load_model(backbone, checkpoint, adapter=name, engine=engine)
 
 
+def _targets(datasets: list, split: dict, part: str, in_2d: list[Protocol],
+             in_3d: list[Protocol], axis: int, min_foreground: int,
+             classes: list[str] | None, data_dirs: list) -> tuple[list, list]:
+    """The slice samples of the 2-D protocols and the 3-D objects of the volume protocols."""
+    from segmote.data.datasets import slice_samples
+    from segmote.evaluation.volume_protocols import volume_cases
+
+    parts = ("train", "val") if part == "all" else (part,)
+    samples = [s for p in parts for s in slice_samples(datasets, split, part=p, axis=axis,
+                                                        min_foreground=min_foreground).samples
+               if classes is None or s.class_name in classes] if in_2d else []
+    cases = volume_cases(datasets, split, parts, classes) if in_3d else []
+    if in_2d and not samples:
+        raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
+                         f"{', '.join(map(str, data_dirs))}")
+    if in_3d and not cases:
+        raise ParameterError("prompts", f"{{prompts}} {in_3d[0].prompt} scores whole 3-D "
+                             f"objects, but {', '.join(map(str, data_dirs))} holds no 3-D "
+                             f"case ({part} part)")
+    return samples, cases
+
+
 def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: list[str],
                     split_path: str | Path | None = None, part: str = "val",
                     val_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
                     clicks: int = 3, jitter: float = 0.1, axis: int = 2,
                     min_foreground: int = 20, backbone: str = "litemedsam",
                     checkpoint: str | None = None, cache_dir: str | Path | None = None,
+                    classes: list[str] | None = None, nsd_mm: float = 2.0,
                     engine: str = "torch") -> ModelEvaluation:
     """Evaluate `models` on the `part` ("val", "train" or "all") of the datasets' split.
 
@@ -106,13 +129,16 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         `segmote train` draws from val_fraction and split_seed.
     cache_dir: the embedding cache to read and fill (default: the one `segmote curate` and
         `segmote train` share, `segmote.data.cache.default_cache_dir`).
+    classes: evaluate only these classes. nsd_mm: NSD tolerance of the 3-D protocols
+        (`segmote.evaluation.volume_protocols`).
     engine: what runs the frozen encoder (`load_model(engine=...)`).
     """
     from segmote import __version__
     from segmote.build import DEFAULT_ADAPTER, resolve_weights
     from segmote.checkpoint import sha256_file
     from segmote.data.cache import EmbeddingCache, default_cache_dir
-    from segmote.data.datasets import discover, load_split, make_split, slice_samples
+    from segmote.data.datasets import discover, load_split, make_split
+    from segmote.evaluation.volume_protocols import PROMPTS_3D, evaluate_volumes
 
     protocols = _parse_prompts(prompts, seed, clicks, jitter)
     text = [p.prompt for p in protocols if p.prompt in TEXT_PROMPTS]
@@ -120,12 +146,10 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
     datasets = discover([Path(d) for d in data_dirs])
     split = load_split(Path(split_path)) if split_path else \
         make_split(datasets, val_fraction=val_fraction, seed=split_seed)
-    parts = ("train", "val") if part == "all" else (part,)
-    samples = [s for p in parts for s in slice_samples(datasets, split, part=p, axis=axis,
-                                                        min_foreground=min_foreground).samples]
-    if not samples:
-        raise InputError(f"no {part} slice with >= {min_foreground} foreground pixels in "
-                         f"{', '.join(map(str, data_dirs))}")
+    in_3d = [p for p in protocols if p.prompt in PROMPTS_3D]
+    in_2d = [p for p in protocols if p.prompt not in PROMPTS_3D]
+    samples, cases = _targets(datasets, split, part, in_2d, in_3d, axis, min_foreground,
+                              classes, data_dirs)
     weights, expected = resolve_weights(backbone, checkpoint)
     info: dict[str, Any] = {
         "segmote_version": __version__, "backbone": backbone,
@@ -134,7 +158,7 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         "split": {d: {k: v for k, v in e.items() if k in ("train", "val", "note")}
                   for d, e in split.items()},
         "axis": axis, "min_foreground": min_foreground, "n_samples": len(samples),
-        "engine": engine,
+        "n_objects_3d": len(cases), "nsd_mm": nsd_mm, "classes": classes, "engine": engine,
         "models": {}}
     adapters = [m for m in models if m != "base"]
     results: dict[str, list] = {}
@@ -152,7 +176,8 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
                                     else sha256_file(Path(path))}
         cache = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir(), model,
                                f"{backbone}-{info['backbone_sha256'][:16]}")
-        results[name] = list(evaluate_samples(model, samples, protocols, cache=cache))
+        results[name] = list(evaluate_samples(model, samples, in_2d, cache=cache)) + \
+            list(evaluate_volumes(model, cases, in_3d, cache, axis=axis, nsd_mm=nsd_mm))
     summary: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     sources = [(m, "adapter") for m in adapters]
@@ -165,7 +190,9 @@ def evaluate_models(models: list[str], data_dirs: list[str | Path], prompts: lis
         summary[name] = {p: s[output] for p, s in summarize_results(picked).items()}
         rows += [{"model": name, "prompt": r.prompt, "dataset": r.dataset, "case": r.case_id,
                   "slice": "" if r.slice_index is None else r.slice_index,
-                  "class": r.class_name, "dice": f"{r.dice[output]:.6f}"} for r in picked]
+                  "class": r.class_name, "dice": f"{r.dice[output]:.6f}",
+                  "nsd": "" if r.nsd is None else f"{r.nsd[output]:.6f}",
+                  "hd95": "" if r.hd95 is None else f"{r.hd95[output]:.3f}"} for r in picked]
     summary = {m: summary[m] for m in models}
     return ModelEvaluation(rows, summary, info)
 

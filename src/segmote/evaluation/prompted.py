@@ -50,7 +50,8 @@ from segmote.predict.segmenter import Segmenter
 from segmote.slicing import volume_slice
 from segmote.simulated_prompts import error_clicks, interior_distance, jittered_box
 
-PROMPTS = ("box", "box_jitter", "point", "clicks", "box_text", "text", "auto")
+PROMPTS = ("box", "box_jitter", "point", "clicks", "box_text", "text", "auto", "box3d",
+           "box3d_every_slice", "key_box", "key_point")  # the last four: volume_protocols.py
 TEXT_PROMPTS = ("box_text", "text", "auto")
 
 
@@ -71,7 +72,7 @@ class Protocol:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.prompt != "box_jitter":
+        if self.prompt not in ("box_jitter", "box3d", "box3d_every_slice", "key_box"):
             d.pop("jitter")
         if self.prompt != "clicks":
             d.pop("clicks")
@@ -125,6 +126,8 @@ class PromptResult:
     dice: dict[str, float]  # output ("base", "adapter") -> Dice
     selected_token: int | None = None  # adapter only: expert token whose mask was returned
     experts: list[int] | None = None  # adapter only: the selected token's expert per block
+    nsd: dict[str, float] | None = None  # 3-D protocols: output -> NSD, and HD95 in mm
+    hd95: dict[str, float] | None = None
 
 
 def _outputs(seg: Segmenter, pred: Any) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
@@ -267,25 +270,38 @@ def evaluate_samples(model: torch.nn.Module, samples: Iterable[Any], protocols: 
 
 
 def summarize_results(results: list[PromptResult]) -> dict[str, Any]:
-    """Mean Dice per prompt, output, dataset and class, with n.
+    """Mean Dice (and, for 3-D protocols, NSD and HD95) per prompt, output, dataset and class,
+    with n.
 
     Returns {prompt: {output: {"mean": mean over datasets of the class-mean Dice,
-    "datasets": {dataset: {"dice": class-mean, "n": samples, "classes": {class: {"dice", "n"}}}}}}}.
+    "datasets": {dataset: {"dice": class-mean, "n": samples,
+    "classes": {class: {"dice", "n"}}}}}}}; 3-D protocols add "nsd" and "hd95" (and "mean_nsd", "mean_hd95") beside every "dice".
     """
-    acc: dict[tuple[str, str, str, str], list[float]] = {}
+    acc: dict[tuple[str, str, str, str], dict[str, list[float]]] = {}
     for r in results:
         for output, d in r.dice.items():
-            acc.setdefault((r.prompt, output, r.dataset, r.class_name), []).append(d)
+            entry = acc.setdefault((r.prompt, output, r.dataset, r.class_name), {})
+            entry.setdefault("dice", []).append(d)
+            for metric, values in (("nsd", r.nsd), ("hd95", r.hd95)):
+                if values is not None:
+                    entry.setdefault(metric, []).append(values[output])
     out: dict[str, Any] = {}
-    for (prompt, output, dataset, cls), values in sorted(acc.items()):
+    for (prompt, output, dataset, cls), metrics in sorted(acc.items()):
         ds = out.setdefault(prompt, {}).setdefault(output, {"datasets": {}})["datasets"]
         entry = ds.setdefault(dataset, {"classes": {}})
-        entry["classes"][cls] = {"dice": float(np.mean(values)), "n": len(values)}
+        entry["classes"][cls] = {m: float(np.mean(v)) for m, v in metrics.items()}
+        entry["classes"][cls]["n"] = len(metrics["dice"])
     for prompt in out.values():
         for output in prompt.values():
             for entry in output["datasets"].values():
-                classes = entry["classes"].values()
-                entry["dice"] = float(np.mean([c["dice"] for c in classes]))
+                classes = list(entry["classes"].values())
+                for metric in ("dice", "nsd", "hd95"):
+                    if metric in classes[0]:
+                        entry[metric] = float(np.mean([c[metric] for c in classes]))
                 entry["n"] = int(sum(c["n"] for c in classes))
-            output["mean"] = float(np.mean([e["dice"] for e in output["datasets"].values()]))
+            datasets = list(output["datasets"].values())
+            output["mean"] = float(np.mean([e["dice"] for e in datasets]))
+            for metric in ("nsd", "hd95"):
+                if metric in datasets[0]:
+                    output[f"mean_{metric}"] = float(np.mean([e[metric] for e in datasets]))
     return out

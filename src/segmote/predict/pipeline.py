@@ -35,8 +35,10 @@ from segmote.precision import autocast, check_precision, default_precision
 from segmote.predict.batched import auto_volume_batched, segment_volume_batched
 from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_known_classes,
                                      check_label_value, check_objects, check_text)
+from segmote.predict.propagation import drop_thin_components, propagate_objects
 from segmote.predict.segmenter import Segmenter
-from segmote.predict.volume import Progress, auto_image, guess_modality, segment_image
+from segmote.predict.volume import (Progress, auto_image, decode_arguments,
+                                    guess_modality, segment_image)
 from segmote.routing import routing_table, save_attention_png
 from segmote.slicing import volume_slice
 from segmote.intensity import normalize_modality, parse_window
@@ -65,6 +67,11 @@ class PredictOptions:
         default, `segmote.precision.default_precision`: fp32 until bf16 is measured on a GPU).
     batch_size: slices of a volume per encoder call (None: the device's default,
         `segmote.batching.default_batch_size`: 32 on a GPU, 1 on a CPU).
+    every_slice, propagate, key_slice (volumes, `segmote.predict.propagation`): a 3-D box with
+        k0 < k1 is followed from its middle slice (or `key_slice`) inside its slices, unless
+        `every_slice` (each slice of the range prompted with the box); a one-slice prompt is
+        followed until the object ends when `propagate`, else only its slice is segmented.
+    min_slices: prompt-free volumes keep only 3-D components on at least this many slices.
     label_names: label value -> name, over the class names of `text` / `auto`; written as
         DICOM-SEG segment names, in a Slicer .seg.nrrd, and in an ITK-SNAP label file beside
         NIfTI / NRRD maps (`segmote.io.LabelInfo`).
@@ -91,6 +98,10 @@ class PredictOptions:
     classes: Sequence[str] | None = None
     threshold: float | None = None
     batch_size: int | None = None
+    every_slice: bool = False
+    propagate: bool = False
+    key_slice: int | None = None
+    min_slices: int = 2
     label_names: Mapping[int, str] = field(default_factory=dict)
     series: str | None = None
     engine: str = "torch"
@@ -117,6 +128,8 @@ class PredictResult:
     # automatic mode: the adapter has a class presence head (it drops classes the image cannot
     # hold, `segmote.modeling.presence`)
     auto_presence: bool = False
+    # propagated volumes: per object, slice -> the model's predicted IoU of that slice's mask
+    slice_scores: list[dict[int, float]] = field(default_factory=list)
 
 
 def _tqdm(desc: str) -> Progress:
@@ -145,6 +158,7 @@ def predict_file(input_path: str | Path, output: str | Path,
                              "(or {auto})")
     if opts.classes is not None and not opts.auto:
         raise ParameterError("classes", "{classes} goes with {auto}")
+    _check_volume_options(data, opts)
     prompt_free = opts.auto or (opts.text is not None and not prompted)
     for param, asked in (("routing", opts.routing), ("attention", opts.attention is not None)):
         if asked and prompt_free:
@@ -290,8 +304,17 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
 
     rec = record if opts.routing or opts.attention is not None else None
     kw = dict(record=rec, text=opts.text, attention=opts.attention is not None)
+    scores: list[dict[int, float]] = []
     with _autocast(opts, model):
-        if data.is_volume:
+        if data.is_volume and _propagated(objects, opts):
+            label, scores = propagate_objects(
+                seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
+                key_slice=opts.key_slice, follow=opts.propagate, record=rec,
+                **decode_arguments(opts.text, opts.attention is not None))
+            # propagation visits the key slice first: the table goes by object, then slice
+            order = {obj.label: n for n, obj in enumerate(objects)}
+            rows.sort(key=lambda r: (order[r["label"]], r["slice"]))
+        elif data.is_volume:
             label = segment_volume_batched(seg, data, objects, opts.axis, modality, opts.window,
                                            _tqdm("slices") if opts.progress else None,
                                            batch_size=opts.batch_size, **kw)
@@ -309,7 +332,31 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
     att_path = outputs.get("attention figure")
     counts = {int(v): int(c) for v, c in zip(*np.unique(label, return_counts=True)) if v}
     summary = f"shape {label.shape}, modality {modality or 'none'}, voxels per label {counts}"
-    return PredictResult(outputs["label map"], label, summary, rows, att_path)
+    if scores:
+        summary += f", slices per object {[len(s) for s in scores]}"
+    return PredictResult(outputs["label map"], label, summary, rows, att_path,
+                         slice_scores=scores)
+
+
+def _check_volume_options(data: ImageData, opts: PredictOptions) -> None:
+    if (opts.propagate or opts.key_slice is not None) and not data.is_volume:
+        param = "propagate" if opts.propagate else "key_slice"
+        raise ParameterError(param, f"{data.path}: {{{param}}} follows an object through a "
+                             "volume; this image is 2-D")
+    if opts.every_slice and (opts.propagate or opts.key_slice is not None):
+        raise ParameterError("every_slice", "{every_slice} prompts every slice: drop "
+                             "{propagate} / {key_slice}")
+    if opts.min_slices < 1:
+        raise ParameterError("min_slices", f"{{min_slices}} {opts.min_slices}: must be at "
+                             "least 1")
+
+
+def _propagated(objects: list[ObjectPrompt], opts: PredictOptions) -> bool:
+    """Follow the objects from a key slice? (A 3-D box with k0 < k1 is, by default.)"""
+    if opts.every_slice:
+        return False
+    return opts.propagate or opts.key_slice is not None or any(
+        o.box is not None and o.box[opts.axis] < o.box[opts.axis + 3] for o in objects)
 
 
 def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[str] | None,
@@ -330,10 +377,13 @@ def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[s
     progress = _tqdm("slices") if opts.progress else None
     with _autocast(opts, model):
         if data.is_volume:
-            label, names, kept = auto_volume_batched(seg, data, names, opts.axis, modality,
-                                                     opts.window, opts.threshold, progress,
-                                                     opts.batch_size)
-            found = {n: f"{k} slices" for n, k in kept.items() if k}
+            label, names, _ = auto_volume_batched(seg, data, names, opts.axis, modality,
+                                                  opts.window, opts.threshold, progress,
+                                                  opts.batch_size)
+            label = drop_thin_components(label, opts.axis, opts.min_slices)
+            other = tuple(a for a in range(3) if a != opts.axis)
+            on_slices = [int((label == i + 1).any(axis=other).sum()) for i in range(len(names))]
+            found = {n: f"{k} slices" for n, k in zip(names, on_slices) if k}
         else:
             pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
             label, names = pred.label_map, pred.classes
