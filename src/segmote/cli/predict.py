@@ -47,11 +47,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-ending", metavar="EXT",
                    help="for a folder of cases: the label maps' ending, e.g. .dcm (DICOM-SEG of "
                         "DICOM cases) or .seg.nrrd (default: the input's family, like nnU-Net)")
+    _model_flags(p.add_argument_group("model and speed"))
+    _prompt_flags(p.add_argument_group("prompts"))
+    _volume_flags(p.add_argument_group("images and volumes"))
+    p.add_argument("--overlay", help="write a PNG of the image with the mask contour")
+    p.add_argument("--routing", action="store_true",
+                   help="print the router's choice per prompt (chosen expert token, experts, "
+                        "probabilities); needs an adapter")
+    p.add_argument("--attention", metavar="PNG",
+                   help="write the expert tokens' attention maps for the first object as a PNG")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
+    p.set_defaults(func=run, flags=FLAGS)
+
+
+def _model_flags(p) -> None:
     p.add_argument("--backbone", default="litemedsam", help="base model (default: litemedsam)")
     p.add_argument("--checkpoint", help="weights file for the backbone (SAM / MedSAM ViTs)")
     p.add_argument("--adapter", default="default",
                    help="SegMoTE adapter .safetensors, 'new' (untrained), or 'none' (base model); "
                         "default: the shipped adapter (LiteMedSAM; other backbones: none)")
+    p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto",
+                   help="what runs the image encoder: auto (default: the fastest installed), "
+                        "torch, onnxruntime or openvino (CPU; docs/engine.md)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: OMP_NUM_THREADS, else every core)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="numeric precision of the model (default fp32; bf16 / fp16 autocast: "
+                   "faster on GPUs and on CPUs with AMX / AVX-512 BF16, masks may differ near "
+                   "their edges, docs/gpu.md)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="volume slices per encoder call (default 32 on a GPU, 1 on a CPU)")
+
+
+def _prompt_flags(p) -> None:
     p.add_argument("-b", "--box", action="append", default=[],
                    help="x0,y0,x1,y1 (2-D) or x0,y0,z0,x1,y1,z1 voxel indices (3-D); repeatable")
     p.add_argument("-p", "--point", action="append", default=[],
@@ -75,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float,
                    help="confidence needed to keep an automatic mask (default: the adapter's "
                         "calibrated threshold)")
+
+
+def _volume_flags(p) -> None:
     p.add_argument("-m", "--modality", help="CT, MR, ... (CT: HU window; MR: percentile clip)")
     p.add_argument("-w", "--window", help="CT window: LEVEL,WIDTH or lung|soft_tissue|bone|brain")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
@@ -90,29 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-slices", type=int, default=2, metavar="N",
                    help="--auto / --text on a volume: drop 3-D components on fewer slices "
                         "(default 2: a class found on a single slice is dropped)")
-    p.add_argument("--overlay", help="write a PNG of the image with the mask contour")
-    p.add_argument("--routing", action="store_true",
-                   help="print the router's choice per prompt (chosen expert token, experts, "
-                        "probabilities); needs an adapter")
-    p.add_argument("--attention", metavar="PNG",
-                   help="write the expert tokens' attention maps for the first object as a PNG")
     p.add_argument("--series", metavar="UID",
                    help="the SeriesInstanceUID to read from a DICOM folder holding several "
                         "series (without it such a folder is refused with their list)")
-    p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--engine", default="auto",
-                   help="what runs the image encoder: auto (default: the fastest installed), "
-                        "torch, onnxruntime or openvino (CPU; docs/engine.md)")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads (default: OMP_NUM_THREADS, else every core)")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="numeric precision of the model (default fp32; bf16 / fp16 autocast: "
-                   "faster on GPUs and on CPUs with AMX / AVX-512 BF16, masks may differ near "
-                   "their edges, docs/gpu.md)")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="volume slices per encoder call (default 32 on a GPU, 1 on a CPU)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar / summary")
-    p.set_defaults(func=run, flags=FLAGS)
 
 
 def options(args: argparse.Namespace):
