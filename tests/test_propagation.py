@@ -127,3 +127,34 @@ def test_drop_thin_components():
     assert out[1:3, 1:3, 1:4].all() and out[4, 4, 2] == 0 and (out[0, 5, 0:2] == 2).all()
     assert not (drop_thin_components(label, 2, 3) == 2).any()
     assert label[4, 4, 2] == 1  # the input is left alone
+
+
+def test_segment_volume_propagate_and_scores(base_model, lung, encoded):
+    """The Python API: `segment_volume(..., propagate=True, key_slice=...)` is `propagate` from
+    that slice inside the box's slices, and both modes return per-slice predicted IoUs when
+    asked."""
+    from segmote.errors import ParameterError
+    from segmote.io import read_image
+    from segmote.predict.volume import segment_volume
+
+    vol, gt = lung
+    data = read_image(CT)
+    seg = Segmenter(base_model)
+    obj = ObjectPrompt(label=2, box=(83, 93, 3, 173, 162, 11))
+    label, scores = segment_volume(seg, data, [obj], 2, "CT", propagate=True, key_slice=6,
+                                   return_scores=True)
+
+    def set_slice(k: int) -> None:  # the fixture's features: decode only
+        seg.set_features(encoded[k], vol.shape[:2][::-1])
+
+    ref = propagate(seg, set_slice, vol.shape, 6, {"box": BOX}, k_range=(3, 11), bound=BOX)
+    assert np.array_equal(label == 2, ref.mask) and set(np.unique(label)) == {0, 2}
+    assert len(scores) == 1 and scores[0] == pytest.approx(ref.scores, abs=1e-6)
+    assert 6 in scores[0] and all(0.0 <= s <= 1.0 for s in scores[0].values())
+    one = ObjectPrompt(label=1, box=(83, 93, 6, 173, 162, 7))
+    every, every_scores = segment_volume(seg, data, [one], 2, "CT", return_scores=True)
+    assert sorted(every_scores[0]) == [6, 7] and set(np.unique(every)) == {0, 1}
+    assert every_scores[0][6] == pytest.approx(ref.scores[6], abs=1e-6)
+    assert isinstance(segment_volume(seg, data, [one], 2, "CT"), np.ndarray)
+    with pytest.raises(ParameterError, match="key_slice.*propagate"):
+        segment_volume(seg, data, [one], 2, "CT", key_slice=6)

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from segmote.errors import ParameterError
 from segmote.io import ImageData
 from segmote.predict.auto import AutoPrediction
 from segmote.predict.prompts import ObjectPrompt, check_volume_prompt, label_dtype
+from segmote.predict.propagation import propagate_objects
 from segmote.predict.segmenter import Prediction, Segmenter
 from segmote.slicing import in_plane_axes, set_volume_slice, volume_slice
 
@@ -101,12 +103,35 @@ def segment_image(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
 def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt], axis: int = 2,
                    modality: str | None = None, window: str | None = None,
                    progress: Progress | None = None, record: Recorder | None = None,
-                   text: str | None = None, attention: bool = False) -> np.ndarray:
+                   text: str | None = None, attention: bool = False, *,
+                   propagate: bool = False, key_slice: int | None = None,
+                   return_scores: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, list[dict[int, float]]]:
     """3-D volume (X, Y, Z) -> label map of the same shape; only prompted slices are encoded.
-    text, attention: as `segment_image`."""
+    text, attention: as `segment_image`; progress: wraps the slices of the every-slice mode.
+
+    propagate: follow each object from a key slice (`segmote.predict.propagation`): a 3-D box
+        with k0 < k1 from `key_slice` (default: its points' slice, else its middle slice)
+        inside its slices, a one-slice prompt until the object ends. False (default): every
+        slice of a box's k-range is prompted with its in-plane box, points only their slice.
+    key_slice: the slice propagation starts from; needs `propagate`.
+    return_scores: also return, per object, {slice: the model's predicted IoU} of every slice
+        it was segmented on -> (label map, scores).
+    """
+    if key_slice is not None and not propagate:
+        raise ParameterError("key_slice", "{key_slice} is where propagation starts: give "
+                             "{propagate}=True with it")
     vol = data.array
+    if propagate:
+        for obj in objects:
+            check_volume_prompt(obj, vol.shape)
+        label, scores = propagate_objects(seg, vol, objects, axis=axis, modality=modality,
+                                          window=window, key_slice=key_slice, follow=True,
+                                          record=record, **decode_arguments(text, attention))
+        return (label, scores) if return_scores else label
     plan = slice_prompts(objects, axis, vol.shape)
     out = np.zeros(vol.shape, dtype=label_dtype(objects))
+    scores = [{} for _ in objects]
     ks = sorted(plan)
     for k in (progress(ks) if progress else ks):
         seg.set_image(volume_slice(vol, k, axis), modality=modality, window=window)
@@ -115,10 +140,11 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
             pred = seg.predict(**kw, **decode_arguments(text, attention))
             if record is not None:
                 record(n, k, pred)
+            scores[n][k] = float(pred.score)
             maps.append(pred.logits)
         labels = [objects[n].label for n, _ in plan[k]]
         set_volume_slice(out, k, axis, combine(maps, labels, out.dtype))
-    return out
+    return (out, scores) if return_scores else out
 
 
 def auto_image(seg: Segmenter, image: np.ndarray, classes: list[str] | None,
