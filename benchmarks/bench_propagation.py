@@ -28,7 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import machine, write_result  # noqa: E402
 
-VALIDATION_AAL = ["Cingulum_Mid_R", "Putamen_R"]
+# right-hemisphere structures (the report scores left ones); round 1 chose on the first two
+VALIDATION_AAL = ["Cingulum_Mid_R", "Putamen_R", "Insula_R", "Pallidum_R", "Cuneus_R",
+                  "Temporal_Sup_R", "Precuneus_R", "Amygdala_R"]
 VALIDATION_TUMOURS = ["lung1", "brain1"]
 # large structures with a data.md reference (thalamus, hippocampus, caudate) and two more
 REPORT_AAL = ["Thalamus_L", "Hippocampus_L", "Caudate_L", "Lingual_L", "Cerebelum_Crus1_L"]
@@ -61,8 +63,10 @@ def _cache(model, root: Path):
 
 
 def choose(cache_root: Path) -> dict:
-    """Small grid over the prompting of the next slice and the stop rule on the validation
-    objects, default adapter output; protocols box3d + key_box."""
+    """The limits of a one-slice prompt's propagation (no user's box to stay in), chosen on the
+    validation objects, protocol key_box, the default adapter's and the base decoder's 3-D
+    Dice. Round 1 chose margin, mask prompt and the stop rules the same way (box3d + key_box,
+    default adapter; its grid is in git history); a 3-D box's propagation is unchanged."""
     import numpy as np
 
     from segmote.build import load_model
@@ -79,27 +83,31 @@ def choose(cache_root: Path) -> dict:
                                               c.case_id in VALIDATION_TUMOURS)]}
              for d in datasets}
     cases = volume_cases(datasets, split, ["val"], VALIDATION_AAL + ["tumour"])
-    protocols = [Protocol("box3d"), Protocol("key_box")]
+    protocols = [Protocol("key_box")]
 
     def score(config: PropagationConfig) -> dict:
-        rows = list(evaluate_volumes(model, cases, protocols, cache, config=config,
-                                     outputs=["adapter"]))
-        out = {p.prompt: float(np.mean([r.dice["adapter"] for r in rows if r.prompt == p.prompt]))
-               for p in protocols}
-        out["mean"] = float(np.mean([out[p.prompt] for p in protocols]))
+        rows = list(evaluate_volumes(model, cases, protocols, cache, config=config))
+        by_dataset: dict = {}
+        for r in rows:
+            for output, d in r.dice.items():
+                by_dataset.setdefault(output, {}).setdefault(r.dataset, []).append(d)
+        out = {o: float(np.mean([np.mean(v) for v in ds.values()]))
+               for o, ds in by_dataset.items()}
+        out["mean"] = float(np.mean(list(out.values())))
         print(config, out, flush=True)
         return out
 
-    # one change at a time from the starting point (margin 4 px, box only, growth 2, overlap
-    # 0.5): the mask prompt added, the stop rule removed (the machine is shared by several
-    # jobs: the grid is as small as the two questions allow)
-    grid = {"start": PropagationConfig(), "mask_prompt": PropagationConfig(mask_prompt=True),
-            "no_stop_rule": PropagationConfig(max_growth=1e9, min_overlap=0.0)}
+    # round 1's setting (no limit but the per-slice rules), each limit alone, both
+    grid = {"round 1": PropagationConfig(max_total=0.0, key_bound=None),
+            "key box": PropagationConfig(max_total=0.0, key_bound=0.0),
+            "total 1.5": PropagationConfig(max_total=1.5, key_bound=None),
+            "key box + total 1.5": PropagationConfig(max_total=1.5, key_bound=0.0),
+            "key box + 20 % + total 2": PropagationConfig(max_total=2.0, key_bound=0.2)}
     scores = {name: score(c) for name, c in grid.items()}
     best = max(scores, key=lambda n: scores[n]["mean"])
     return {"machine": machine(), "validation_objects": [f"{c.case_id}:{c.class_name}"
                                                          for c in cases],
-            "protocols": [p.to_dict() for p in protocols], "output": "default adapter",
+            "protocols": [p.to_dict() for p in protocols], "output": "default adapter and base",
             "grid": {n: c.__dict__ for n, c in grid.items()}, "scores": scores, "chosen": best}
 
 
@@ -121,60 +129,65 @@ def report(cache_root: Path) -> dict:
             "validation_tumours": VALIDATION_TUMOURS, "report_aal": REPORT_AAL}
 
 
-def timing() -> dict:
-    """A typical tumour case: the real lung2 CT (512 x 512 x 61), a 3-D box over 30 slices
-    around its tumour; every slice prompted vs propagated from the middle slice, and the
-    encoder alone on one slice (the baseline, same process)."""
+def _cli_predict(image: Path, out: Path, box: str, engine: str) -> tuple[float, str]:
+    """`segmote predict` with the default adapter in a fresh process, timed from start to exit
+    (imports, model load, reading, propagation, writing) -> (seconds, its last output line)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    cmd = [sys.executable, "-m", "segmote.cli.main", "predict", "-i", str(image), "-o", str(out),
+           "--box", box, "--engine", engine]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    return time.perf_counter() - t, (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def timing(repeats: int = 2) -> dict:
+    """A typical tumour case end to end: `segmote predict` on the real lung2 CT (512 x 512 x 61)
+    with a 3-D box over 30 slices around its tumour (propagated, the default), PyTorch eager
+    and OpenVINO, interleaved with the baseline: the eager encoder on one slice, timed in this
+    process between the runs (run under `flock /work/notes/timing.lock`)."""
+    import os
+
     import numpy as np
     import torch
 
+    from bench_engine_volume import TUMOUR_BOX
     from segmote.build import load_model
-    from segmote.data.datasets import discover
     from segmote.data.files import read_label
-    from segmote.predict.prompts import ObjectPrompt
-    from segmote.predict.volume import segment_volume
-    from segmote.slicing import volume_slice
+    from segmote.evaluation.metrics import dice
     from segmote.io import read_image
-    from segmote.predict.propagation import propagate_object
-    from segmote.predict.segmenter import Segmenter
+    from segmote.samples import sample_path
+    from segmote.slicing import volume_slice
     from segmote.transforms import preprocess
 
-    (ct,) = [d for d in discover(data_dirs()[:1])]
-    case = next(c for c in ct.cases if c.case_id == "lung2")
-    t = time.perf_counter()
-    data = read_image(case.image)
-    read_s = time.perf_counter() - t
-    gt = read_label(case.label) > 0
-    ks = np.flatnonzero(gt.any(axis=(0, 1)))
-    i, j = np.flatnonzero(gt.any(axis=(1, 2))), np.flatnonzero(gt.any(axis=(0, 2)))
-    mid = (ks[0] + ks[-1]) // 2
-    k0, k1 = max(mid - 15, 0), min(mid + 14, gt.shape[2] - 1)  # 30 slices
-    box = (i[0] - 2, j[0] - 2, i[-1] + 2, j[-1] + 2)
+    ct = sample_path("pyradiomics") / "Dataset001_PyradiomicsCT"
+    image, label = ct / "imagesTr/lung2_0000.nrrd", ct / "labelsTr/lung2.nrrd"
+    gt = read_label(label) > 0
     model = load_model(adapter="default")
-    seg = Segmenter(model)
-    x, _ = preprocess(volume_slice(data.array, mid, 2), 256, "CT")
-    with torch.inference_mode():
-        model.encode(x[None])
-        t = time.perf_counter()
-        for _ in range(3):
+    x, _ = preprocess(volume_slice(read_image(image).array, 20, 2), 256, "CT")
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        model.encode(x[None])  # warm-up
+        for rep in range(repeats):
+            t = time.perf_counter()
             model.encode(x[None])
-        encoder_s = (time.perf_counter() - t) / 3
-    t = time.perf_counter()
-    every = segment_volume(seg, data, [ObjectPrompt(box=(box[0], box[1], k0, box[2], box[3], k1))],
-                           2, "CT") > 0
-    every_s = time.perf_counter() - t
-    t = time.perf_counter()
-    prop = propagate_object(seg, data.array, (k0 + k1) // 2, box=box, modality="CT",
-                            k_range=(k0, k1))
-    prop_s = time.perf_counter() - t
-    from segmote.evaluation.metrics import dice
-    return {"machine": machine(), "case": "pyradiomics lung2 CT", "shape": list(data.array.shape),
-            "box": [int(v) for v in (box[0], box[1], k0, box[2], box[3], k1)],
-            "read_s": read_s, "encoder_s_per_slice": encoder_s,
-            "every_slice": {"seconds": every_s, "slices": int(k1 - k0 + 1),
-                            "dice": dice(every, gt)},
-            "propagated": {"seconds": prop_s, "slices": len(prop.slices),
-                           "dice": dice(prop.mask, gt)}}
+            runs.append({"what": "encoder, one slice (eager, this process)",
+                         "seconds": time.perf_counter() - t, "repeat": rep})
+            for engine in ("torch", "openvino"):
+                out = Path(tmp) / f"{engine}.nii.gz"
+                seconds, line = _cli_predict(image, out, TUMOUR_BOX, engine)
+                runs.append({"what": f"segmote predict --engine {engine}", "engine": engine,
+                             "seconds": seconds, "repeat": rep, "output": line,
+                             "dice": dice(read_label(out) > 0, gt)})
+                print(runs[-1], flush=True)
+    enc = float(np.median([r["seconds"] for r in runs if "engine" not in r]))
+    by = {e: float(np.median([r["seconds"] for r in runs if r.get("engine") == e]))
+          for e in ("torch", "openvino")}
+    return {"machine": machine(), "case": "pyradiomics lung2 CT, 512 x 512 x 61",
+            "box": TUMOUR_BOX, "slices_in_box": 30, "runs": runs, "encoder_s": enc,
+            "median_s": by, "load_average": list(os.getloadavg()), "repeats": repeats}
 
 
 def main() -> None:

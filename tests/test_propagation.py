@@ -64,6 +64,24 @@ def test_stop_rules_by_hand():
     assert cfg.ends(moved, prev)
     with pytest.raises(InputError):
         PropagationConfig(min_overlap=1.5)
+    with pytest.raises(InputError):
+        PropagationConfig(key_bound=-0.1)
+
+
+def test_total_growth_and_key_bound_by_hand():
+    """Drift: each slice a little larger than the last (under `max_growth`) is stopped by the
+    total against the key slice; without a user's box the key slice's box bounds the rest."""
+    cfg = PropagationConfig(min_area=1, max_growth=2.0, min_overlap=0.1, max_total=1.5)
+    key = np.zeros((10, 10), bool)
+    key[:4, :4] = True  # 16 pixels
+    grown = np.zeros_like(key)
+    grown[:5, :5] = True  # 25 pixels: 1.56 x the previous slice's 16 and x the key's
+    assert not PropagationConfig(min_overlap=0.1).ends(grown, key)  # no total limit
+    assert cfg.ends(grown, key, key_area=16) and not cfg.ends(grown, key, key_area=17)
+    assert PropagationConfig().key_box_bound((10, 20, 30, 60), key) is None
+    assert PropagationConfig(key_bound=0.25).key_box_bound((10, 20, 30, 60), key) == \
+        (5, 10, 35, 70)
+    assert PropagationConfig(key_bound=0.0).key_box_bound(None, key) == (0, 0, 3, 3)
 
 
 def test_propagate_object_follows_inside_k_range(base_model, lung):

@@ -37,10 +37,15 @@ class PropagationConfig:
 
     margin: pixels added on each side of the previous mask's bounding box.
     mask_prompt: also give the previous slice's low-res logits as the mask prompt.
+    key_bound: without a user's in-plane box to stay in (a one-slice prompt followed through
+        the volume), the boxes stay inside the key slice's box (the prompt's, else its mask's)
+        grown by this fraction of its size on each side; None: unbounded. Without it SAM fills
+        each box and the box + margin grows slice after slice (drift).
     A slice ends propagation in its direction (and stays empty) when its mask
     - has fewer than `min_area` pixels (the object vanished), or
-    - grew to more than `max_growth` x the previous slice's mask (it leaked into a neighbour:
-      past an object's end SAM still segments whatever the box holds), or
+    - grew to more than `max_growth` x the previous slice's mask, or (without a user's box to
+      stay in) to more than `max_total` x the key slice's (it leaked into a neighbour: past an
+      object's end SAM still segments whatever the box holds; 0: no limit on the total), or
     - overlaps the previous slice's mask with a 2-D Dice below `min_overlap` (it jumped to
       another structure).
     """
@@ -50,19 +55,36 @@ class PropagationConfig:
     min_area: int = 10
     max_growth: float = 2.0
     min_overlap: float = 0.5
+    max_total: float = 1.5
+    key_bound: float | None = 0.0
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.min_area < 1 or self.max_growth <= 0 or \
-                not 0 <= self.min_overlap <= 1:
-            raise InputError(f"propagation needs margin >= 0, min_area >= 1, max_growth > 0 "
-                             f"and 0 <= min_overlap <= 1, got {self}")
+                not 0 <= self.min_overlap <= 1 or self.max_total < 0 or \
+                self.key_bound is not None and self.key_bound < 0:
+            raise InputError(f"propagation needs margin >= 0, min_area >= 1, max_growth > 0, "
+                             f"0 <= min_overlap <= 1, max_total >= 0 and key_bound None or "
+                             f">= 0, got {self}")
 
-    def ends(self, mask: np.ndarray, previous: np.ndarray) -> bool:
-        """Does this (H, W) mask, following `previous`, end the object?"""
+    def ends(self, mask: np.ndarray, previous: np.ndarray, key_area: int | None = None) -> bool:
+        """Does this (H, W) mask, following `previous`, end the object? key_area: the key
+        slice's mask's pixels (for `max_total`)."""
         area, before = int(mask.sum()), int(previous.sum())
         if area < self.min_area or area > self.max_growth * before:
             return True
+        if self.max_total and key_area is not None and area > self.max_total * key_area:
+            return True
         return 2.0 * int((mask & previous).sum()) / (area + before) < self.min_overlap
+
+    def key_box_bound(self, prompt_box: Sequence[float] | None,
+                      key_mask: np.ndarray) -> tuple[float, float, float, float] | None:
+        """The in-plane bound `key_bound` gives: the key slice's prompt box (else the (H, W)
+        key mask's box) grown by `key_bound` x its size on each side."""
+        if self.key_bound is None:
+            return None
+        x0, y0, x1, y1 = prompt_box if prompt_box is not None else mask_box(key_mask, 0)
+        gx, gy = self.key_bound * (x1 - x0), self.key_bound * (y1 - y0)
+        return x0 - gx, y0 - gy, x1 + gx, y1 + gy
 
 
 DEFAULT_CONFIG = PropagationConfig()
@@ -124,6 +146,10 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
         return result  # nothing found on the key slice: nothing to follow
     set_volume_slice(out, key_slice, axis, first.mask)
     result.scores[key_slice] = float(first.score)
+    # without the user's box to stay in, the key slice's box and mask limit the growth
+    key_area = None if bound is not None else int(first.mask.sum())
+    if bound is None:
+        bound = config.key_box_bound(first_prompt.get("box"), first.mask)
     if record is not None:
         record(key_slice, first)
     for step in (-1, 1):
@@ -134,7 +160,7 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
                 kw["mask_input"] = prev.lowres_logits
             set_slice(k)
             pred = seg.predict(**kw, **decode_kwargs)
-            if config.ends(pred.mask, prev.mask):
+            if config.ends(pred.mask, prev.mask, key_area):
                 break
             set_volume_slice(out, k, axis, pred.mask)
             result.scores[k] = float(pred.score)
@@ -166,7 +192,8 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
         slice's 2-D pixels, as `Segmenter.predict` takes them: the slice image is
         `volume_slice(volume, k, axis)` (rows = j, columns = i for axis 2).
     k_range: (k0, k1) inclusive slice limits (a 3-D box's); default: the whole volume.
-    The box, when given, also bounds the boxes of the other slices.
+    With `k_range` (a 3-D box) the box also bounds the boxes of the other slices; without,
+    `PropagationConfig.key_bound` / `max_total` limit the growth.
     """
     if box is None and points is None:
         raise InputError("propagation needs a box or points on the key slice")
@@ -181,8 +208,9 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
     if points is not None:
         prompt["points"], prompt["labels"] = points, point_labels
     setter = volume_setter(seg, volume, axis, modality, window)
+    # a 3-D box bounds every slice; a one-slice prompt is bounded by `PropagationConfig`
     return propagate(seg, setter, volume.shape, key_slice, prompt, axis=axis, k_range=k_range,
-                     bound=prompt.get("box"))
+                     bound=prompt.get("box") if k_range is not None else None)
 
 
 def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
@@ -193,8 +221,8 @@ def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
     ks = {int(round(p[axis])) for p in obj.points}
     if box is not None:
         k0, k1 = int(round(box[axis])), int(round(box[axis + 3]))
-        bound = (box[a], box[b], box[a + 3], box[b + 3])
-        if k0 < k1:
+        if k0 < k1:  # a 3-D box bounds every slice (a one-slice box: `PropagationConfig`)
+            bound = (box[a], box[b], box[a + 3], box[b + 3])
             k_range = (k0, k1)
             # points beside the box mark the key slice (all on one slice, checked below)
             key = key_slice if key_slice is not None else min(ks) if ks else (k0 + k1) // 2
@@ -211,7 +239,8 @@ def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
                              "slice); prompt every slice instead with {every_slice}")
     if k_range == (0, depth - 1) and not follow and (box is None or k0 == k1):
         k_range = (key, key)  # a one-slice prompt segments only its slice
-    prompt: dict[str, Any] = {"box": bound} if bound is not None else {}
+    prompt: dict[str, Any] = {"box": (box[a], box[b], box[a + 3], box[b + 3])} \
+        if box is not None else {}
     if obj.points:
         prompt["points"] = [(p[a], p[b]) for p in obj.points]
         prompt["labels"] = list(obj.point_labels)
