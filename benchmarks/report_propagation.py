@@ -89,10 +89,9 @@ def section_timing(t: dict) -> list[str]:
     if quiet:  # an estimate, not a measurement: every part assumed slowed alike
         est = "; ".join(f"{e} ~{s / enc * quiet['median_s']:.0f} s" for e, s in med.items())
         out.append(f"Scaled by the eager encoder's time on a quiet machine "
-                   f"({quiet['median_s']:.2f} s per slice, `engine.json`, n = {quiet['n']}, 2 threads "
-                   "there, 1 here), "
-                   f"i.e. assuming every part of the run slowed alike: {est} (an estimate, "
-                   "not a measurement).")
+                   f"({quiet['median_s']:.2f} s per slice, `engine.json`, n = {quiet['n']}, "
+                   "2 threads there, 1 here), i.e. assuming every part of the run slowed "
+                   f"alike: {est} (an estimate, not a measurement).")
     return out + [""]
 
 
