@@ -258,8 +258,9 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     An object with a 3-D box whose k0 < k1 is followed inside the box's slices from
     `key_slice` (default: the slice of its points, else the middle one); a one-slice prompt
     (a box with k0 == k1, or points on one slice) is followed through the whole volume when
-    `follow`, else it segments only its slice. Where objects overlap, the earlier one keeps the voxel. record: called with
-    (object number, slice, `Prediction`) for every slice kept; decode_kwargs go to `predict`.
+    `follow`, else it segments only its slice. Where objects overlap, the earlier one keeps
+    the voxel. record: called with (object number, slice, `Prediction`) for every slice
+    kept; decode_kwargs go to `predict`.
     """
     from segmote.predict.prompts import label_dtype
 
