@@ -111,6 +111,12 @@ def section_propagation(r: dict) -> list[str]:
            "pixel of the slice with the most foreground, followed until the object ends. "
            f"AAL structures: {', '.join(r['report_aal'])}. {machine_line(r.get('machine'))}; "
            f"{r['seconds'] / 60:.0f} min. The propagation settings: the next section.", ""]
+    if "kept_from" in r:
+        out[-2] += (f" Protocols {', '.join(r['kept_from']['protocols'])}: the run of "
+                    f"{r['kept_from']['machine']['date']} (their setting did not change); "
+                    f"{', '.join(r['rerun']['protocols'])}: rerun "
+                    f"{r['rerun']['machine']['date']} with the current limits of a one-slice "
+                    "prompt.")
     for metric, label in (("dice", "3-D Dice"), ("nsd", "NSD"), ("hd95", "HD95 mm")):
         out += [f"{label}:", "", "| dataset | n | " + " | ".join(
             f"{p}: {m}" for p in PROTOCOLS for m in models) + " |",
