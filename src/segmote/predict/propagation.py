@@ -131,7 +131,8 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     labels), then follow the mask outward within `k_range` (inclusive; default: the volume).
 
     seg: a `segmote.predict.Segmenter`. set_slice: puts slice k's features into it.
-    shape: the volume's (X, Y, Z). bound: the user's in-plane box, which later boxes stay in.
+    shape: the volume's (X, Y, Z). bound: the user's in-plane box, which later boxes stay in
+        (None: the key slice's limits of `config`, key_bound and max_total).
     record: called with (slice, `Prediction`) for every slice kept (routing, attention).
     decode_kwargs: passed to every `predict` (e.g. output="base" for SegMoTE's base mask).
     """
