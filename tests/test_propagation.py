@@ -76,9 +76,11 @@ def test_total_growth_and_key_bound_by_hand():
     key[:4, :4] = True  # 16 pixels
     grown = np.zeros_like(key)
     grown[:5, :5] = True  # 25 pixels: 1.56 x the previous slice's 16 and x the key's
-    assert not PropagationConfig(min_overlap=0.1).ends(grown, key)  # no total limit
+    assert not cfg.ends(grown, key)  # inside a user's box: no key area, no total limit
+    assert not PropagationConfig(min_overlap=0.1, max_total=0.0).ends(grown, key, key_area=16)
     assert cfg.ends(grown, key, key_area=16) and not cfg.ends(grown, key, key_area=17)
-    assert PropagationConfig().key_box_bound((10, 20, 30, 60), key) is None
+    assert PropagationConfig(key_bound=None).key_box_bound((10, 20, 30, 60), key) is None
+    assert PropagationConfig().key_box_bound((10, 20, 30, 60), key) == (10, 20, 30, 60)
     assert PropagationConfig(key_bound=0.25).key_box_bound((10, 20, 30, 60), key) == \
         (5, 10, 35, 70)
     assert PropagationConfig(key_bound=0.0).key_box_bound(None, key) == (0, 0, 3, 3)
