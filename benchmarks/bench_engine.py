@@ -96,24 +96,29 @@ def slice_parallelism(repeats: int, batch: int = 4) -> dict:
     return out
 
 
-def faithfulness(labels: list[str]) -> dict:
-    """Dice of the engines `labels` on the reference sets (tight boxes), the product path
-    (`run_reference` over a `Segmenter`). PyTorch's Dice, when "torch" is not among them, is
-    the stored faithfulness result (bench_faithfulness.py: the same code and encoder)."""
+def faithfulness(labels: list[str], sets: list[str] | None = None) -> dict:
+    """Dice of the engines `labels` on the reference sets `sets` (None: all; tight boxes), the
+    product path (`run_reference` over a `Segmenter`). Rows of earlier runs for other (engine,
+    set) pairs are kept, so a long table can be filled set by set. PyTorch's Dice, when "torch"
+    is not among the rows, is the stored faithfulness result (bench_faithfulness.py: the same
+    code and encoder)."""
     from segmote.evaluation.reference import REFERENCE_DICE, reference_sets, run_reference
     from segmote.predict.segmenter import Segmenter
     from segmote.samples import fetch_sample, segmote_home
     for name in ("pyradiomics", "nuclei", "colin27"):
         fetch_sample(name)
-    sets = reference_sets(segmote_home())
-    rows = []
+    data = reference_sets(segmote_home())
+    names = [n for n in REFERENCE_DICE if sets is None or n in sets]
+    stored = (load_result("engine") or {}).get("faithfulness_rows", [])
+    rows = [r for r in stored if r["engine"] not in labels or r["set"] not in names]
     for label, model in _models(None, [c for c in CONFIGS if c[0] in labels]).items():
         seg = Segmenter(model)
-        for name in REFERENCE_DICE:
+        for name in names:
             t = time.perf_counter()
-            scores = run_reference(seg, sets[name]())
+            scores = run_reference(seg, data[name]())
             rows.append({"engine": label, "set": name, "n": len(scores),
-                         "dice": float(np.mean(scores)), "seconds": time.perf_counter() - t})
+                         "dice": float(np.mean(scores)), "seconds": time.perf_counter() - t,
+                         "date": machine()["date"]})
             print(rows[-1], flush=True)
             _save_partial("faithfulness_rows", rows)  # hours on a busy machine: keep each row
     torch_rows = [r for r in rows if r["engine"] == "torch"]
@@ -175,13 +180,15 @@ def main() -> None:
                     help="volume: slices of the 300-slice CT to box (0: the tumour case only)")
     ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
                     help="configurations of the faithfulness run")
+    ap.add_argument("--sets", nargs="+", default=None,
+                    help="faithfulness: reference sets to run (default: all)")
     args = ap.parse_args()
     for part in ("latency", "faithfulness", "heldout", "volume") if args.part == "all" \
             else (args.part,):
         if part == "latency":
             res = latency(args.repeats)
         elif part == "faithfulness":
-            res = faithfulness(args.configs)
+            res = faithfulness(args.configs, args.sets)
         elif part == "heldout":
             res = heldout(args.engine)
         else:
