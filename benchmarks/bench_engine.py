@@ -6,6 +6,7 @@ process; Dice with each engine on the faithfulness sets and the default adapter'
     python benchmarks/bench_engine.py faithfulness   # Dice per reference set, every engine
     python benchmarks/bench_engine.py heldout        # default adapter's held-out table
     python benchmarks/bench_engine.py volume         # 30-slice tumour box; 512 x 512 x 300 CT
+                                                     # (under flock /work/notes/timing.lock)
 
 Each part updates its key of benchmarks/results/engine.json.
 """
@@ -175,9 +176,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=("latency", "faithfulness", "heldout", "volume", "all"))
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--engine", default="openvino", help="engine of the held-out / volume runs")
-    ap.add_argument("--slices", type=int, default=20,
-                    help="volume: slices of the 300-slice CT to box (0: the tumour case only)")
+    ap.add_argument("--engine", default="openvino", help="engine of the held-out run")
+    ap.add_argument("--slices", type=int, default=12,
+                    help="volume: slices of the 300-slice CT boxed in the long run")
+    ap.add_argument("--volume-repeats", type=int, default=2, help="volume: runs of each")
     ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
                     help="configurations of the faithfulness run")
     ap.add_argument("--sets", nargs="+", default=None,
@@ -192,8 +194,9 @@ def main() -> None:
         elif part == "heldout":
             res = heldout(args.engine)
         else:
-            from bench_engine_volume import volume
-            res = volume(args.engine, args.slices)
+            from bench_engine_volume import CONFIGS as VOLUME_CONFIGS, volume
+            res = volume([c for c in args.configs if c in VOLUME_CONFIGS], args.slices,
+                         args.volume_repeats)
         data = load_result("engine") or {}
         data[part] = res
         print(write_result("engine", data))
