@@ -27,27 +27,25 @@ from common import machine
 
 TUMOUR_BOX = "316,331,5,406,400,34"  # i, j, k inclusive: the label's box (318..404, 333..398,
 # z 15..25) padded by 2 px, over 30 slices
-# label -> (engine, precision) of each configuration timed
-CONFIGS = {"torch": ("torch", None), "openvino": ("openvino", None),
-           "openvino-bf16": ("openvino", "bf16")}
+# the configurations timed (OpenVINO bf16 failed the Dice rule: not offered, not timed here)
+CONFIGS = ("torch", "onnxruntime", "openvino")
 
 
-def _predict(src: Path, out: Path, box: str, engine: str, precision: str | None) -> float:
+def _predict(src: Path, out: Path, box: str, engine: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cmd = [sys.executable, "-m", "segmote.cli.main", "predict", "-i", str(src), "-o", str(out),
            "--box", box, "--adapter", "none", "--engine", engine, "-q"]
-    cmd += ["--precision", precision] if precision else []
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     return time.perf_counter() - t
 
 
-def _in_process(src: Path, out: Path, slices: int, engine: str, precision: str | None) -> float:
+def _in_process(src: Path, out: Path, slices: int, engine: str) -> float:
     from segmote.predict.options import PredictOptions
     from segmote.predict.pipeline import predict_file
     from segmote.predict.prompts import ObjectPrompt
 
-    opts = PredictOptions(adapter=None, engine=engine, precision=precision, every_slice=True)
+    opts = PredictOptions(adapter=None, engine=engine, every_slice=True)
     t = time.perf_counter()
     predict_file(src, out, [ObjectPrompt(box=(150, 180, 0, 350, 330, slices - 1))], opts)
     return time.perf_counter() - t
@@ -67,13 +65,9 @@ def volume(labels: list[str], slices: int = 12, repeats: int = 2) -> dict:
         make_volume(ct, 300)
         for _ in range(repeats):
             for label in labels:
-                engine, precision = CONFIGS[label]
-                tumour[label].append(_predict(lung2, Path(tmp) / "a.nii.gz", TUMOUR_BOX,
-                                              engine, precision))
-                small[label].append(_in_process(ct, Path(tmp) / "b.nii.gz", 2, engine,
-                                                precision))
-                big[label].append(_in_process(ct, Path(tmp) / "b.nii.gz", slices, engine,
-                                              precision))
+                tumour[label].append(_predict(lung2, Path(tmp) / "a.nii.gz", TUMOUR_BOX, label))
+                small[label].append(_in_process(ct, Path(tmp) / "b.nii.gz", 2, label))
+                big[label].append(_in_process(ct, Path(tmp) / "b.nii.gz", slices, label))
                 print(label, tumour[label][-1], small[label][-1], big[label][-1], flush=True)
             load.append(os.getloadavg()[0])
     rows = {}

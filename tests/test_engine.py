@@ -166,3 +166,15 @@ def test_serve_engine_flag_and_threads(tmp_path, monkeypatch):
     want = cli_label(tmp_path, CT, "83,93,7,173,162,7", ".nii.gz", "--engine", "torch",
                      "--adapter", "none")
     np.testing.assert_array_equal(read_label(tmp_path / "api.nii.gz"), want)
+
+
+def test_predict_keeps_the_engine_in_fp32():
+    """OpenVINO bf16 moved Dice by more than the 0.005 it may cost (docs/engine.md), so
+    `--precision bf16` (PyTorch's autocast) leaves the engine's encoder in fp32."""
+    from segmote.predict.options import PredictOptions
+    from segmote.predict.pipeline import _model_for
+
+    _, model = _model_for(PredictOptions(adapter=None, engine="openvino", precision="bf16"),
+                          auto=False)
+    assert model.image_encoder.engine == "openvino"
+    assert model.image_encoder.precision == "fp32"
