@@ -163,6 +163,11 @@ def faithfulness(labels: list[str], sets: list[str] | None = None) -> dict:
                          "date": machine()["date"]})
             print(rows[-1], flush=True)
             _save_partial("faithfulness_rows", rows)  # hours on a busy machine: keep each row
+    return faithfulness_table(rows)
+
+
+def faithfulness_table(rows: list[dict]) -> dict:
+    """The faithfulness result of `rows` (engine, set, n, dice): each against PyTorch's Dice."""
     torch_rows = [r for r in rows if r["engine"] == "torch"]
     source = "measured in this run"
     if not torch_rows:
