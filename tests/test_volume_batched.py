@@ -88,11 +88,12 @@ def test_auto_batched_equals_slice_by_slice(seg, slab) -> None:
 def test_propagation_encoded_ahead_equals_slice_by_slice(seg, monkeypatch) -> None:
     """`EncodedSlices` (batches of 3 encoded in a background thread along the propagation's
     order) gives the propagated masks and scores of `volume_setter` (each slice encoded when
-    visited), also where the object ends on one side and the propagation turns."""
+    visited), also where the propagation turns before the order's end (here the slice range
+    stops it at 3 while the order goes on to 0: the encoding restarts at 8)."""
     vol = read_image(CT).array
     box = (83, 93, 173, 162)
     one = propagate(seg, volume_setter(seg, vol, 2, "CT"), vol.shape, 7, {"box": box},
-                    k_range=(0, 14), bound=box)
+                    k_range=(3, 14), bound=box)
     sizes, encode = [], seg.model.encode
 
     def spy(x):
@@ -102,9 +103,9 @@ def test_propagation_encoded_ahead_equals_slice_by_slice(seg, monkeypatch) -> No
     monkeypatch.setattr(seg.model, "encode", spy)
     with EncodedSlices(seg, vol, 2, "CT", batch_size=3, background=True) as slices:
         ahead = propagate(seg, slices.follow(propagation_order(7, 0, 14)), vol.shape, 7,
-                          {"box": box}, k_range=(0, 14), bound=box)
+                          {"box": box}, k_range=(3, 14), bound=box)
     assert np.array_equal(one.mask, ahead.mask) and one.scores == ahead.scores
-    assert one.slices[0] > 0 and 7 < one.slices[-1] < 14  # it ended below and above 7
+    assert one.slices[0] == 3 and one.slices[-1] > 8  # it turned at 3 and went on upwards
     assert 3 in sizes and sum(sizes) <= 15 + 2 * 3  # batched; at most a batch wasted per turn
     four = volume_slice(vol, 4, 2)
     seg.set_image(four, modality="CT")
