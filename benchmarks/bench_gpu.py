@@ -320,9 +320,12 @@ def main() -> None:
     result = load_result("gpu") or {"runs": {}}
     # --parts: rerun some parts, keeping this device's other parts from the stored result
     run = result["runs"].get(device.type, {}) if args.parts else {}
-    run.update({"machine": machine(), "device": torch.cuda.get_device_name(device)
-                if device.type == "cuda" else "cpu",
-                "sizes": {k: v for k, v in size.items() if k != "cli"}})
+    run.update({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                else "cpu", "sizes": {k: v for k, v in size.items() if k != "cli"}})
+    # --parts: the rerun parts' machine (threads, date) apart from the stored parts' one
+    run.update({"part_machine": {**run.get("part_machine", {}), **dict.fromkeys(args.parts,
+                                                                            machine())}}
+               if args.parts else {"machine": machine()})
     wall = run.setdefault("wall_s", {})
     loads = run.setdefault("load_avg", {})  # shared machines: how busy it was
     for name in args.parts or parts:

@@ -97,8 +97,10 @@ def section_gpu(result: dict | None) -> list[str]:
         loads = run.get("load_avg", {})
         load = (f" Load average (1 min) when each part started: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()) + "." if loads else "")
+        rerun = "".join(f" Part {k} rerun: {machine_line(m)}."
+                        for k, m in run.get("part_machine", {}).items())
         out += [f"### {name}" + (f": {run['device']}" if kind == "cuda" else ""), "",
-                f"Machine: {machine_line(run.get('machine'))}; median of "
+                f"Machine: {machine_line(run.get('machine'))};{rerun} median of "
                 f"{run['sizes']['repeats']} runs; the parts took "
                 f"{sum(run['wall_s'].values()):.0f} s in all.{load}", "",
                 *_part(run, "encoder", "Encoder throughput (slices/s):", _encoder),
