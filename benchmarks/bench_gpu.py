@@ -58,7 +58,7 @@ SIZES = {
 }
 # --quick: every code path once, at the smallest sizes (a smoke test, not a measurement)
 QUICK = {"batches": (1, 2), "prompts": 2, "slices": 2, "train_batches": (1,), "repeats": 1,
-         "volume_batches": (2,)}
+         "volume_batches": (2,), "volume_slices": 2}
 
 
 def _sync(device: torch.device) -> None:
