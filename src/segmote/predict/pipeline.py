@@ -85,7 +85,7 @@ def predict_file(input_path: str | Path, output: str | Path,
         return _predict_auto(data, outputs, classes, opts, value)
     depth = data.array.shape[opts.axis] if data.is_volume else 1
     objs = numbers.to_objects(data.is_volume, depth) if numbers is not None else list(objects)
-    check_objects(objs, data.array.shape, data.is_volume)
+    check_objects(objs, data.array.shape, data.is_volume, opts.axis)
     return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts)
 
 

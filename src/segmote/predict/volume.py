@@ -41,7 +41,7 @@ def slice_prompts(objects: list[ObjectPrompt], axis: int,
     a, b = in_plane_axes(axis)
     plan: dict[int, list[tuple[int, dict]]] = {}
     for n, obj in enumerate(objects):
-        check_volume_prompt(obj, shape)
+        check_volume_prompt(obj, shape, axis)
         ks: set[int] = set()
         if obj.box is not None:
             lo, hi = obj.box[:3], obj.box[3:]
