@@ -24,7 +24,7 @@ from segmote.batching import check_batch_size
 from segmote.build import DEFAULT_ADAPTER, load_model, resolve_device
 from segmote.errors import InputError, ParameterError, SegmoteError
 from segmote.io import ImageData, LabelInfo, output_path_for, read_image, write_label
-from segmote.io.finite import finite_image
+from segmote.io.finite import finite_image, finite_mask
 from segmote.io.image import split_ext
 from segmote.io.writers import label_names_path
 from segmote.outputs import check_outputs, written_together
@@ -222,6 +222,7 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
             label, scores = propagate_objects(
                 seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
                 key_slice=opts.key_slice, follow=opts.propagate, record=rec,
+                valid=finite_mask(data),
                 **decode_arguments(opts.text, opts.attention is not None))
             # propagation visits the key slice first: the table goes by object, then slice
             order = {obj.label: n for n, obj in enumerate(objects)}
@@ -297,7 +298,8 @@ def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[s
             on_slices = [int((label == i + 1).any(axis=other).sum()) for i in range(len(names))]
             found = {n: f"{k} slices" for n, k in zip(names, on_slices) if k}
         else:
-            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
+            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold,
+                              finite_mask(data))
             label, names = pred.label_map, pred.classes
             found = {n: f"confidence {pred.confidence[n]:.2f}" for n in names if pred.kept[n]}
     mapping = {i + 1: n for i, n in enumerate(names)}
