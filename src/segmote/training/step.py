@@ -22,6 +22,7 @@ from segmote.modeling.segmote import ImageFeatures, SegMoTE
 from segmote.modeling.text_ensemble import text_ensemble
 from segmote.training.config import TrainConfig
 from segmote.training.losses import segmote_loss
+from segmote.training.memory import release_free_memory
 from segmote.simulated_prompts import (Prompt, error_clicks, sample_prompt, tight_box,
                                       to_model_coords)
 
@@ -127,6 +128,10 @@ class TrainStep(nn.Module):
                      auto: bool) -> Any:
         """`SegMoTE.decode` of the batch rows `sel` (the rows are picked inside, so that under
         checkpointing no per-group copy of the (B, C, 4h, 4w) head features is kept)."""
+        if self.config.recompute_rounds and self.config.trim_memory and sel.device.type == "cpu":
+            # runs in the forward pass and again in the backward pass (recomputation): give
+            # back what the previous group freed before this one allocates (`training.memory`)
+            release_free_memory()
         return self.model.decode(
             ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
             points=points, boxes=boxes, masks=None if masks is None else masks[sel], text=text,
