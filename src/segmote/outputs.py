@@ -102,7 +102,7 @@ def _probe(path: Path, role: str, folder: Path) -> None:
 
 @contextlib.contextmanager
 def written_together(paths: Sequence[Path], suffixes: Sequence[str] | None = None,
-                     ) -> Iterator[list[Path]]:
+                     in_place: Sequence[Path] = ()) -> Iterator[list[Path]]:
     """Yield one temporary path per destination; all are renamed onto their destinations when
     the block ends normally, none when it raises (the temporary files are removed then).
 
@@ -112,17 +112,25 @@ def written_together(paths: Sequence[Path], suffixes: Sequence[str] | None = Non
     they were new, and InputError names the file that failed. Only when that roll-back fails
     too does the error say which files now hold the new outputs.
     suffixes: each temporary file's ending, for writers that choose a format by it.
+    in_place: files the block writes at their destination itself (atomically, with a writer
+        that names files after them: a label map and its label-names file); if the block
+        raises or a rename fails, they get their old file back, or are removed if they were new.
     """
     paths = [Path(p) for p in paths]
     ends = suffixes or [".tmp"] * len(paths)
     tmps: list[Path] = []
+    own = [Path(p) for p in in_place]
+    kept = [_keep_old(p) for p in own]
     try:
         for path, end in zip(paths, ends):
             tmps.append(temp_beside(path, end))
         yield list(tmps)
         _commit(tmps, paths)
+    except BaseException:
+        _roll_back(own, kept)
+        raise
     finally:
-        for tmp in tmps:
+        for tmp in tmps + [k for k in kept if k is not None]:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 
@@ -180,7 +188,7 @@ def _roll_back(done: list[Path], kept: list[Path | None]) -> list[Path]:
             if keep is not None:
                 os.replace(keep, path)
             else:
-                path.unlink()
+                path.unlink(missing_ok=True)
         except OSError:
             stuck.append(path)
     return stuck

@@ -115,10 +115,12 @@ def _write_outputs(outputs: dict[str, Path], label: np.ndarray, data: ImageData,
     """The figures go to temporary files first, then the label map (with its label-names file
     and detached data file, which `write_label` writes atomically itself); the figures are
     renamed into place only once the label map is written. A full disk or a read-only folder
-    anywhere on the way leaves none of them behind."""
+    anywhere on the way leaves none of them behind, and a label map that was there before
+    comes back if a figure's rename fails after the label map was written."""
     roles = list(figures)
     paths = [outputs[r] for r in roles]
-    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths]) as tmps:
+    own = [outputs[r] for r in ("label map", "label names file") if r in outputs]
+    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths], own) as tmps:
         try:
             for role, tmp in zip(roles, tmps):
                 figures[role](tmp)
