@@ -2,13 +2,13 @@
 2-D + CT set: 8 tumour slices of the bundled lung2 CT crop and 8 copies of the bundled nuclei
 image, text prompts and PPT on (the default), 2 refinement rounds.
 
-    python benchmarks/bench_train_memory.py [--steps 2] [--repeats 2]
+    python benchmarks/bench_train_memory.py [--steps 2] [--repeats 2] [--off]
 
 Each setting runs in a fresh process (freed memory is not given back to the system, so a
 second setting in the same process would inherit the first one's footprint). The peak of a
 step is the resident high-water mark (VmHWM) after resetting it (/proc/self/clear_refs) right
 before the step, so it includes the model, the text encoder and the batch. Settings:
-"off" keeps every activation (recompute_rounds false); "on_no_trim" recomputes them
+"off" (with --off) keeps every activation (recompute_rounds false); "on_no_trim" recomputes them
 (recompute_rounds, the default before trim_memory); "on" is the default recipe
 (recompute_rounds and trim_memory: `segmote.training.memory`). "on_no_trim" and "on" alternate
 `--repeats` times, so their step times share the machine's load.
@@ -103,13 +103,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--off", action="store_true",
+                    help="also run the setting that keeps every activation (5.5 GB, slow)")
     ap.add_argument("--child", choices=tuple(SETTINGS))
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.steps)))
         return
     runs: dict[str, dict] = {}
-    for name in ["off"] + ["on_no_trim", "on"] * args.repeats:
+    for name in ["off"] * args.off + ["on_no_trim", "on"] * args.repeats:
         out = subprocess.run([sys.executable, __file__, "--child", name, "--steps",
                               str(args.steps)], check=True, capture_output=True, text=True)
         got = json.loads(out.stdout.splitlines()[-1])
@@ -122,7 +124,7 @@ def main() -> None:
     res = {"machine": machine(), "batch": BATCH, "steps": args.steps, "repeats": args.repeats,
            "load_average": os.getloadavg(), "runs": runs,
            "command": f"python benchmarks/bench_train_memory.py --steps {args.steps} "
-                      f"--repeats {args.repeats}"}
+                      f"--repeats {args.repeats}" + " --off" * args.off}
     print(write_result("train_memory", res))
 
 
