@@ -66,11 +66,12 @@ class TrainConfig:
         recompute_rounds: keep no activations of a prompt round for the backward pass but
             recompute them there, one round at a time (activation checkpointing): the same
             gradients, the activations of one prompt group at a time instead of those of every
-            group of every round (default recipe, batch 16, CPU: peak 5.5 -> 3.1-3.4 GB,
+            group of every round (default recipe, batch 16, CPU: peak 5.5 -> 2.7-3.4 GB,
             docs/benchmarks.md), about a fifth more step time.
         trim_memory: on a CPU, with recompute_rounds, give the heap pages each prompt group
-            freed back to the system before the next one decodes (`segmote.training.memory`;
-            glibc keeps them resident otherwise): the same numbers, a lower peak.
+            freed back to the system before the backward pass recomputes the next one
+            (`segmote.training.memory`; glibc keeps them resident otherwise): the same
+            numbers, a lower peak (docs/benchmarks.md).
         seed: fixes the adapter init, the data order, every prompt and the router noise.
         axis, min_foreground, val_fraction: slicing of 3-D volumes and the case split.
         split: a split JSON (`segmote.data.datasets.save_split` format) to use instead of

@@ -4,11 +4,12 @@ One CPU training step allocates and frees several GB of tensors of 1-32 MB (deco
 activations of each prompt group, recomputed in the backward pass by `recompute_rounds`).
 glibc serves such blocks from its heap, and a freed block in the middle of the heap stays
 resident: on the default recipe the process's peak resident memory was ~1 GB above the peak of
-live tensors (torch profiler: 1.1-1.3 GB live, 2.4-2.7 GB resident growth). `malloc_trim(0)`
-returns every free heap page to the system (madvise), so calling it before each prompt group's
-decode caps that waste at what one group leaves behind. It costs a page fault for each page the
-next group reuses (about 5 % of a CPU step, docs/benchmarks.md), changes no number, and is a
-no-op where the C library has no malloc_trim (musl, macOS, Windows).
+live tensors (torch profiler: 1.3 GB live, 2.1-2.8 GB resident growth). `malloc_trim(0)`
+returns every free heap page to the system (madvise); `TrainStep` calls it once after the
+forward pass and before each prompt group's recomputation in the backward pass, where the peak
+is, which caps that waste at what one group leaves behind. It costs a page fault for each page
+the next group reuses (step time: docs/benchmarks.md), changes no number, and is a no-op where
+the C library has no malloc_trim (musl, macOS, Windows).
 
 Allocator settings (M_MMAP_THRESHOLD, M_ARENA_MAX) are process-wide and must be set before the
 first allocation, which a library cannot promise; trimming needs neither.
