@@ -36,6 +36,7 @@ from torch import Tensor
 
 from segmote.batching import check_batch_size, chunks, prefetched
 from segmote.io import ImageData
+from segmote.io.finite import finite_mask
 from segmote.predict.prompts import ObjectPrompt, label_dtype
 from segmote.predict.segmenter import Prediction, Segmenter
 from segmote.predict.volume import Progress, Recorder, combine, decode_arguments, slice_prompts
@@ -150,16 +151,17 @@ class _Writer:
         return self.out
 
 
-def _batches(seg: Segmenter, vol: np.ndarray, ks: list[int], axis: int, modality: str | None,
+def _batches(seg: Segmenter, data: ImageData, ks: list[int], axis: int, modality: str | None,
              window: str | None, batch_size: int | None, progress: Progress | None):
     """(slice indices, features of the batch) per batch; the slices are read and
     preprocessed in the background; the progress bar advances as batches finish."""
+    vol = data.array
     size = check_batch_size(batch_size, seg.device)
     ticks = iter(progress(ks)) if progress else None
 
     def prepare(batch: list[int]) -> tuple[list[int], list[Tensor]]:
         return batch, [preprocess(volume_slice(vol, k, axis), seg.model.img_size, modality,
-                                  window)[0] for k in batch]
+                                  window, finite_mask(data, k, axis))[0] for k in batch]
 
     for batch, inputs in prefetched(chunks(ks, size), prepare):
         yield batch, _encode(seg, inputs)
@@ -180,7 +182,7 @@ def segment_volume_batched(seg: Segmenter, data: ImageData, objects: list[Object
     hw = volume_slice(vol, ks[0], axis).shape[:2]
     writer = _Writer(np.zeros(vol.shape, dtype=label_dtype(objects)), axis)
     try:
-        for batch, features in _batches(seg, vol, ks, axis, modality, window, batch_size,
+        for batch, features in _batches(seg, data, ks, axis, modality, window, batch_size,
                                         progress):
             rows = [(i, k, n, kw) for i, k in enumerate(batch) for n, kw in plan[k]]
             maps = _decode_batch(seg, features, hw, rows, decode_arguments(text, attention),
@@ -206,7 +208,7 @@ def auto_volume_batched(seg: Segmenter, data: ImageData, classes: list[str] | No
     names: list[str] = []
     slices: dict[str, int] = {}
     try:
-        for batch, features in _batches(seg, vol, ks, axis, modality, window, batch_size,
+        for batch, features in _batches(seg, data, ks, axis, modality, window, batch_size,
                                         progress):
             for i, k in enumerate(batch):
                 seg.set_features(_rows(features, [i]), hw)
