@@ -66,8 +66,12 @@ class TrainConfig:
         recompute_rounds: keep no activations of a prompt round for the backward pass but
             recompute them there, one round at a time (activation checkpointing): the same
             gradients, the activations of one prompt group at a time instead of those of every
-            group of every round (default recipe, batch 16, CPU: peak 5.5 -> 3.1-3.4 GB,
+            group of every round (default recipe, batch 16, CPU: peak 5.5 -> 2.7-3.4 GB,
             docs/benchmarks.md), about a fifth more step time.
+        trim_memory: on a CPU, with recompute_rounds, give the heap pages each prompt group
+            freed back to the system before the backward pass recomputes the next one
+            (`segmote.training.memory`; glibc keeps them resident otherwise): the same
+            numbers, a lower peak (docs/benchmarks.md).
         seed: fixes the adapter init, the data order, every prompt and the router noise.
         axis, min_foreground, val_fraction: slicing of 3-D volumes and the case split.
         split: a split JSON (`segmote.data.datasets.save_split` format) to use instead of
@@ -133,6 +137,7 @@ class TrainConfig:
     refine_rounds: int = 2
     refine_clicks: list[int] = field(default_factory=lambda: [1, 3, 4, 7])
     recompute_rounds: bool = True
+    trim_memory: bool = True
     seed: int = 0
     axis: int = 2
     min_foreground: int = 10
@@ -225,7 +230,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _number("box_jitter", cfg.box_jitter, 0.0, 1.0)
     _number("text_with_prompt", cfg.text_with_prompt, 0.0, 1.0)
     _number("absent_prob", cfg.absent_prob, 0.0, 1.0)
-    for name in ("absent_other_modalities", "recompute_rounds"):
+    for name in ("absent_other_modalities", "recompute_rounds", "trim_memory"):
         if not isinstance(getattr(cfg, name), bool):
             raise InputError(f"config {name}: expected true or false, got "
                              f"{getattr(cfg, name)!r}")
