@@ -235,6 +235,33 @@ def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_p
         assert not (tmp_path / "bad").exists()
 
 
+def test_fit_on_a_hand_made_selection_without_validation(lung_dataset, cache_dir, tmp_path):
+    """The curation benchmarks' path: `selection_manifest` of chosen samples (their order kept),
+    then `fit()` with no validation split (val_fraction 0; its epoch log has no val Dice, which
+    used to crash the TensorBoard log); a sample of a dataset not given is refused."""
+    from segmote.curation.manifest import manifest_samples, selection_manifest
+    from segmote.data.datasets import discover, slice_samples
+    from segmote.errors import ParameterError
+    from segmote.training.trainer import fit
+
+    (d,) = discover([lung_dataset])
+    every = slice_samples([d], {d.name: {"train": [c.case_id for c in d.cases], "val": []}},
+                          axis=2, min_foreground=200).samples
+    picks = [every[2], every[0]]
+    path = selection_manifest([d], picks, tmp_path / "selection.json")
+    key = [(s.case_id, s.slice_index, s.class_value, s.foreground) for s in picks]
+    assert [(s.case_id, s.slice_index, s.class_value, s.foreground)
+            for s in manifest_samples(path)[1]] == key
+    res = fit(_cfg(cache_dir, manifest=str(path), val_fraction=0.0, **PLAIN), [],
+              tmp_path / "run", device="cpu", progress=False)
+    assert res.global_step == 1 and res.latest_adapter.is_file() and res.best_adapter is None
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics[0]["val"]["mean_dice"] is None and metrics[0]["train"]["loss"] > 0
+    with pytest.raises(ParameterError, match="not in datasets"):
+        selection_manifest([], picks, tmp_path / "refused.json")
+    assert not (tmp_path / "refused.json").exists()
+
+
 def test_second_stage_adds_text_and_ppt_and_leaves_box_decoding_bit_identical(
         lung_dataset, cache_dir, tmp_path, capsys):
     """Stage 1 trains a plain adapter; stage 2 (--init-adapter, train_parts [text, ppt]) adds
