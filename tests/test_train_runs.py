@@ -123,7 +123,8 @@ def test_cli_end_to_end_writes_every_output(lung_dataset, cache_dir, tmp_path, c
     assert any((out / "tensorboard").iterdir())
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["epochs"] == 1 and resolved["refine_rounds"] == 1  # flag and YAML applied
+    # flag and YAML applied; written in groups
+    assert resolved["optim"]["epochs"] == 1 and resolved["prompts"]["refine_rounds"] == 1
     metrics = json.loads((out / "metrics.json").read_text())
     val = metrics[0]["val"]
     assert 0 <= val["mean_dice"] <= 1 and list(val["per_class"])[0].endswith("/tumour")
@@ -171,7 +172,8 @@ def test_given_split_balance_and_samples_per_epoch(lung_dataset, cache_dir, tmp_
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     # --balance is the older name of --sampling-balance; the run records the new key
-    assert resolved["sampling_balance"] == "dataset_class" and resolved["split"] == str(split)
+    assert resolved["data"]["sampling_balance"] == "dataset_class"
+    assert resolved["data"]["split"] == str(split)
     capsys.readouterr()
 
     split.write_text(json.dumps({lung_dataset.name: {"train": ["lung_009"], "val": []}}))
@@ -223,7 +225,7 @@ def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[0]["step"] == 1  # 2 training samples / batch 2
     import yaml
-    assert yaml.safe_load((out / "config.yaml").read_text())["manifest"] == str(manifest)
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["manifest"] == str(manifest)
     capsys.readouterr()
 
     for argv, needle in [(["--manifest", str(manifest), "--data", str(lung_dataset)],

@@ -59,8 +59,6 @@ def train_and_eval(datasets, samples, held, cfg, cache_root: Path | None = None)
 
     cfg: `train_config`; its seed fixes the init, the batch order, the prompts and the router
     noise. cache_root: the embedding cache folder (default: this benchmark's)."""
-    import dataclasses
-
     from segmote.build import load_model
     from segmote.curation.manifest import selection_manifest
     from segmote.training import distributed as ddp
@@ -70,8 +68,8 @@ def train_and_eval(datasets, samples, held, cfg, cache_root: Path | None = None)
     root = cache_root or CACHE
     with tempfile.TemporaryDirectory(prefix="segmote-curation-") as tmp:
         manifest = selection_manifest(datasets, samples, Path(tmp) / "manifest.json")
-        run_cfg = dataclasses.replace(cfg, manifest=str(manifest), val_fraction=0.0,
-                                      cache_dir=str(root), save_every=0)
+        run_cfg = cfg.replace(manifest=str(manifest), val_fraction=0.0, cache_dir=str(root),
+                              save_every=0)
         t = time.perf_counter()
         result = fit(run_cfg, [], Path(tmp) / "run", device="cpu", progress=False)
         train_s = time.perf_counter() - t
@@ -88,19 +86,12 @@ def train_and_eval(datasets, samples, held, cfg, cache_root: Path | None = None)
 
 
 def train_config(epochs: int, batch: int, refine: int, seed: int):
-    """The subset benchmark's TrainConfig: box/point prompts only (text prompts, where the
-    trainer has them, are switched off so every run trains the same adapter)."""
-    import dataclasses
+    """The curation benchmarks' TrainConfig: box/point prompts only (no text encoder, no PPT),
+    lr 1e-3 without milestones."""
     from segmote.training.config import TrainConfig
 
-    extra = {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if "text_encoder" in names:
-        extra["text_encoder"] = None
-    if "ppt_queries" in names:
-        extra["ppt_queries"] = 0
-    return TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
-                       milestones=[], **extra)
+    return TrainConfig().replace(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine,
+                                 seed=seed, milestones=[], text_encoder=None, ppt_queries=0)
 
 
 def subset_split(held_max: int):
