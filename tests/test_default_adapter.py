@@ -69,4 +69,5 @@ def test_shipped_config_is_valid_and_balanced():
     assert text.model.train_parts == ["text", "ppt"]
     assert text.data.sampling_balance == cfg.data.sampling_balance
     assert text.data.min_foreground == cfg.data.min_foreground
-    assert text.calibration.calibrate_on == "train"  # the validation cases are the held-out test set
+    # the validation cases are the held-out test set
+    assert text.calibration.calibrate_on == "train"
