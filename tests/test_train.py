@@ -155,11 +155,13 @@ def _model_text(cfg: TrainConfig, text_dim: int):
 def test_recomputed_rounds_give_the_same_loss_and_gradients(real_batch):
     """Activation checkpointing (recompute_rounds, issue 21 case 15) only trades memory for
     time: the loss and every gradient are bit-identical (router noise on: its RNG state is
-    restored for the recomputation)."""
+    restored for the recomputation), and so is trim_memory (heap pages given back between
+    prompt groups)."""
     two, _ = real_batch
     grads = []
-    for recompute in (False, True):
+    for recompute, trim in ((False, False), (True, False), (True, True)):
         cfg = load_config(overrides=dict(refine_rounds=2, recompute_rounds=recompute,
+                                         trim_memory=trim,
                                          prompt_mix={"box": 0.5, "point": 0.5}, **PLAIN))
         torch.manual_seed(0)
         model = _model(cfg)
@@ -168,7 +170,8 @@ def test_recomputed_rounds_give_the_same_loss_and_gradients(real_batch):
         out.loss.backward()
         grads.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters()
                                           if p.grad is not None}))
-    (loss_a, a), (loss_b, b) = grads
-    assert torch.equal(loss_a, loss_b) and a.keys() == b.keys() and len(a) > 10
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    (loss_a, a), *others = grads
+    for loss_b, b in others:
+        assert torch.equal(loss_a, loss_b) and a.keys() == b.keys() and len(a) > 10
+        for name in a:
+            assert torch.equal(a[name], b[name]), name

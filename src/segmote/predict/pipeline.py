@@ -24,7 +24,7 @@ from segmote.batching import check_batch_size
 from segmote.build import DEFAULT_ADAPTER, load_model, resolve_device
 from segmote.errors import InputError, ParameterError, SegmoteError
 from segmote.io import ImageData, LabelInfo, output_path_for, read_image, write_label
-from segmote.io.finite import finite_image
+from segmote.io.finite import finite_image, finite_mask
 from segmote.io.image import split_ext
 from segmote.io.writers import label_names_path
 from segmote.outputs import check_outputs, written_together
@@ -106,7 +106,7 @@ def predict_file(input_path: str | Path, output: str | Path,
         return _predict_auto(data, outputs, classes, opts, value, models)
     depth = data.array.shape[opts.axis] if data.is_volume else 1
     objs = numbers.to_objects(data.is_volume, depth) if numbers is not None else list(objects)
-    check_objects(objs, data.array.shape, data.is_volume)
+    check_objects(objs, data.array.shape, data.is_volume, opts.axis)
     return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts,
                              models)
 
@@ -137,10 +137,12 @@ def _write_outputs(outputs: dict[str, Path], label: np.ndarray, data: ImageData,
     """The figures go to temporary files first, then the label map (with its label-names file
     and detached data file, which `write_label` writes atomically itself); the figures are
     renamed into place only once the label map is written. A full disk or a read-only folder
-    anywhere on the way leaves none of them behind."""
+    anywhere on the way leaves none of them behind, and a label map that was there before
+    comes back if a figure's rename fails after the label map was written."""
     roles = list(figures)
     paths = [outputs[r] for r in roles]
-    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths]) as tmps:
+    own = [outputs[r] for r in ("label map", "label names file") if r in outputs]
+    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths], own) as tmps:
         try:
             for role, tmp in zip(roles, tmps):
                 figures[role](tmp)
@@ -245,6 +247,7 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
             label, scores = propagate_objects(
                 seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
                 key_slice=opts.key_slice, follow=opts.propagate, record=rec,
+                valid=finite_mask(data),
                 **decode_arguments(opts.text, opts.attention is not None))
             # propagation visits the key slice first: the table goes by object, then slice
             order = {obj.label: n for n, obj in enumerate(objects)}
@@ -321,7 +324,8 @@ def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[s
             on_slices = [int((label == i + 1).any(axis=other).sum()) for i in range(len(names))]
             found = {n: f"{k} slices" for n, k in zip(names, on_slices) if k}
         else:
-            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
+            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold,
+                              finite_mask(data))
             label, names = pred.label_map, pred.classes
             found = {n: f"confidence {pred.confidence[n]:.2f}" for n in names if pred.kept[n]}
     mapping = {i + 1: n for i, n in enumerate(names)}

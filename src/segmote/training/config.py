@@ -138,7 +138,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _number("box_jitter", cfg.prompts.box_jitter, 0.0, 1.0)
     _number("text_with_prompt", cfg.prompts.text_with_prompt, 0.0, 1.0)
     _number("absent_prob", cfg.prompts.absent_prob, 0.0, 1.0)
-    for name in ("absent_other_modalities", "recompute_rounds"):
+    for name in ("absent_other_modalities", "recompute_rounds", "trim_memory"):
         if not isinstance(_get(cfg, name), bool):
             raise InputError(f"config {name}: expected true or false, got "
                              f"{_get(cfg, name)!r}")

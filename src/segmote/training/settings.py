@@ -161,6 +161,10 @@ class RuntimeSettings:
         recompute_rounds: keep no activations of a prompt round for the backward pass but
             recompute them there, one round at a time (activation checkpointing): the same
             gradients, about a fifth more step time, far less memory (docs/benchmarks.md).
+        trim_memory: on a CPU, with recompute_rounds, give the heap pages each prompt group
+            freed back to the system before the backward pass recomputes the next one
+            (`segmote.training.memory`; glibc keeps them resident otherwise): the same
+            numbers, a lower peak (docs/benchmarks.md).
         num_workers: DataLoader workers reading cached embeddings.
         engine: what encodes the cache's slices (the frozen encoder only): "torch", or a CPU
             engine of `segmote.engine` ("onnxruntime", "openvino", "auto").
@@ -170,6 +174,7 @@ class RuntimeSettings:
 
     amp: str = "auto"
     recompute_rounds: bool = True
+    trim_memory: bool = True
     num_workers: int = 0
     engine: str = "torch"
     save_every: int = 100

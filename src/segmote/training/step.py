@@ -22,6 +22,7 @@ from segmote.modeling.segmote import ImageFeatures, SegMoTE
 from segmote.modeling.text_ensemble import text_ensemble
 from segmote.training.config import TrainConfig
 from segmote.training.losses import segmote_loss
+from segmote.training.memory import release_free_memory
 from segmote.simulated_prompts import (Prompt, error_clicks, sample_prompt, tight_box,
                                       to_model_coords)
 
@@ -110,6 +111,9 @@ class TrainStep(nn.Module):
             raise ValueError("an adapter with text prompts needs the class text embeddings")
         self.texts = dict(texts or {})
         self.mix = config.prompt_mix_at(0)
+        # True between the end of a checkpointed forward pass and the next forward: the
+        # decodes then are the backward pass's recomputations (where the peak is)
+        self._recomputing = False
 
     def set_epoch(self, epoch: int) -> None:
         """Apply the progressive schedule: the prompt mix of `epoch`."""
@@ -127,6 +131,10 @@ class TrainStep(nn.Module):
                      auto: bool) -> Any:
         """`SegMoTE.decode` of the batch rows `sel` (the rows are picked inside, so that under
         checkpointing no per-group copy of the (B, C, 4h, 4w) head features is kept)."""
+        if self._recomputing and sel.device.type == "cpu":
+            # the backward pass recomputes one group at a time: give back what the previous
+            # group freed before this one allocates (`segmote.training.memory`)
+            release_free_memory()
         return self.model.decode(
             ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
             points=points, boxes=boxes, masks=None if masks is None else masks[sel], text=text,
@@ -168,6 +176,7 @@ class TrainStep(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:
         cfg = self.config
+        self._recomputing = False
         encoded = EncoderOutput(batch.image_embedding, batch.early_features)
         if self.config.runtime.recompute_rounds and torch.is_grad_enabled():
             # the head's image fusion (4x upsampling twice, at batch 16 ~0.5 GB of saved
@@ -217,6 +226,11 @@ class TrainStep(nn.Module):
                 for i, rng in enumerate(rngs):
                     k = int(rng.choice(cfg.prompts.refine_clicks))
                     prompts[i].add_clicks(*error_clicks(pred[i], gt[i], k, rng))
+        run = cfg.runtime
+        trim = run.recompute_rounds and run.trim_memory and torch.is_grad_enabled()
+        if trim and batch.image_embedding.device.type == "cpu":
+            self._recomputing = True
+            release_free_memory()  # what the forward pass freed, before the backward pass
         return StepOutput(total / rounds, {k: v / rounds for k, v in sums.items()})
 
 
