@@ -254,11 +254,11 @@ def child_train(backbone: str, precision: str, batch: int, device: torch.device,
     texts = {n: F.normalize(torch.randn(text_dim), dim=0).to(device) for n in ("blob", "other")}
     step = TrainStep(model, cfg, texts)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
     scaler = grad_scaler(precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t = _timed(lambda: train_step(step, data, opt, params, cfg.grad_clip,
+    t = _timed(lambda: train_step(step, data, opt, params, cfg.optim.grad_clip,
                                   lambda: autocast(precision, device), scaler, device),
                device, repeats)
     out = {"step_s": t, **_peaks(device)}

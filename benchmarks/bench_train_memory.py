@@ -84,14 +84,14 @@ def child(setting: str, steps: int) -> dict:
     make = _batch(cfg, model, texts)
     step = TrainStep(model, cfg, texts)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
     before = status_mb("VmRSS")
     peaks, seconds = [], []
     for i in range(steps):
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the high-water mark to the current RSS
         t = time.perf_counter()
-        train_step(step, make(i), opt, params, cfg.grad_clip, contextlib.nullcontext, None,
+        train_step(step, make(i), opt, params, cfg.optim.grad_clip, contextlib.nullcontext, None,
                    torch.device("cpu"))
         seconds.append(time.perf_counter() - t)
         peaks.append(status_mb("VmHWM"))

@@ -49,14 +49,35 @@ def _tqdm(desc: str) -> Progress:
     return lambda it: tqdm(it, desc=desc, unit="slice", leave=False)
 
 
+class ModelCache:
+    """Keeps the model of the last `predict_file` call given this cache for the next call that
+    asks for the same one (the same `load_model` arguments), so a folder of cases loads its
+    model once, not once per case (~0.8 s each on a CPU). A call asking for another model
+    replaces it (one model in memory)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[str, str], ...] | None = None
+        self._model: Any = None
+
+    def load(self, **kwargs: Any) -> Any:
+        """`segmote.build.load_model(**kwargs)`, or the model it returned last time."""
+        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+        if key != self._key:
+            self._model = self._key = None  # free the old model before the new one loads
+            self._model, self._key = load_model(**kwargs), key
+        return self._model
+
+
 def predict_file(input_path: str | Path, output: str | Path,
                  objects: Sequence[ObjectPrompt] | PromptNumbers = (),
-                 options: PredictOptions | None = None) -> PredictResult:
+                 options: PredictOptions | None = None,
+                 models: ModelCache | None = None) -> PredictResult:
     """Read an image or volume, segment every object (or, prompt-free, every class asked),
     write a label map with the input's geometry (and the figures asked for).
 
     objects: `ObjectPrompt`s in the image's coordinates, or `PromptNumbers` read once the
         image is known; none for prompt-free modes (options.text alone or options.auto).
+    models: reuse the model loaded by an earlier call given the same cache (None: load it).
     """
     opts = options or PredictOptions()
     LabelInfo(opts.label_names)  # check the names before any work
@@ -82,11 +103,12 @@ def predict_file(input_path: str | Path, output: str | Path,
         value = numbers.labels[0] if numbers is not None and numbers.labels else None
         outputs = _check_outputs(input_path, data, out_path, opts)
         classes = [opts.text] if opts.text is not None else opts.classes
-        return _predict_auto(data, outputs, classes, opts, value)
+        return _predict_auto(data, outputs, classes, opts, value, models)
     depth = data.array.shape[opts.axis] if data.is_volume else 1
     objs = numbers.to_objects(data.is_volume, depth) if numbers is not None else list(objects)
     check_objects(objs, data.array.shape, data.is_volume, opts.axis)
-    return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts)
+    return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts,
+                             models)
 
 
 def _check_outputs(input_path: str | Path, data: ImageData, out_path: Path,
@@ -156,8 +178,8 @@ def _warn_if_constant(data: ImageData) -> None:
                       "prompts alone", stacklevel=3)
 
 
-def _model_for(opts: PredictOptions, auto: bool):
-    """Check what is cheap to check, then load the model."""
+def _model_for(opts: PredictOptions, auto: bool, models: ModelCache | None = None):
+    """Check what is cheap to check, then load the model (or take it from `models`)."""
     modality = normalize_modality(opts.modality)
     parse_window(opts.window)  # validate before the model loads
     check_png(opts.overlay, "overlay")
@@ -176,8 +198,9 @@ def _model_for(opts: PredictOptions, auto: bool):
     # the engine's encoder stays fp32 whatever {precision} says (that is PyTorch's autocast):
     # OpenVINO bf16 moved Dice by up to 0.014 on the faithfulness rows (docs/engine.md), over
     # the 0.005 it may cost to be offered
-    return modality, load_model(opts.backbone, opts.checkpoint, adapter=adapter, device=dev,
-                                engine=opts.engine, threads=opts.threads)
+    load = models.load if models is not None else load_model
+    return modality, load(backbone=opts.backbone, checkpoint=opts.checkpoint, adapter=adapter,
+                          device=dev, engine=opts.engine, threads=opts.threads)
 
 
 def _autocast(opts: PredictOptions, model) -> Any:
@@ -195,9 +218,9 @@ def _shown_slice(data: ImageData, first: ObjectPrompt, axis: int) -> int | None:
 
 
 def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[ObjectPrompt],
-                      opts: PredictOptions) -> PredictResult:
+                      opts: PredictOptions, models: ModelCache | None) -> PredictResult:
     """`predict_file` with prompts."""
-    modality, model = _model_for(opts, auto=False)
+    modality, model = _model_for(opts, auto=False, models=models)
     modality = modality or guess_modality(data)
     if (opts.routing or opts.attention is not None) and not isinstance(model, SegMoTE):
         param = "routing" if opts.routing else "attention"
@@ -275,12 +298,13 @@ def _propagated(objects: list[ObjectPrompt], opts: PredictOptions) -> bool:
 
 
 def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[str] | None,
-                  opts: PredictOptions, value: int | None) -> PredictResult:
+                  opts: PredictOptions, value: int | None,
+                  models: ModelCache | None) -> PredictResult:
     """`predict_file` without prompts: PPT per class (`segmote.predict.volume.auto_volume`).
     value: the label value of a single class asked by text (default 1)."""
     if value is not None:
         check_label_value(value)
-    modality, model = _model_for(opts, auto=True)
+    modality, model = _model_for(opts, auto=True, models=models)
     modality = modality or guess_modality(data)
     seg = Segmenter(model)
     if not seg.prompt_free or not seg.takes_text:
