@@ -87,12 +87,12 @@ def held_out_setup(run_dir: Path | None, adapter: str) -> tuple:
     from segmote.training.default_adapter import prepare
 
     if run_dir is not None:
-        import yaml
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        data_dirs = [Path(p) for p in config["data"]]
+        from segmote.training.config import load_config
+        config = load_config(run_dir / "config.yaml")  # grouped or (older runs) flat keys
+        data_dirs = [Path(p) for p in config.data.folders]
         adapter_path = run_dir / "adapter_latest.safetensors" if adapter == "latest" \
             else Path(adapter)
-        cache = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir()
+        cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
         return None, data_dirs, load_split(run_dir / "split.json"), cache, adapter_path
     tmp = tempfile.TemporaryDirectory()
     prepared = prepare(Path(tmp.name) / "data")

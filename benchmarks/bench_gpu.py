@@ -42,21 +42,23 @@ _ONE, _AUTO = ["--batch-size", "1"], ["--auto"]
 # sizes per device kind: the CPU run must finish in a few minutes on 2 shared cores
 SIZES = {
     "cuda": {"batches": (1, 8, 32, 64), "precisions": ("fp32", "bf16", "fp16"), "prompts": 64,
-             "slices": 300, "train_batches": (8, 32, 64), "repeats": 10, "volume_batch": 32,
+             "slices": 300, "train_batches": (8, 32, 64), "repeats": 10,
+             "volume_batches": (8, 32), "volume_repeats": 3,
              "cli": (("fp32, one slice at a time", _ONE, None), ("fp32", [], None),
                      ("bf16", ["--precision", "bf16"], None), ("auto, fp32", _AUTO, None),
                      ("auto, bf16", [*_AUTO, "--precision", "bf16"], None))},
     "cpu": {"batches": (1, 4), "precisions": ("fp32", "bf16"), "prompts": 16, "slices": 8,
-            "train_batches": (2,), "repeats": 2, "volume_batch": 4,
-            "cli": (("fp32, one slice at a time", _ONE, None),
+            "train_batches": (2,), "repeats": 2, "volume_batches": (1, 2, 4),
+            "volume_slices": 4,
+            "cli": (("fp32, the CPU default (1 slice per call)", [], None),
                     ("fp32, batches of 4", ["--batch-size", "4"], None),
-                    ("auto, fp32, batches of 4", [*_AUTO, "--batch-size", "4"], None),
-                    ("memory: 512 x 512 x 300, box over 16 slices, batches of 4",
-                     ["--slices", "300", "--batch-size", "4"], 16))},
+                    ("auto, fp32", _AUTO, None),
+                    ("memory: 512 x 512 x 300, box over 16 slices, the CPU default",
+                     ["--slices", "300"], 16))},
 }
 # --quick: every code path once, at the smallest sizes (a smoke test, not a measurement)
 QUICK = {"batches": (1, 2), "prompts": 2, "slices": 2, "train_batches": (1,), "repeats": 1,
-         "volume_batch": 2}
+         "volume_batches": (2,), "volume_slices": 2}
 
 
 def _sync(device: torch.device) -> None:
@@ -114,7 +116,7 @@ def prompt_latency(device: torch.device, size: dict) -> list[dict]:
 def cli_volume(device: torch.device, size: dict) -> list[dict]:
     """`segmote predict` on a 512 x 512 x Z CT (a box over every slice, or `--auto`), each run
     in a child process (its own peak memory), model loading included."""
-    from bench_predict import make_volume
+    from gpu_device import make_volume
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,11 +141,12 @@ def cli_volume(device: torch.device, size: dict) -> list[dict]:
     return rows
 
 
-def volume_ratio(device: torch.device, size: dict) -> dict:
+def volume_ratio(device: torch.device, size: dict) -> list[dict]:
     """In one process: a 512 x 512 x Z CT with a box over every slice, slice by slice
-    (`segment_volume`) against batched (`segment_volume_batched`), alternated `repeats` times;
-    seconds per slice and their ratio, and whether the label maps are identical."""
-    from bench_predict import make_volume
+    (`segment_volume`) against batched (`segment_volume_batched`) at each batch size, the runs
+    alternated `repeats` times; seconds per slice, the ratio to slice by slice, and whether the
+    label maps are identical."""
+    from gpu_device import make_volume
 
     from segmote.build import load_model
     from segmote.io import read_image
@@ -152,27 +155,34 @@ def volume_ratio(device: torch.device, size: dict) -> dict:
     from segmote.predict.segmenter import Segmenter
     from segmote.predict.volume import segment_volume
 
-    z, b = size["slices"], size["volume_batch"]
+    z, sizes = size.get("volume_slices", size["slices"]), size["volume_batches"]
     with tempfile.TemporaryDirectory() as tmp:
         make_volume(Path(tmp) / "ct.nii.gz", z)
         data = read_image(Path(tmp) / "ct.nii.gz")
     seg = Segmenter(load_model(device=device))
     objects = [ObjectPrompt(1, box=(150, 180, 0, 350, 330, z - 1))]
-    times: dict[str, list[float]] = {"one": [], "batched": []}
+    runs = {"one": lambda: segment_volume(seg, data, objects, 2, "CT"),
+            **{b: lambda b=b: segment_volume_batched(seg, data, objects, 2, "CT", batch_size=b)
+               for b in sizes}}
+    times: dict = {name: [] for name in runs}
     outs = {}
-    for _ in range(size["repeats"]):
-        for name in ("one", "batched"):
+    runs["one"]()  # warm-up
+    n = size.get("volume_repeats", size["repeats"])
+    for _ in range(n):
+        for name, run in runs.items():
             t = time.perf_counter()
-            if name == "one":
-                outs[name] = segment_volume(seg, data, objects, 2, "CT")
-            else:
-                outs[name] = segment_volume_batched(seg, data, objects, 2, "CT", batch_size=b)
+            outs[name] = run()
             _sync(device)
             times[name].append((time.perf_counter() - t) / z)
-    one, batched = (statistics.median(times[k]) for k in ("one", "batched"))
-    return {"slices": z, "batch_size": b, "n": size["repeats"], "one_s_per_slice": one,
-            "batched_s_per_slice": batched, "batched_over_one": batched / one,
-            "identical": bool(np.array_equal(outs["one"], outs["batched"]))}
+    one = statistics.median(times["one"])
+    rows = []
+    for b in sizes:
+        t = statistics.median(times[b])
+        rows.append({"slices": z, "batch_size": b, "n": n, "one_s_per_slice": one,
+                     "batched_s_per_slice": t, "batched_over_one": t / one,
+                     "identical": bool(np.array_equal(outs["one"], outs[b]))})
+        print("volume", rows[-1], flush=True)
+    return rows
 
 
 def _child(args: list[str]) -> dict:
@@ -202,8 +212,11 @@ def _peaks(device: torch.device) -> dict:
 
 
 def child_cli(argv: list[str]) -> dict:
+    from gpu_device import use_saved_texts
+
     from segmote.cli.main import main
 
+    use_saved_texts()  # on a device machine without MiniLM (gpu_device.py)
     device = torch.device(argv[argv.index("--device") + 1])
     t = time.perf_counter()
     rc = main(argv)
@@ -241,21 +254,21 @@ def child_train(backbone: str, precision: str, batch: int, device: torch.device,
     texts = {n: F.normalize(torch.randn(text_dim), dim=0).to(device) for n in ("blob", "other")}
     step = TrainStep(model, cfg, texts)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
     scaler = grad_scaler(precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t = _timed(lambda: train_step(step, data, opt, params, cfg.grad_clip,
+    t = _timed(lambda: train_step(step, data, opt, params, cfg.optim.grad_clip,
                                   lambda: autocast(precision, device), scaler, device),
                device, repeats)
     out = {"step_s": t, **_peaks(device)}
-    if backbone != "litemedsam":  # what each slice would add without the cache
-        n = min(batch, 8) if device.type == "cuda" else 1
+    # what each slice would add without the cache (not on a CPU: a 1024 px ViT-B pass takes
+    # 15+ s there, a third of the CPU run's budget)
+    if backbone != "litemedsam" and device.type == "cuda":
+        n = min(batch, 8)
         x = torch.rand(n, 3, model.img_size, model.img_size, device=device)
         with torch.inference_mode(), autocast(precision, device):
-            # one pass, no warm-up on a CPU: a 1024 px ViT-B takes 15+ s there
-            out["encoder_s_per_slice"] = _timed(lambda: model.encode(x), device, 1,
-                                                int(device.type == "cuda")) / n
+            out["encoder_s_per_slice"] = _timed(lambda: model.encode(x), device, 3) / n
     return out
 
 
@@ -279,10 +292,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smallest sizes; writes no result")
     ap.add_argument("--parts", nargs="+", choices=("encoder", "prompt", "volume", "cli", "train"),
                     help="run only these parts (the device's others stay as stored)")
+    ap.add_argument("--prepare-device", type=Path, metavar="DIR",
+                    help="write what a device machine without network needs (gpu_device.py)")
     ap.add_argument("--child-cli")
     ap.add_argument("--child-train", nargs=3)
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.prepare_device:
+        from gpu_device import prepare
+        prepare(args.prepare_device)
+        return
     if args.child_cli:
         print("RESULT " + json.dumps(child_cli(json.loads(args.child_cli))))
         return
@@ -301,9 +320,12 @@ def main() -> None:
     result = load_result("gpu") or {"runs": {}}
     # --parts: rerun some parts, keeping this device's other parts from the stored result
     run = result["runs"].get(device.type, {}) if args.parts else {}
-    run.update({"machine": machine(), "device": torch.cuda.get_device_name(device)
-                if device.type == "cuda" else "cpu",
-                "sizes": {k: v for k, v in size.items() if k != "cli"}})
+    run.update({"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                else "cpu", "sizes": {k: v for k, v in size.items() if k != "cli"}})
+    # --parts: the rerun parts' machine (threads, date) apart from the stored parts' one
+    run.update({"part_machine": {**run.get("part_machine", {}), **dict.fromkeys(args.parts,
+                                                                            machine())}}
+               if args.parts else {"machine": machine()})
     wall = run.setdefault("wall_s", {})
     loads = run.setdefault("load_avg", {})  # shared machines: how busy it was
     for name in args.parts or parts:

@@ -9,7 +9,6 @@ The volume run happens in a child process so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_time, write_result  # noqa: E402
+from common import machine, median_time, status_mb, write_result  # noqa: E402
 
 
 def interactive(repeats: int) -> dict:
@@ -93,7 +92,7 @@ def volume_child(path: str, out: str, slices: int) -> None:
     predict_file(path, out, [ObjectPrompt(box=(150, 180, 0, 350, 330, slices - 1))],
                  PredictOptions(adapter=None))
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
+    peak = status_mb("VmHWM")  # this child's own peak (ru_maxrss would include the parent's)
     print(f"RESULT {dt} {peak} {t_enc}")
 
 

@@ -47,12 +47,12 @@ def _queries(run_dir: Path | None) -> tuple:
     tmp, data_dirs, split, cache_root, adapter = held_out_setup(run_dir, "default")
     cfg = load_config(config_path("text"))
     model = load_model(adapter=str(adapter))
-    samples = slice_samples(discover(data_dirs), split, part="train", axis=cfg.axis,
-                            min_foreground=cfg.min_foreground).samples
+    samples = slice_samples(discover(data_dirs), split, part="train", axis=cfg.data.axis,
+                            min_foreground=cfg.data.min_foreground).samples
     names = sorted(model.card.vocabulary or {s.class_name for s in samples})
     texts, _ = class_texts(cfg, names)
-    cache = EmbeddingCache(cache_root, model, f"{cfg.backbone}-{model.backbone_sha256[:16]}",
-                           cfg.window)
+    cache = EmbeddingCache(cache_root, model, f"{cfg.model.backbone}-{model.backbone_sha256[:16]}",
+                           cfg.data.window)
     cache.build(samples, progress=False)
     summary_of = {}
 

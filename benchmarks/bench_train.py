@@ -61,12 +61,12 @@ def main() -> None:
     seeds = [[0, 0, i] for i in range(len(ks))]
     step = TrainStep(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
     import contextlib
 
     def cached_step(e: torch.Tensor = emb, f: torch.Tensor = early) -> None:
         batch = Batch(e, f, target, seeds, ["lung/tumour"] * len(ks), ["tumour"] * len(ks))
-        train_step(step, batch, opt, params, cfg.grad_clip, contextlib.nullcontext, None,
+        train_step(step, batch, opt, params, cfg.optim.grad_clip, contextlib.nullcontext, None,
                    torch.device("cpu"))
 
     def uncached_step() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
     vit_b = build_vit_encoder("vit_b", img_size=1024).eval()
     with torch.no_grad():  # one 1024 px image (~10-20 s here), scaled to the batch
         t_vit = len(ks) * median_time(lambda: vit_b(torch.randn(1, 3, 1024, 1024)), 1, warmup=0)
-    res = {"machine": machine(), "batch": len(ks), "refine_rounds": cfg.refine_rounds,
+    res = {"machine": machine(), "batch": len(ks), "refine_rounds": cfg.prompts.refine_rounds,
            "cached_step_s": t_cached, "uncached_step_s": t_uncached,
            "speedup_litemedsam": t_uncached / t_cached,
            "sam_vit_b_encoder_s_for_batch": t_vit,

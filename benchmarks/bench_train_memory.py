@@ -2,14 +2,16 @@
 2-D + CT set: 8 tumour slices of the bundled lung2 CT crop and 8 copies of the bundled nuclei
 image, text prompts and PPT on (the default), 2 refinement rounds.
 
-    python benchmarks/bench_train_memory.py [--steps 3]
+    python benchmarks/bench_train_memory.py [--steps 2] [--repeats 2] [--off]
 
 Each setting runs in a fresh process (freed memory is not given back to the system, so a
 second setting in the same process would inherit the first one's footprint). The peak of a
 step is the resident high-water mark (VmHWM) after resetting it (/proc/self/clear_refs) right
-before the step, so it includes the model, the text encoder and the batch. A third run sets
-MALLOC_MMAP_THRESHOLD_=8388608: glibc then serves blocks of 8 MiB and more with mmap and
-returns them to the system when freed, instead of keeping them in its heap.
+before the step, so it includes the model, the text encoder and the batch. Settings:
+"off" (with --off) keeps every activation (recompute_rounds false); "on_no_trim" recomputes them
+(recompute_rounds, the default before trim_memory); "on" is the default recipe
+(recompute_rounds and trim_memory: `segmote.training.memory`). "on_no_trim" and "on" alternate
+`--repeats` times, so their step times share the machine's load.
 """
 
 from __future__ import annotations
@@ -25,17 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_result  # noqa: E402
+from common import machine, status_mb, write_result  # noqa: E402
 
 BATCH = 16
-
-
-def _status(key: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024  # kB -> MB
-    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def _batch(cfg, model, texts):
@@ -70,53 +64,67 @@ def _batch(cfg, model, texts):
                               [s.class_name for s in samples], [[] for _ in samples], target)
 
 
-def child(recompute: bool, steps: int) -> dict:
+SETTINGS = {"off": {"recompute_rounds": False},
+            "on_no_trim": {"recompute_rounds": True, "trim_memory": False},
+            "on": {"recompute_rounds": True, "trim_memory": True}}
+
+
+def child(setting: str, steps: int) -> dict:
     """Run `steps` default-recipe steps in this process; peak RSS and time of each."""
     import torch
 
     from segmote.training.config import load_config
     from segmote.training.step import TrainStep, train_step
-    from segmote.training.trainer import _class_texts, build_model
+    from segmote.training.run_data import class_texts
+    from segmote.training.trainer import build_model
 
-    cfg = load_config(overrides={"batch_size": BATCH, "recompute_rounds": recompute})
-    texts, meta = _class_texts(cfg, ["tumour", "nuclei"])
+    cfg = load_config(overrides={"batch_size": BATCH, **SETTINGS[setting]})
+    texts, meta = class_texts(cfg, ["tumour", "nuclei"])
     model = build_model(cfg, torch.device("cpu"), meta.get("dim")).train()
     make = _batch(cfg, model, texts)
     step = TrainStep(model, cfg, texts)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    before = _status("VmRSS")
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    before = status_mb("VmRSS")
     peaks, seconds = [], []
     for i in range(steps):
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the high-water mark to the current RSS
         t = time.perf_counter()
-        train_step(step, make(i), opt, params, cfg.grad_clip, contextlib.nullcontext, None,
+        train_step(step, make(i), opt, params, cfg.optim.grad_clip, contextlib.nullcontext, None,
                    torch.device("cpu"))
         seconds.append(time.perf_counter() - t)
-        peaks.append(_status("VmHWM"))
-    return {"recompute_rounds": recompute, "rss_before_steps_mb": before, "peak_mb": peaks,
+        peaks.append(status_mb("VmHWM"))
+    return {**SETTINGS[setting], "rss_before_steps_mb": before, "peak_mb": peaks,
             "step_s": seconds}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--child", choices=("on", "off"))
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--off", action="store_true",
+                    help="also run the setting that keeps every activation (5.5 GB, slow)")
+    ap.add_argument("--child", choices=tuple(SETTINGS))
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child == "on", args.steps)))
+        print(json.dumps(child(args.child, args.steps)))
         return
-    runs = {}
-    for name, setting, env in (("off", "off", {}), ("on", "on", {}),
-                               ("on_mmap8", "on", {"MALLOC_MMAP_THRESHOLD_": str(8 << 20)})):
-        out = subprocess.run([sys.executable, __file__, "--child", setting, "--steps",
-                              str(args.steps)], check=True, capture_output=True, text=True,
-                             env={**os.environ, **env})
-        runs[name] = json.loads(out.stdout.splitlines()[-1])
-        print(name, runs[name], flush=True)
-    res = {"machine": machine(), "batch": BATCH, "steps": args.steps, "runs": runs,
-           "command": "python benchmarks/bench_train_memory.py --steps %d" % args.steps}
+    runs: dict[str, dict] = {}
+    for name in ["off"] * args.off + ["on_no_trim", "on"] * args.repeats:
+        out = subprocess.run([sys.executable, __file__, "--child", name, "--steps",
+                              str(args.steps)], check=True, capture_output=True, text=True)
+        got = json.loads(out.stdout.splitlines()[-1])
+        run = runs.setdefault(name, {**SETTINGS[name], "rss_before_steps_mb": [],
+                                     "peak_mb": [], "step_s": []})
+        run["rss_before_steps_mb"].append(got["rss_before_steps_mb"])
+        run["peak_mb"] += got["peak_mb"]
+        run["step_s"] += got["step_s"]
+        print(name, got, flush=True)
+    res = {"machine": machine(), "batch": BATCH, "steps": args.steps, "repeats": args.repeats,
+           "load_average": os.getloadavg(), "runs": runs,
+           "command": f"python benchmarks/bench_train_memory.py --steps {args.steps} "
+                      f"--repeats {args.repeats}" + " --off" * args.off}
     print(write_result("train_memory", res))
 
 

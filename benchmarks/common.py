@@ -33,6 +33,17 @@ def machine_line(m: dict | None) -> str:
             f"{m.get('date')}")
 
 
+def status_mb(key: str = "VmHWM") -> float:
+    """A memory line of /proc/self/status in MB: "VmHWM" (peak resident) or "VmRSS" (now).
+    VmHWM, not getrusage's ru_maxrss, for peaks: Linux carries ru_maxrss over fork + exec, so
+    a child would report its parent's peak (the models loaded there)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB -> MB
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds."""
     for _ in range(warmup):

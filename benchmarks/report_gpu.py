@@ -43,13 +43,17 @@ def _cli(run: dict) -> list[str]:
 
 
 def _volume(run: dict) -> list[str]:
-    v = run["volume"]
-    return ["In one process, 512 x 512 x " f"{v['slices']} CT, a box over every slice, fp32, "
-            f"alternated {v['n']} times (median): slice by slice "
-            f"{v['one_s_per_slice']:.2f} s per slice, batched (batch {v['batch_size']}) "
-            f"{v['batched_s_per_slice']:.2f} s per slice: **batched / one at a time = "
-            f"{v['batched_over_one']:.2f}** (target <= 1); label maps identical: "
-            f"{'yes' if v['identical'] else 'NO'}."]
+    rows = run["volume"] if isinstance(run["volume"], list) else [run["volume"]]  # older runs
+    v = rows[0]
+    out = [f"In one process, a 512 x 512 x {v['slices']} CT, a box over every slice, fp32, "
+           f"each run alternated with the others {v['n']} times (median); slice by slice "
+           f"{v['one_s_per_slice']:.2f} s per slice. Target: batched / one at a time <= 1.", "",
+           "| batch size | s per slice | batched / one at a time | label maps identical |",
+           "|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['batch_size']} | {r['batched_s_per_slice']:.2f} | "
+                   f"**{r['batched_over_one']:.2f}** | {'yes' if r['identical'] else 'NO'} |")
+    return out
 
 
 def _train(run: dict) -> list[str]:
@@ -87,13 +91,16 @@ def section_gpu(result: dict | None) -> list[str]:
         run = runs.get(kind)
         if run is None:
             out += [f"### {name}", "", f"{NOT_MEASURED} (no {name} run of bench_gpu.py yet: "
-                    "the session that wrote it had no GPU).", ""]
+                    "no session so far had a GPU; `benchmarks/gpu_device_check.sh` runs it "
+                    "on one in a single device call).", ""]
             continue
         loads = run.get("load_avg", {})
         load = (f" Load average (1 min) when each part started: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()) + "." if loads else "")
+        rerun = "".join(f" Part {k} rerun: {machine_line(m)}."
+                        for k, m in run.get("part_machine", {}).items())
         out += [f"### {name}" + (f": {run['device']}" if kind == "cuda" else ""), "",
-                f"Machine: {machine_line(run.get('machine'))}; median of "
+                f"Machine: {machine_line(run.get('machine'))};{rerun} median of "
                 f"{run['sizes']['repeats']} runs; the parts took "
                 f"{sum(run['wall_s'].values()):.0f} s in all.{load}", "",
                 *_part(run, "encoder", "Encoder throughput (slices/s):", _encoder),

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE / "curation")]  # curation/: its report module
 from common import load_result, machine_line, shipped_label  # noqa: E402
 from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
@@ -27,9 +27,9 @@ DOC = HERE.parent / "docs" / "benchmarks.md"
 SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py",
            "mote_decoder": "bench_mote_decoder.py", "train_step": "bench_train.py",
            "evaluate": "bench_evaluate.py", "default_adapter": "bench_default_adapter.py",
-           "curation": "bench_curation.py planted speed subset --epochs 1 --refine 0",
-           "curation_mixed": "bench_curation_mixed.py",
-           "curation_noisy": "bench_curation_noisy.py", "auto": "bench_auto.py",
+           "curation": "curation/bench_curation.py planted speed subset --epochs 1 --refine 0",
+           "curation_mixed": "curation/bench_curation_mixed.py",
+           "curation_noisy": "curation/bench_curation_noisy.py", "auto": "bench_auto.py",
            "propagation": "bench_propagation.py", "train_memory": "bench_train_memory.py",
            "engine": "bench_engine.py all", "serve": "bench_serve.py",
            "gpu": "bench_gpu.py"}

@@ -75,4 +75,4 @@ def test_default_adapter_recipe_leaves_other_modality_negatives_off() -> None:
     from segmote.training.default_adapter import config_path
 
     for stage in ("box", "text"):
-        assert load_config(config_path(stage)).absent_other_modalities is False
+        assert load_config(config_path(stage)).prompts.absent_other_modalities is False

@@ -191,7 +191,7 @@ def test_parameter_summary_counts() -> None:
 
 
 # --- the real backbone: load_model and `segmote info` -------------------------------------------
-def test_load_model_adapter_modes(tmp_path: Path) -> None:
+def test_load_model_adapter_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from segmote.build import DEFAULT_ADAPTER, LITEMEDSAM_SHA256, load_model
 
     base = load_model(adapter="none")
@@ -225,8 +225,14 @@ def test_load_model_adapter_modes(tmp_path: Path) -> None:
     # the same file claimed by another backbone's weights is refused
     fresh.backbone_sha256 = "0" * 64
     other = save_adapter(fresh, tmp_path / "other.safetensors")
-    with pytest.raises(CheckpointError, match="use the matching --checkpoint"):
-        load_model(adapter=other)
+    with pytest.raises(CheckpointError, match="use the matching checkpoint$"):
+        load_model(adapter=other)  # a library error names the parameter; the CLI its flag
+    from segmote.samples import bundled_sample_path
+
+    assert main(["predict", "-i", str(bundled_sample_path("nuclei")), "-o",
+                 str(tmp_path / "m.png"), "--box", "416,350,446,374", "--adapter", str(other),
+                 "-q"]) == 1
+    assert capsys.readouterr().err.strip().endswith("use the matching --checkpoint")
 
 
 def test_info_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

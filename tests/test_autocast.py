@@ -7,7 +7,6 @@ Part 2 (real weights, the bundled samples): test_autocast_masks.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import numpy as np
 import pytest
@@ -102,9 +101,9 @@ def test_training_step_of_every_adapter_part(mode: str) -> None:
     expert tokens and head, text and PPT moves (the presence head: its own step below)."""
     dev = mode_device(mode)
     model = _tiny_adapter_model(dev)
-    cfg = dataclasses.replace(load_config(overrides=dict(
+    cfg = load_config(overrides=dict(
         refine_rounds=1, text_with_prompt=0.5, absent_prob=0.5,
-        prompt_mix={"box": 0.4, "point": 0.3, "text": 0.3})), progressive=None)
+        prompt_mix={"box": 0.4, "point": 0.3, "text": 0.3})).replace(progressive=None)
     texts = {n: F.normalize(torch.randn(16), dim=0) for n in ("blob", "other")}
     step = TrainStep(model, cfg, texts)
     params = [p for n, p in model.named_parameters()

@@ -73,6 +73,34 @@ def test_folder_with_prompts_file_and_a_failed_case(tmp_path, capsys):
         assert dice(pred, mask) > 0.6, name
 
 
+def test_folder_loads_the_model_once_and_matches_single_file_runs(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Three cases (two boxed, one automatic) with the shipped adapter: one model load for the
+    whole folder, and every output byte-identical to `segmote predict` on that file alone."""
+    import segmote.predict.pipeline as pipeline
+
+    loads = []
+    real = pipeline.load_model
+    monkeypatch.setattr(pipeline, "load_model",
+                        lambda *a, **kw: loads.append(kw) or real(*a, **kw))
+    prompts, _ = nuclei_cases(tmp_path / "in", n=3)
+    del prompts["cells2"]  # segmented with --auto
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    rc = main(["predict", "-q", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+               "--prompts", str(tmp_path / "prompts.json"), "--auto"])
+    assert rc == 0 and len(loads) == 1, capsys.readouterr().err
+    for q in range(3):
+        name = f"cells{q}"
+        flags = ["--box", ",".join(map(str, prompts[name]["boxes"][0]))] if name in prompts \
+            else ["--auto"]
+        rc = main(["predict", "-q", "-i", str(tmp_path / "in" / f"{name}_0000.png"),
+                   "-o", str(tmp_path / f"{name}.png"), *flags])
+        assert rc == 0
+        assert (tmp_path / f"{name}.png").read_bytes() == \
+            (tmp_path / "out" / f"{name}.png").read_bytes(), name
+    assert len(loads) == 4  # a single-file run still loads its own
+
+
 def test_folder_needs_prompts_for_every_case_or_auto(tmp_path, capsys):
     prompts, _ = nuclei_cases(tmp_path / "in", n=2)
     del prompts["cells1"]

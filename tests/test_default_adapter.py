@@ -60,12 +60,14 @@ def test_prepare_writes_disjoint_held_out_data(samples_home, tmp_path):
 
 def test_shipped_config_is_valid_and_balanced():
     cfg = load_config(config_path())
-    assert cfg.sampling_balance == "dataset_class" and cfg.samples_per_epoch
-    assert cfg.prompt_mix["point"] > 0
-    assert cfg.backbone == "litemedsam"
-    assert not cfg.uses_text and cfg.ppt_queries == 0  # stage 1: box / point only
+    assert cfg.data.sampling_balance == "dataset_class" and cfg.data.samples_per_epoch
+    assert cfg.prompts.mix["point"] > 0
+    assert cfg.model.backbone == "litemedsam"
+    assert not cfg.uses_text and cfg.model.ppt_queries == 0  # stage 1: box / point only
     text = load_config(config_path("text"))  # stage 2: only the text / PPT modules train
-    assert text.uses_text and text.ppt_queries and text.train_parts == ["text", "ppt"]
-    assert text.sampling_balance == cfg.sampling_balance
-    assert text.min_foreground == cfg.min_foreground
-    assert text.calibrate_on == "train"  # the validation cases are the held-out test set
+    assert text.uses_text and text.model.ppt_queries
+    assert text.model.train_parts == ["text", "ppt"]
+    assert text.data.sampling_balance == cfg.data.sampling_balance
+    assert text.data.min_foreground == cfg.data.min_foreground
+    # the validation cases are the held-out test set
+    assert text.calibration.calibrate_on == "train"

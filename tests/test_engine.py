@@ -130,3 +130,51 @@ def test_training_embedding_cache_with_engine(base_model, samples_home, tmp_path
     want = EmbeddingCache(tmp_path / "t", base_model, "litemedsam").get(sample)
     torch.testing.assert_close(got.image_embedding, want.image_embedding, rtol=2e-3, atol=1e-3)
     torch.testing.assert_close(got.early_features, want.early_features, rtol=2e-3, atol=1e-3)
+
+
+def test_serve_engine_flag_and_threads(tmp_path, monkeypatch):
+    """`segmote serve --engine openvino`: the served encoder runs on OpenVINO, its answer equals
+    PyTorch's `segmote predict`, and the encoder is safe to call from two threads at once (the
+    server's background prefetch encodes beside the requests)."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from serve_common import CT, K, cli_label, read_label, upload
+
+    from segmote.cli.main import main
+
+    with socket.socket() as probe:  # a free port: `serve` checks it before loading the model
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.setdefault("app", app))
+    assert main(["serve", "--engine", "openvino", "--adapter", "none", "--port", port]) == 0
+    with TestClient(served["app"], base_url="http://127.0.0.1") as c:
+        encoder = c.app.app.state.engine.seg.model.image_encoder
+        assert type(encoder).__name__ == "EngineEncoder" and encoder.engine == "openvino"
+        x = torch.rand(4, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+        alone = [encoder(x[i:i + 1]).image_embedding for i in range(4)]
+        with ThreadPoolExecutor(2) as pool:  # one infer request shared would raise "busy"
+            both = list(pool.map(lambda i: encoder(x[i:i + 1]).image_embedding, range(4)))
+        assert all(torch.equal(a, b) for a, b in zip(alone, both))
+        sid = upload(c, CT)["id"]
+        r = c.post(f"/api/images/{sid}/segment", json={"slice": K, "box": [83, 93, 173, 162]})
+        assert r.status_code == 200 and r.json()["found"], r.text
+        (tmp_path / "api.nii.gz").write_bytes(c.get(f"/api/images/{sid}/labels.nii.gz").content)
+    want = cli_label(tmp_path, CT, "83,93,7,173,162,7", ".nii.gz", "--engine", "torch",
+                     "--adapter", "none")
+    np.testing.assert_array_equal(read_label(tmp_path / "api.nii.gz"), want)
+
+
+def test_predict_keeps_the_engine_in_fp32():
+    """OpenVINO bf16 moved Dice by more than the 0.005 it may cost (docs/engine.md), so
+    `--precision bf16` (PyTorch's autocast) leaves the engine's encoder in fp32."""
+    from segmote.predict.options import PredictOptions
+    from segmote.predict.pipeline import _model_for
+
+    _, model = _model_for(PredictOptions(adapter=None, engine="openvino", precision="bf16"),
+                          auto=False)
+    assert model.image_encoder.engine == "openvino"
+    assert model.image_encoder.precision == "fp32"

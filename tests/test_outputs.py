@@ -27,6 +27,70 @@ def test_written_together_commits_all_or_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.json"]
 
 
+def _old_pair(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "sub" / "b.json"
+    b.parent.mkdir()
+    a.write_text("old a")
+    b.write_text("old b")
+    return a, b
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# whichever rename fails, the first or the second one (after the other succeeded), no output
+# changes: written_together renames in order, keeps each old file until all are in place
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_folder_in_the_way_leaves_every_output_as_it_was(tmp_path, failing):
+    """A folder created at one destination while the outputs were written (another process)."""
+    pair = _old_pair(tmp_path)
+    bad, other = pair[failing], pair[1 - failing]
+    with pytest.raises(InputError, match=rf"{bad.name}: cannot write the output \(Is a direc"
+                                         rf"tory\); .*{other.name} left as it was$"):
+        with written_together(list(pair)) as tmps:
+            for tmp in tmps:
+                tmp.write_text("new")
+            bad.unlink()
+            bad.mkdir()
+            (bad / "x").write_text("in the way")
+    assert other.read_text() == f"old {other.stem}"
+    assert _files(tmp_path) == sorted([str(other.relative_to(tmp_path)),
+                                       str((bad / "x").relative_to(tmp_path))])
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_read_only_target_leaves_every_output_as_it_was(tmp_path, monkeypatch, failing):
+    """One folder turns read-only (a remount) between writing and renaming. Tests run as root
+    in CI, which ignores permission bits, so the file system's refusal is raised where
+    os.replace meets that folder: the error a read-only mount gives."""
+    import errno
+
+    pair = _old_pair(tmp_path)
+    bad = pair[failing]
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst) == str(bad):
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(InputError, match=rf"{bad.name}: cannot write the output \(Read-only "
+                                         r"file system\); .* left as it was$"):
+        with written_together(list(pair)) as tmps:
+            for tmp in tmps:
+                tmp.write_text("new")
+    assert [p.read_text() for p in pair] == ["old a", "old b"]
+    assert _files(tmp_path) == ["a.csv", "sub/b.json"]
+    new = tmp_path / "new.csv"  # a destination that did not exist is removed again
+    with pytest.raises(InputError, match="left as it was"):
+        with written_together([new, bad] if failing else [bad, new]) as tmps:
+            for tmp in tmps:
+                tmp.write_text("new")
+    assert _files(tmp_path) == ["a.csv", "sub/b.json"]
+
+
 def test_check_outputs_refuses_before_any_work(tmp_path):
     image = tmp_path / "x.png"
     image.write_bytes(b"png")

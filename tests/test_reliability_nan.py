@@ -9,6 +9,7 @@ import dataclasses
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from segmote.predict.pipeline import PredictOptions, predict_file
 from segmote.predict.prompts import PromptNumbers
@@ -76,3 +77,63 @@ def test_nan_patch_in_a_2d_image_stays_background(tmp_path):
     assert not got.label[:40, :40].any()  # before the fix: every pixel was foreground
     inter = np.count_nonzero(got.label & clean.label)
     assert 2 * inter / (np.count_nonzero(got.label) + np.count_nonzero(clean.label)) > 0.85
+
+
+def _float_mr(path, patch: bool):
+    """Three axial slices (89..91) of the Colin27 brain MR as float32 NIfTI. One voxel of
+    slice 89 holds -60 (bias-corrected MR has negative values: the finite minimum that replaces
+    NaN lies below the background); with `patch`, 30 x 30 background voxels of slice 90 are NaN."""
+    from segmote.samples import fetch_sample
+
+    src = nib.load(fetch_sample("colin27") / "Dataset004_Colin27Brain/imagesTr/colin27_0000.nii.gz")
+    array = np.asarray(src.dataobj)[:, :, 89:92].astype(np.float32)
+    array[0, 0, 0] = -60.0
+    if patch:
+        array[:30, :30, 1] = np.nan  # all 0 (background) in the clean image
+    nib.save(nib.Nifti1Image(array, src.affine), path)
+    return path
+
+
+def test_mr_percentiles_leave_the_replaced_voxels_out(tmp_path):
+    """MR is clipped to the 0.5 / 99.5 percentiles of the slice: the 900 replaced voxels (2.3 %
+    of the slice, at the finite minimum -60) made the low percentile -60, so the background
+    read as grey and the mask of the finite voxels changed. Now they are left out of the
+    percentiles and read as the darkest valid value: the encoder input, and the mask, are
+    those of the clean image."""
+    box = PromptNumbers(boxes=((60, 60, 1, 120, 120, 1),))
+    mr = PredictOptions(modality="MR", adapter=None)
+    clean = predict_file(_float_mr(tmp_path / "clean.nii.gz", False), tmp_path / "a.nii.gz",
+                         box, mr)
+    src = _float_mr(tmp_path / "nan.nii.gz", True)
+    before = src.read_bytes()
+    with pytest.warns(UserWarning, match="900 of 117831 values are NaN or Inf; replaced by "
+                                         "the image's finite minimum -60"):
+        got = predict_file(src, tmp_path / "b.nii.gz", box, mr)
+    assert np.count_nonzero(clean.label) > 100
+    np.testing.assert_array_equal(got.label, clean.label)
+    assert src.read_bytes() == before
+
+
+def test_preprocess_ignores_replaced_pixels_in_statistics_and_min_max():
+    """The encoder input of a slice with replaced pixels: MR clipped to the percentiles of the
+    valid pixels alone, CT to its window, and the replaced pixels read as the darkest valid
+    value, also for a CT window whose low end the slice does not reach (min-max stretched to
+    the replaced value before)."""
+    from segmote.transforms import preprocess
+
+    ct = np.asarray(nib.load(bundled_sample_path("lung2_ct_crop")).dataobj)[:, :, 7].T
+    body = ct[60:200, 60:200].astype(np.float32)  # no air outside the body: min > -1000 HU
+    assert body.min() > -1000
+    valid = np.ones(body.shape, bool)
+    valid[:20, :20] = False
+    filled = np.where(valid, body, -3024.0).astype(np.float32)  # finite_image's fill
+    lo, hi = np.percentile(body[valid], (0.5, 99.5))
+    references = {  # (modality, window) -> the image that needs no statistics to leave out
+        ("CT", "-200,2000"): (np.where(valid, body, body[valid].min()), "CT", "-200,2000"),
+        ("MR", None): (np.where(valid, np.clip(body, lo, hi), lo), None, None)}
+    for (modality, window), (image, ref_modality, ref_window) in references.items():
+        want, _ = preprocess(image.astype(np.float32), 256, ref_modality, ref_window)
+        got, _ = preprocess(filled, 256, modality, window, valid)
+        old, _ = preprocess(filled, 256, modality, window)
+        assert torch.equal(got, want), modality
+        assert not torch.equal(old, want), modality  # what the statistics did before

@@ -100,3 +100,35 @@ def test_a_failing_figure_leaves_no_label_map(tmp_path, inputs):
         pipeline._write_outputs(outputs, np.zeros((512, 512), np.uint8), data, LabelInfo(),
                                 {"overlay": full_disk})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("before", ["no label map", "an older label map"])
+def test_a_failing_figure_rename_restores_the_label_map(tmp_path, inputs, monkeypatch, before):
+    """The overlay's folder turns read-only after the label map was written (its rename is the
+    last step): the label map written in this run is removed again, or the one there before
+    comes back (it used to stay, beside no overlay)."""
+    import os
+
+    from segmote.io import read_image
+
+    data = read_image(inputs["2-D"])
+    (tmp_path / "figs").mkdir()
+    outputs = {"label map": tmp_path / "m.png", "overlay": tmp_path / "figs" / "o.png"}
+    if before == "an older label map":
+        outputs["label map"].write_bytes(b"older")
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst) == str(outputs["overlay"]):
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(InputError, match=r"o.png: cannot write the output \(Read-only file "):
+        pipeline._write_outputs(outputs, np.zeros((512, 512), np.uint8), data, LabelInfo(),
+                                {"overlay": lambda path: path.write_bytes(b"png")})
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    if before == "no label map":
+        assert left == []
+    else:
+        assert left == ["m.png"] and outputs["label map"].read_bytes() == b"older"

@@ -78,8 +78,8 @@ def test_sampling_balance_reads_its_older_names(tmp_path) -> None:
     old = tmp_path / "old.yaml"
     old.write_text("balance: dataset_class\nbalance_power: 0.5\n")
     cfg = load_config(old)
-    assert cfg.sampling_balance == "dataset_class" and cfg.sampling_balance_power == 0.5
-    assert "balance" not in cfg.to_dict()  # written back under the new names
+    assert cfg.data.sampling_balance == "dataset_class" and cfg.data.sampling_balance_power == 0.5
+    assert "balance" not in cfg.to_dict()["data"]  # written back under the new names
     both = tmp_path / "both.yaml"
     both.write_text("balance: dataset\nsampling_balance: dataset_class\n")
     with pytest.raises(InputError, match="old name of sampling_balance"):

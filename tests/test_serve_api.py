@@ -330,3 +330,32 @@ def test_propagate_through_the_volume_from_the_key_slice(model, tmp_path):
         for a, b in zip(fresh.features, session.cache.get((2, 1))):
             assert torch.equal(a, b)
         assert c.post(f"{url}/undo").json()["undone"] and not session.labels.any()
+
+
+def test_nan_upload_is_replaced_as_the_cli_does(model, tmp_path):
+    """An upload holding NaN (issue 21, case 4, in the server): the values are replaced and
+    left out of the statistics as `segmote predict` does (before, NaN reached the encoder and
+    the mask of the whole slice was foreground), with the warning in the answer; an upload
+    with no finite value is refused in one line naming it."""
+    from PIL import Image
+
+    grey = np.asarray(Image.open(NUCLEI), np.float32)
+    grey[:40, :40] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, grey)
+    np.save(tmp_path / "all_nan.npy", np.full((32, 32), np.nan, np.float32))
+    with client(model) as c:
+        info = upload(c, path)
+        assert info["warnings"] == ["nan.npy: 1600 of 262144 values are NaN or Inf; replaced "
+                                    "by the image's finite minimum 0"]
+        r = c.post(f"/api/images/{info['id']}/segment", json={"box": [416, 350, 446, 374]})
+        assert r.status_code == 200 and r.json()["found"], r.text
+        png = c.get(f"/api/images/{info['id']}/labels.png").content
+        with open(tmp_path / "all_nan.npy", "rb") as f:
+            bad = c.post("/api/images", files={"file": ("all_nan.npy", f)})
+    assert bad.status_code == 400
+    assert bad.json() == {"error": "all_nan.npy: no finite value (all 1024 values are NaN or "
+                                   "Inf)"}
+    got = read_label(_save(tmp_path / "api.png", png))
+    assert not got[:40, :40].any()
+    np.testing.assert_array_equal(got, cli_label(tmp_path, path, "416,350,446,374", ".png"))

@@ -79,8 +79,9 @@ def _header(path: Path) -> dict[str, str]:
 
 
 def _cfg(path: Path, **mote) -> TrainConfig:
-    return TrainConfig(backbone="tiny", init_adapter=str(path), text_encoder=None,
-                       mote={"num_expert_tokens": 2, "num_experts": 3, "expert_rank": 8, **mote})
+    return TrainConfig().replace(
+        backbone="tiny", init_adapter=str(path), text_encoder=None,
+        mote={"num_expert_tokens": 2, "num_experts": 3, "expert_rank": 8, **mote})
 
 
 def test_header_check_accepts_added_ppt_and_refuses_other_settings(tmp_path: Path) -> None:
@@ -88,6 +89,6 @@ def test_header_check_accepts_added_ppt_and_refuses_other_settings(tmp_path: Pat
     check_initial_adapter(_cfg(path))  # same settings: fine
     with pytest.raises(CheckpointError, match=r"other MoTE settings: num_experts 3 \(config: 4\)"):
         check_initial_adapter(_cfg(path, num_experts=4))
-    other = TrainConfig(backbone="litemedsam", init_adapter=str(path))
+    other = TrainConfig().replace(backbone="litemedsam", init_adapter=str(path))
     with pytest.raises(CheckpointError, match="trained for backbone 'tiny', not 'litemedsam'"):
         check_initial_adapter(other)

@@ -69,8 +69,8 @@ def test_step_trains_adapter_only_and_loss_decreases(real_batch):
     model.zero_grad(set_to_none=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    step = TrainStep(model, dataclasses.replace(cfg, refine_rounds=0, prompt_mix={"box": 1.0}))
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    step = TrainStep(model, cfg.replace(refine_rounds=0, prompt_mix={"box": 1.0}))
     losses = []
     for _ in range(8):
         torch.manual_seed(0)  # same router noise and prompts every step: a fixed objective
@@ -116,7 +116,7 @@ def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
     _, one = real_batch
     cfg = load_config(overrides=dict(refine_rounds=1, text_with_prompt=1.0, absent_prob=1.0,
                                      prompt_mix={"box": 0.5, "point": 0.0, "text": 0.5}))
-    cfg = dataclasses.replace(cfg, progressive=None)  # a constant mix
+    cfg = cfg.replace(progressive=None)  # a constant mix
     texts = class_embeddings(["tumour", "lung"])
     model = _model_text(cfg, texts.dim)
     step = TrainStep(model, cfg, dict(zip(texts.names, texts.embeddings)))
@@ -143,7 +143,7 @@ def test_text_and_ppt_step_trains_every_adapter_part(real_batch):
         if name.startswith(("ppt.", "text.")):  # the new parts really learn from this step
             assert p.grad.abs().sum() > 0, name
     assert cfg.prompt_mix_at(0)["text"] == pytest.approx(0.5)
-    ramp = dataclasses.replace(cfg, progressive=0.1, epochs=3)
+    ramp = cfg.replace(progressive=0.1, epochs=3)
     assert [round(ramp.prompt_mix_at(e)["text"], 3) for e in range(3)] == [0.1, 0.3, 0.5]
 
 
@@ -155,11 +155,13 @@ def _model_text(cfg: TrainConfig, text_dim: int):
 def test_recomputed_rounds_give_the_same_loss_and_gradients(real_batch):
     """Activation checkpointing (recompute_rounds, issue 21 case 15) only trades memory for
     time: the loss and every gradient are bit-identical (router noise on: its RNG state is
-    restored for the recomputation)."""
+    restored for the recomputation), and so is trim_memory (heap pages given back between
+    prompt groups)."""
     two, _ = real_batch
     grads = []
-    for recompute in (False, True):
+    for recompute, trim in ((False, False), (True, False), (True, True)):
         cfg = load_config(overrides=dict(refine_rounds=2, recompute_rounds=recompute,
+                                         trim_memory=trim,
                                          prompt_mix={"box": 0.5, "point": 0.5}, **PLAIN))
         torch.manual_seed(0)
         model = _model(cfg)
@@ -168,7 +170,8 @@ def test_recomputed_rounds_give_the_same_loss_and_gradients(real_batch):
         out.loss.backward()
         grads.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters()
                                           if p.grad is not None}))
-    (loss_a, a), (loss_b, b) = grads
-    assert torch.equal(loss_a, loss_b) and a.keys() == b.keys() and len(a) > 10
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    (loss_a, a), *others = grads
+    for loss_b, b in others:
+        assert torch.equal(loss_a, loss_b) and a.keys() == b.keys() and len(a) > 10
+        for name in a:
+            assert torch.equal(a[name], b[name]), name

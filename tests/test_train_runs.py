@@ -123,7 +123,8 @@ def test_cli_end_to_end_writes_every_output(lung_dataset, cache_dir, tmp_path, c
     assert any((out / "tensorboard").iterdir())
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["epochs"] == 1 and resolved["refine_rounds"] == 1  # flag and YAML applied
+    # flag and YAML applied; written in groups
+    assert resolved["optim"]["epochs"] == 1 and resolved["prompts"]["refine_rounds"] == 1
     metrics = json.loads((out / "metrics.json").read_text())
     val = metrics[0]["val"]
     assert 0 <= val["mean_dice"] <= 1 and list(val["per_class"])[0].endswith("/tumour")
@@ -171,7 +172,8 @@ def test_given_split_balance_and_samples_per_epoch(lung_dataset, cache_dir, tmp_
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     # --balance is the older name of --sampling-balance; the run records the new key
-    assert resolved["sampling_balance"] == "dataset_class" and resolved["split"] == str(split)
+    assert resolved["data"]["sampling_balance"] == "dataset_class"
+    assert resolved["data"]["split"] == str(split)
     capsys.readouterr()
 
     split.write_text(json.dumps({lung_dataset.name: {"train": ["lung_009"], "val": []}}))
@@ -223,7 +225,7 @@ def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[0]["step"] == 1  # 2 training samples / batch 2
     import yaml
-    assert yaml.safe_load((out / "config.yaml").read_text())["manifest"] == str(manifest)
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["manifest"] == str(manifest)
     capsys.readouterr()
 
     for argv, needle in [(["--manifest", str(manifest), "--data", str(lung_dataset)],
@@ -233,6 +235,33 @@ def test_manifest_trains_on_exactly_the_selection(lung_dataset, cache_dir, tmp_p
         err = capsys.readouterr().err
         assert rc == 1 and err.count("\n") == 1 and needle in err
         assert not (tmp_path / "bad").exists()
+
+
+def test_fit_on_a_hand_made_selection_without_validation(lung_dataset, cache_dir, tmp_path):
+    """The curation benchmarks' path: `selection_manifest` of chosen samples (their order kept),
+    then `fit()` with no validation split (val_fraction 0; its epoch log has no val Dice, which
+    used to crash the TensorBoard log); a sample of a dataset not given is refused."""
+    from segmote.curation.manifest import manifest_samples, selection_manifest
+    from segmote.data.datasets import discover, slice_samples
+    from segmote.errors import ParameterError
+    from segmote.training.trainer import fit
+
+    (d,) = discover([lung_dataset])
+    every = slice_samples([d], {d.name: {"train": [c.case_id for c in d.cases], "val": []}},
+                          axis=2, min_foreground=200).samples
+    picks = [every[2], every[0]]
+    path = selection_manifest([d], picks, tmp_path / "selection.json")
+    key = [(s.case_id, s.slice_index, s.class_value, s.foreground) for s in picks]
+    assert [(s.case_id, s.slice_index, s.class_value, s.foreground)
+            for s in manifest_samples(path)[1]] == key
+    res = fit(_cfg(cache_dir, manifest=str(path), val_fraction=0.0, **PLAIN), [],
+              tmp_path / "run", device="cpu", progress=False)
+    assert res.global_step == 1 and res.latest_adapter.is_file() and res.best_adapter is None
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics[0]["val"]["mean_dice"] is None and metrics[0]["train"]["loss"] > 0
+    with pytest.raises(ParameterError, match="not in datasets"):
+        selection_manifest([], picks, tmp_path / "refused.json")
+    assert not (tmp_path / "refused.json").exists()
 
 
 def test_second_stage_adds_text_and_ppt_and_leaves_box_decoding_bit_identical(

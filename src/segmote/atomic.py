@@ -24,6 +24,23 @@ def _umask() -> int:
     return mask
 
 
+def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
+    """Create (empty) and return a unique temporary file next to `path`, named
+    `.<name>.<8 random characters><suffix>` (`segmote.outputs.clean_stale_temps` knows the
+    naming); `path`'s parent is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def move_into_place(tmp: str | Path, path: str | Path) -> None:
+    """Give `tmp` ordinary permissions and rename it over `path` (atomic)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a unique temporary path next to `path` (its parent is created); when the block
@@ -32,14 +49,10 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     suffix: the temporary file's ending, for writers that pick a format by extension (".png").
     Unique names let several processes (DDP ranks) write the same destination at once.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path, suffix)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        yield tmp
+        move_into_place(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

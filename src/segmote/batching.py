@@ -3,11 +3,10 @@
 `default_batch_size(device)`: how many slices one encoder call takes when the caller does not
 say. A GPU is fed 32 (issue 22: the LiteMedSAM encoder ran 278 slices/s fp32 in batches of 32
 on an H200 against ~20 slices/s one at a time). A CPU gets 1: its kernels are saturated by one
-256 x 256 slice, and on the 2-core test machine batches of 4 were not faster per slice (1.12 x
-the time of one at a time in one process, n = 2, a heavily shared machine) while they added
-~0.9 GB of encoder activations (a 512 x 512 x 300 CT peaked at 1.95 GB against < 2 GB asked);
-the background reading and writing still overlap the model work at batch 1
-(benchmarks/bench_gpu.py, docs/benchmarks.md).
+256 x 256 slice. On the 2-core test machine (bench_gpu.py, one process, runs interleaved, n = 2,
+load 10 to 13) a volume took 0.72 of slice by slice's time per slice at batch 1 (reading and
+writing overlap the model work), 0.79 at batch 2 and 0.78 at batch 4, while batches of 4 raised
+the peak memory of a 512 x 512 x 300 CT from 1.17 GB to 1.85 GB (< 2 GB asked).
 
 `prefetched(items, prepare)` runs `prepare` on the items one after another in a background
 thread, a few ahead of the consumer: torch and numpy release the GIL in their kernels, so

@@ -52,4 +52,9 @@ class ParameterError(InputError):
         return _PLACEHOLDER.findall(self.template)
 
 
+class CheckpointParameterError(ParameterError, CheckpointError):
+    """A weights file that does not fit, named by the parameter that chose it (`{checkpoint}`),
+    so the CLI shows its flag and Python callers the parameter name."""
+
+
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")

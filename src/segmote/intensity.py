@@ -70,11 +70,14 @@ class IntensityRange:
 
 
 def intensity_range(data: np.ndarray, modality: str | None,
-                    window: str | tuple[float, float] | None = None) -> IntensityRange:
+                    window: str | tuple[float, float] | None = None,
+                    valid: np.ndarray | None = None) -> IntensityRange:
     """Clip range for an image or a whole volume.
 
     CT uses an HU window (default `DEFAULT_CT_WINDOW`); MR the 0.5 / 99.5 percentiles of
     `data` (the 2-D slice being segmented, as in the reference protocol); anything else: none.
+    valid: bool, `data`'s shape (or its first two axes): the values the percentiles may use
+        (False where `segmote.io.finite.finite_image` replaced a NaN / Inf); None: all.
     """
     modality = normalize_modality(modality)
     win = parse_window(window)
@@ -84,7 +87,10 @@ def intensity_range(data: np.ndarray, modality: str | None,
         return IntensityRange(*parse_window(DEFAULT_CT_WINDOW))
     if modality == "MR":
         # percentiles on a strided sample: exact enough and bounded cost for big volumes
-        flat = data.reshape(-1)
+        if valid is not None and valid.any():
+            flat = data[valid].reshape(-1)  # (N,) or (N, C): every channel of a valid pixel
+        else:
+            flat = data.reshape(-1)
         step = max(1, flat.size // 4_000_000)
         lo, hi = np.percentile(flat[::step], MR_PERCENTILES)
         return IntensityRange(float(lo), float(hi))

@@ -3,7 +3,7 @@
 `check_outputs` refuses, before anything is read or computed, an output that would replace an
 input or another output, an existing file of another kind, a folder, or a place that cannot be
 written or lacks the space. `written_together` gives every output a temporary file beside it
-(`segmote.atomic.atomic_path`) and renames them all only when the whole block succeeded, so a
+(`segmote.atomic.temp_beside`) and renames them all only when the whole block succeeded, so a
 failed command leaves none of its outputs behind. `clean_stale_temps` removes temporary files
 of that naming left by a killed run (SIGKILL skips every cleanup).
 """
@@ -11,16 +11,18 @@ of that naming left by a killed run (SIGKILL skips every cleanup).
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from segmote.atomic import atomic_path
+from segmote.atomic import move_into_place, temp_beside
 from segmote.errors import InputError
 
 STALE_AFTER_S = 600  # a temp file untouched this long belongs to no live writer
@@ -100,15 +102,96 @@ def _probe(path: Path, role: str, folder: Path) -> None:
 
 @contextlib.contextmanager
 def written_together(paths: Sequence[Path], suffixes: Sequence[str] | None = None,
-                     ) -> Iterator[list[Path]]:
+                     in_place: Sequence[Path] = ()) -> Iterator[list[Path]]:
     """Yield one temporary path per destination; all are renamed onto their destinations when
     the block ends normally, none when it raises (the temporary files are removed then).
 
+    The renames are one after the other, so one may fail after another succeeded (a folder
+    made read-only meanwhile, a folder created at a destination): then the destinations already
+    replaced get their old file back (kept as a hard link until the end) or are removed if
+    they were new, and InputError names the file that failed. Only when that roll-back fails
+    too does the error say which files now hold the new outputs.
     suffixes: each temporary file's ending, for writers that choose a format by it.
+    in_place: files the block writes at their destination itself (atomically, with a writer
+        that names files after them: a label map and its label-names file); if the block
+        raises or a rename fails, they get their old file back, or are removed if they were new.
     """
-    with contextlib.ExitStack() as stack:
-        ends = suffixes or [".tmp"] * len(paths)
-        yield [stack.enter_context(atomic_path(p, s)) for p, s in zip(paths, ends)]
+    paths = [Path(p) for p in paths]
+    ends = suffixes or [".tmp"] * len(paths)
+    tmps: list[Path] = []
+    own = [Path(p) for p in in_place]
+    kept = [_keep_old(p) for p in own]
+    try:
+        for path, end in zip(paths, ends):
+            tmps.append(temp_beside(path, end))
+        yield list(tmps)
+        _commit(tmps, paths)
+    except BaseException:
+        _roll_back(own, kept)
+        raise
+    finally:
+        for tmp in tmps + [k for k in kept if k is not None]:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def _keep_old(path: Path) -> Path | None:
+    """A second name for the file at `path` (a hard link; a copy where links are not
+    supported), so that it can be put back; None if there is no file there."""
+    if not path.is_file():
+        return None
+    keep = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # clean_stale_temps' naming
+    try:
+        os.link(path, keep)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        shutil.copy2(path, keep)
+    return keep
+
+
+def _commit(tmps: list[Path], paths: list[Path]) -> None:
+    """Rename every tmps[i] onto paths[i], or roll back to the files that were there."""
+    kept: list[Path | None] = []
+    done: list[Path] = []
+    try:
+        for path in paths:
+            kept.append(_keep_old(path))
+        for tmp, path in zip(tmps, paths):
+            move_into_place(tmp, path)
+            done.append(path)
+    except OSError as err:
+        failed = paths[len(done)] if len(kept) == len(paths) else paths[len(kept)]
+        stuck = _roll_back(done, kept)
+        what = f"{err.strerror or type(err).__name__}"
+        if stuck:
+            raise InputError(f"{failed}: cannot write the output ({what}); {len(stuck)} "
+                             f"other output(s) could not be rolled back and hold the new "
+                             f"result: {', '.join(map(str, stuck))}") from None
+        others = [str(p) for p in paths if p != failed]
+        left = f"; {', '.join(others)} left as {'they were' if len(others) > 1 else 'it was'}" \
+            if others else ""
+        raise InputError(f"{failed}: cannot write the output ({what}){left}") from None
+    finally:
+        for keep in kept:
+            if keep is not None:
+                with contextlib.suppress(OSError):
+                    keep.unlink(missing_ok=True)
+
+
+def _roll_back(done: list[Path], kept: list[Path | None]) -> list[Path]:
+    """Put back the old file of each replaced destination (remove it if it was new); return
+    the destinations that could not be put back."""
+    stuck = []
+    for path, keep in zip(done, kept):
+        try:
+            if keep is not None:
+                os.replace(keep, path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            stuck.append(path)
+    return stuck
 
 
 def clean_stale_temps(path: Path, now: float | None = None) -> list[Path]:

@@ -95,18 +95,25 @@ def to_input_tensor(image: np.ndarray, geometry: ResizeGeometry,
 
 
 def preprocess(image: np.ndarray, img_size: int, modality: str | None = None,
-               window: str | tuple[float, float] | None = None) -> tuple[Tensor, ResizeGeometry]:
+               window: str | tuple[float, float] | None = None,
+               valid: np.ndarray | None = None) -> tuple[Tensor, ResizeGeometry]:
     """What the encoder sees for one 2-D image: intensity clip, resize, min-max, pad.
 
     image: (H, W) or (H, W, C). Returns the (3, S, S) float tensor in [0, 1] (S = img_size) and
     the geometry mapping it back. `Segmenter.set_image` and the training embedding cache both call
     this, so training sees exactly the inputs inference does.
+    valid: (H, W) bool, False where a NaN / Inf was replaced (`segmote.io.finite`): those pixels
+        are left out of the MR percentiles and read as the darkest valid value of this image
+        after clipping, so they move neither the clip range nor the min-max of the rest.
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
         raise InputError(f"expected a 2-D image (H, W) or (H, W, C), got shape {image.shape}")
     geometry = ResizeGeometry.for_shape(image.shape[:2], img_size)
-    clip = intensity_range(image, normalize_modality(modality), window)
+    clip = intensity_range(image, normalize_modality(modality), window, valid)
+    if valid is not None and valid.any() and not valid.all():
+        x = clip.apply(image)
+        image = np.where(valid if x.ndim == 2 else valid[..., None], x, x[valid].min())
     return to_input_tensor(image, geometry, clip), geometry
 
 

@@ -29,7 +29,7 @@ from segmote.adapter.card import (FORMAT, FORMAT_VERSION, RESERVED_KEYS, Adapter
                                   decode_header)
 from segmote.atomic import atomic_path
 from segmote.checkpoint import load_strict, read_state_dict
-from segmote.errors import CheckpointError, InputError, SegmoteError
+from segmote.errors import CheckpointError, CheckpointParameterError, InputError, SegmoteError
 from segmote.modeling.sam import Sam
 from segmote.modeling.segmote import MoTEConfig, SegMoTE
 
@@ -127,9 +127,10 @@ def check_backbone(path: Path, card: AdapterCard, backbone: str | None,
                               f"{card.backbone!r}, not {backbone!r}")
     want = str(card.backbone_sha256 or "")
     if want != sha256:
-        raise CheckpointError(f"{path}: adapter was trained on {backbone} weights with sha256 "
-                              f"{want[:12]}..., but the loaded weights are {sha256[:12]}...; "
-                              f"use the matching --checkpoint")
+        raise CheckpointParameterError(
+            "checkpoint", f"{path}: adapter was trained on {backbone} weights with sha256 "
+            f"{want[:12]}..., but the loaded weights are {sha256[:12]}...; use the matching "
+            "{checkpoint}")
 
 
 def _config_from(path: Path, card: AdapterCard, config: MoTEConfig | None) -> MoTEConfig:

@@ -54,12 +54,14 @@ def run_folder(args: argparse.Namespace, base: "PredictOptions") -> int:
     base = dataclasses.replace(base, auto=False, progress=False)
 
     def make(device: str):
-        from segmote.predict.pipeline import predict_file
+        from segmote.predict.pipeline import ModelCache, predict_file
+
+        models = ModelCache()  # loaded by the first case, reused by every other case
 
         def predict_case(case, out: Path) -> Path:
             numbers, opts = case_request(prompts.get(case.name),
                                          dataclasses.replace(base, device=device))
-            written = predict_file(case.path, out, numbers, opts).output
+            written = predict_file(case.path, out, numbers, opts, models).output
             print(written, flush=True)  # by the rank that wrote it
             return written
         return predict_case

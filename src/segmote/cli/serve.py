@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", default="default",
                    help="SegMoTE adapter .safetensors, 'new' or 'none' (default: the shipped one)")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--engine", default="auto",
+                   choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="what runs the image encoder (default auto: the fastest installed; "
+                        "torch on a GPU; docs/engine.md)")
     p.add_argument("--max-upload-mb", type=float, default=512.0,
                    help="largest upload accepted (default 512)")
     p.add_argument("--max-image-mb", type=float, default=2048.0,
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions, session_ttl_s=60.0 * args.session_minutes,
         prefetch=args.prefetch, backbone=args.backbone, checkpoint=args.checkpoint,
         adapter=None if args.adapter in ("none", "None") else args.adapter,
-        device=args.device, engine=getattr(args, "engine", None))
+        device=args.device, engine=args.engine)
     try:
         import fastapi  # noqa: F401
         import multipart  # noqa: F401

@@ -84,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
         base = merge(base, read_yaml(saved), str(saved))
     cfg = load_config(args.config, {key: getattr(args, flag) for flag, key in _FLAGS.items()},
                       base)
-    data = args.data or cfg.data
-    if args.data and cfg.manifest:
+    data = args.data or cfg.data.folders
+    if args.data and cfg.data.manifest:
         raise InputError("give either --data or --manifest, not both")
-    if not data and not cfg.manifest:
+    if not data and not cfg.data.manifest:
         raise InputError("give the dataset folders with --data DIR [DIR ...] or a curation "
                          "manifest with --manifest JSON")
-    if cfg.manifest:
+    if cfg.data.manifest:
         data = []
     result = fit(cfg, data, out, resume=args.resume, device=args.device,
                    progress=not args.quiet)

@@ -26,7 +26,7 @@ from segmote.curation.pipeline import CurationResult
 from segmote.curation.scores import QualityThresholds
 from segmote.data.datasets import Case, DatasetInfo, SliceSample
 from segmote.data.files import image_shape
-from segmote.errors import InputError
+from segmote.errors import InputError, ParameterError
 from segmote.atomic import atomic_write_text
 
 FORMAT = "segmote-curation-manifest"
@@ -35,8 +35,8 @@ VERSION = 1
 
 # ------------------------------------------------------------------ writing
 
-def _entry(c: Candidate, is_3d: bool) -> dict[str, Any]:
-    s = c.sample
+def _entry(c: Candidate | SliceSample, is_3d: bool) -> dict[str, Any]:
+    s = c.sample if isinstance(c, Candidate) else c
     e: dict[str, Any] = {"dataset": s.dataset, "case": s.case_id,
                          "image": str(Path(s.image).resolve()),
                          "label": str(Path(s.label).resolve()), "class": s.class_name,
@@ -61,18 +61,38 @@ def manifest_dict(result: CurationResult) -> dict[str, Any]:
             e["duplicate_of"] = {"image": str(Path(kept.image).resolve()),
                                  "slice": kept.slice_index, "class": kept.class_name}
         rejected.append(e)
-    datasets = {d.name: {"root": str(Path(d.root).resolve()), "modality": d.modality,
-                         "labels": {str(k): v for k, v in sorted(d.labels.items())},
-                         "is_3d": d.is_3d,
-                         "instance_labels": bool(getattr(d, "instance_labels", False)),
-                         "patient_of_case": dict(d.patient_of_case)}
-                for d in result.datasets}
     return {"format": FORMAT, "version": VERSION,
             "config": dataclasses.asdict(result.config),
             "thresholds": QualityThresholds.from_dict(result.config.thresholds,
                                                       "thresholds").to_dict(),
-            "summary": result.summary(), "datasets": datasets,
+            "summary": result.summary(), "datasets": _datasets(result.datasets),
             "selected": selected, "rejected": rejected}
+
+
+def _datasets(datasets: list[DatasetInfo]) -> dict[str, Any]:
+    return {d.name: {"root": str(Path(d.root).resolve()), "modality": d.modality,
+                     "labels": {str(k): v for k, v in sorted(d.labels.items())},
+                     "is_3d": d.is_3d,
+                     "instance_labels": bool(getattr(d, "instance_labels", False)),
+                     "patient_of_case": dict(d.patient_of_case)}
+            for d in datasets}
+
+
+def selection_manifest(datasets: list[DatasetInfo], samples: list[SliceSample],
+                       path: str | Path) -> Path:
+    """Write a manifest that selects exactly `samples` (of `datasets`), in their order, with no
+    curation behind it: how a hand-made or benchmark subset trains through `segmote train
+    --manifest` / `segmote.training.trainer.fit` like a curated one. Returns the path."""
+    is_3d = {d.name: d.is_3d for d in datasets}
+    unknown = sorted({s.dataset for s in samples} - set(is_3d))
+    if unknown:
+        raise ParameterError("samples", f"{{samples}}: dataset(s) {', '.join(unknown)} not in "
+                             "{datasets}")
+    data = {"format": FORMAT, "version": VERSION, "datasets": _datasets(datasets),
+            "selected": [{**_entry(s, is_3d[s.dataset]), "scores": {"pixels": s.foreground}}
+                         for s in samples], "rejected": []}
+    atomic_write_text(Path(path), json.dumps(data, indent=1) + "\n")
+    return Path(path)
 
 
 def write_manifest(result: CurationResult, path: str | Path) -> dict[str, Any]:

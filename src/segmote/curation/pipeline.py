@@ -44,7 +44,8 @@ class CurationConfig:
     dedup: remove near-duplicates (needs the encoder's embeddings).
     dup_threshold, mask_threshold: two samples of a class are duplicates when the cosine of
         their vectors (`redundancy`) is >= dup_threshold and that of their mask-occupancy parts
-        >= mask_threshold. Measured with LiteMedSAM on Colin27/AAL (benchmarks/bench_curation):
+        >= mask_threshold. Measured with LiteMedSAM on Colin27/AAL
+        (benchmarks/curation/bench_curation.py):
         copies of a slice re-saved, brightened or with Gaussian noise (sigma 2 grey levels) and
         the same mask score >= 0.9716 (mask part 1.0); slices 8 mm apart score up to 0.9875 but
         their mask parts <= 0.984; 1 mm neighbouring slices median 0.992 (mask part 0.996).

@@ -16,7 +16,7 @@ modality). With cells alone (`by="cell"`), one atlas of 116 structures in one mo
 shares of the budget and a one-class dataset of another modality one share; by modality, a
 modality whose cells run out hands its remainder to the others by the same water-filling. With
 one modality the two are the same. The default was chosen on validation cases inside a pooled
-training set, not on held-out data (benchmarks/bench_curation_mixed.py --validation).
+training set, not on held-out data (benchmarks/curation/bench_curation_mixed.py --validation).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ up to ~0.03 (docs/engine.md gives what it costs in Dice).
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -84,7 +85,9 @@ class OrtSession:
 
 
 class OpenVinoSession:
-    """OpenVINO CPU compiled model (latency mode), fp32 unless bf16 is asked for."""
+    """OpenVINO CPU compiled model (latency mode), fp32 unless bf16 is asked for. Safe to call
+    from several threads (`segmote serve` encodes in a background thread too): an infer request
+    must not run twice at once, so each thread gets its own."""
 
     def __init__(self, path: Path, threads: int, precision: str = "fp32") -> None:
         import openvino as ov
@@ -98,10 +101,13 @@ class OpenVinoSession:
         except Exception as err:  # OpenVINO raises RuntimeError with multi-line reports
             raise InputError(f"{path}: openvino cannot load the graph "
                              f"({str(err).strip().splitlines()[0][:160]})") from None
-        self._request = self._compiled.create_infer_request()
+        self._local = threading.local()
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer(inputs)
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        result = request.infer(inputs)
         return [np.array(result[out]) for out in self._compiled.outputs]
 
 

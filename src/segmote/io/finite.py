@@ -33,7 +33,8 @@ def finite_image(data: ImageData) -> ImageData:
     """`data` with NaN / +-Inf replaced by the finite minimum (a copy; `data` is untouched).
 
     Warns once with the count; InputError if no value is finite. Integer images pass as they
-    are. ``meta["non_finite"]`` records how many values were replaced.
+    are. ``meta["non_finite"]`` records how many values were replaced, ``meta["finite"]``
+    where the others are (`finite_mask`): the intensity statistics leave the replaced ones out.
     """
     bad = _non_finite(data.array)
     if bad is None:
@@ -45,7 +46,17 @@ def finite_image(data: ImageData) -> ImageData:
     array = np.where(bad, fill, data.array).astype(data.array.dtype, copy=False)
     warnings.warn(f"{data.path}: {n_bad} of {n} values are NaN or Inf; replaced by the "
                   f"image's finite minimum {float(fill):g}", stacklevel=2)
-    return dataclasses.replace(data, array=array, meta={**data.meta, "non_finite": n_bad})
+    return dataclasses.replace(data, array=array,
+                               meta={**data.meta, "non_finite": n_bad, "finite": ~bad})
+
+
+def finite_mask(data: ImageData, k: int | None = None, axis: int = 2) -> np.ndarray | None:
+    """Where `data` held finite values before `finite_image` replaced the others (None: all
+    did): the whole image, or slice `k` along `axis` of a volume (`segmote.slicing`)."""
+    from segmote.slicing import volume_slice
+
+    mask = data.meta.get("finite")
+    return mask if mask is None or k is None else volume_slice(mask, k, axis)
 
 
 def require_finite(array: np.ndarray, path: str | Path) -> np.ndarray:

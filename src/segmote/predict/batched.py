@@ -1,22 +1,28 @@
 """Volumes through the model in batches of slices, with reading and writing beside the model work.
 
-`segment_volume` and `auto_volume` of `segmote.predict.volume` with three changes (issue 22):
+`segment_volume` and `auto_volume` of `segmote.predict.volume` with these changes (issue 22):
 
 - slices go through the encoder `batch_size` at a time (default
   `segmote.batching.default_batch_size`: 32 on a GPU, 1 on a CPU);
-- prompted: all prompts of a batch of slices are decoded in one call per prompt structure
-  (box, points of one count, or both: `decode` takes one tensor per kind), each prompt against
-  its own slice's features; prompt-free: each slice's classes are decoded as `AutoSegmenter`
-  decodes them, on that slice's row of the batch's features;
+- prompted, under bf16 / fp16 autocast: all prompts of a batch of slices are decoded in one
+  call per prompt structure (box, points of one count, or both: `decode` takes one tensor per
+  kind), each prompt against its own slice's features. In fp32 each prompt is decoded alone,
+  as slice by slice decodes it: the decoder's per-prompt matmuls (the prompt encoder's
+  positional encoding, (N, 2) @ (2, 128); SAM's hypernetwork and IoU MLPs and the expert
+  hypernets, N rows of 256) take another BLAS kernel for N > 1 rows than for one (MKL's
+  gemv / small-M paths), which moved logits by ~1e-5 and flipped pixels at the threshold
+  (a 512 x 512 x 8 CT at batch 4). The encoder, whose batching is what a GPU gains from,
+  gives each slice the same features in any batch on the CPU (batches of 1 to 8 checked);
+- prompt-free: each slice's classes are decoded as `AutoSegmenter` decodes them, on that
+  slice's row of the batch's features;
 - a background thread reads and preprocesses the next batch while the model works, and a
-  writer thread combines each slice's masks into the label volume.
+  writer thread combines each slice's masks into the label volume;
+- `EncodedSlices`: the slices a propagation will visit, encoded ahead in batches.
 
-In fp32 the label maps of the bundled CT in batches of 2 are the ones slice by slice gives
-(test_volume_batched.py); larger batches may round the encoder differently and flip pixels at
-the threshold (bench_gpu.py found a 512 x 512 x 8 CT not identical at batch 4). Memory per
-batch: its slices' inputs and features plus one logit map at the original size per prompt
-(`auto`: per class of one slice at a time, as slice by slice), so the peak stays near the
-volume and the output plus a few slices' worth.
+So in fp32 the label maps equal slice by slice for any batch size (test_volume_batched.py:
+batches of 1, 2, 3, 4 and 8). Memory per batch: its slices' inputs and features plus one
+logit map at the original size per prompt (`auto`: per class of one slice at a time, as
+slice by slice), so the peak stays near the volume and the output plus a few slices' worth.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import Tensor
 
 from segmote.batching import check_batch_size, chunks, prefetched
 from segmote.io import ImageData
+from segmote.io.finite import finite_mask
 from segmote.predict.prompts import ObjectPrompt, label_dtype
 from segmote.predict.segmenter import Prediction, Segmenter
 from segmote.predict.volume import Progress, Recorder, combine, decode_arguments, slice_prompts
@@ -71,11 +78,36 @@ def _structure(kw: dict) -> tuple[bool, int]:
     return "box" in kw, len(kw.get("points", ()))
 
 
+def _together(seg: Segmenter) -> bool:
+    """Decode all prompts of a batch in one call (under bf16 / fp16 autocast), or each prompt
+    alone against its slice's features (fp32: the module doc says why)."""
+    return torch.is_autocast_enabled(seg.device.type)
+
+
+def _decode_alone(seg: Segmenter, features: Any, hw: tuple[int, int],
+                  rows: list[tuple[int, int, int, dict]], shared: dict,
+                  record: Recorder | None) -> dict[tuple[int, int], np.ndarray]:
+    """Each (image row, slice, object, prompt) decoded alone, exactly as `segment_volume` decodes
+    it (the same call, the same shapes): (slice, object) -> logits on the slice's grid."""
+    maps, row_of = {}, None
+    for i, k, n, kw in rows:  # rows come in slice by slice's order
+        if i != row_of:
+            seg.set_features(_rows(features, [i]), hw)
+            row_of = i
+        pred = seg.predict(**kw, **shared)
+        if record is not None:
+            record(n, k, pred)
+        maps[(k, n)] = pred.logits
+    return maps
+
+
 def _decode_batch(seg: Segmenter, features: Any, hw: tuple[int, int],
                   rows: list[tuple[int, int, int, dict]], shared: dict,
                   record: Recorder | None) -> dict[tuple[int, int], np.ndarray]:
-    """Decode every (image row, slice, object, prompt) of a batch: one `predict` call per
-    prompt structure. Returns (slice, object) -> logits on the slice's grid."""
+    """Decode every (image row, slice, object, prompt) of a batch: in fp32 each alone, else one
+    `predict` call per prompt structure. Returns (slice, object) -> logits on the slice's grid."""
+    if not _together(seg):
+        return _decode_alone(seg, features, hw, rows, shared, record)
     groups: dict[tuple[bool, int], list[tuple[int, int, int, dict]]] = {}
     for row in rows:
         groups.setdefault(_structure(row[3]), []).append(row)
@@ -119,16 +151,17 @@ class _Writer:
         return self.out
 
 
-def _batches(seg: Segmenter, vol: np.ndarray, ks: list[int], axis: int, modality: str | None,
+def _batches(seg: Segmenter, data: ImageData, ks: list[int], axis: int, modality: str | None,
              window: str | None, batch_size: int | None, progress: Progress | None):
     """(slice indices, features of the batch) per batch; the slices are read and
     preprocessed in the background; the progress bar advances as batches finish."""
+    vol = data.array
     size = check_batch_size(batch_size, seg.device)
     ticks = iter(progress(ks)) if progress else None
 
     def prepare(batch: list[int]) -> tuple[list[int], list[Tensor]]:
         return batch, [preprocess(volume_slice(vol, k, axis), seg.model.img_size, modality,
-                                  window)[0] for k in batch]
+                                  window, finite_mask(data, k, axis))[0] for k in batch]
 
     for batch, inputs in prefetched(chunks(ks, size), prepare):
         yield batch, _encode(seg, inputs)
@@ -149,7 +182,7 @@ def segment_volume_batched(seg: Segmenter, data: ImageData, objects: list[Object
     hw = volume_slice(vol, ks[0], axis).shape[:2]
     writer = _Writer(np.zeros(vol.shape, dtype=label_dtype(objects)), axis)
     try:
-        for batch, features in _batches(seg, vol, ks, axis, modality, window, batch_size,
+        for batch, features in _batches(seg, data, ks, axis, modality, window, batch_size,
                                         progress):
             rows = [(i, k, n, kw) for i, k in enumerate(batch) for n, kw in plan[k]]
             maps = _decode_batch(seg, features, hw, rows, decode_arguments(text, attention),
@@ -175,7 +208,7 @@ def auto_volume_batched(seg: Segmenter, data: ImageData, classes: list[str] | No
     names: list[str] = []
     slices: dict[str, int] = {}
     try:
-        for batch, features in _batches(seg, vol, ks, axis, modality, window, batch_size,
+        for batch, features in _batches(seg, data, ks, axis, modality, window, batch_size,
                                         progress):
             for i, k in enumerate(batch):
                 seg.set_features(_rows(features, [i]), hw)
@@ -190,3 +223,90 @@ def auto_volume_batched(seg: Segmenter, data: ImageData, classes: list[str] | No
         seg.reset_image()
         out = writer.finish() if writer is not None else None
     return out, names, slices
+
+
+def propagation_order(key_slice: int, lo: int, hi: int) -> list[int]:
+    """The slices `propagation.propagate` visits, in its order, if the object never ends early:
+    the key slice, down to `lo`, then up from the key slice to `hi`."""
+    return [key_slice, *range(key_slice - 1, lo - 1, -1), *range(key_slice + 1, hi + 1)]
+
+
+class EncodedSlices:
+    """Slices of a volume encoded ahead of a propagation: a `SliceSetter` for
+    `segmote.predict.propagation.propagate`.
+
+    `follow(order)` names the slices the propagation will visit (`propagation_order`); calling
+    the object with slice k puts k's features into the Segmenter, as `seg.set_image` would,
+    while the next `batch_size` slices of the order are encoded in one call, in a background
+    thread when `background` (default: on a GPU, where the encoder of the next batch then runs
+    while the decoder works on this slice; on a CPU the two would only fight for the cores).
+    A slice asked out of order (the object ended in one direction, the propagation turns to
+    the other) restarts the encoding there; one off the order is encoded alone. Each prompt
+    is still decoded alone, so in fp32 the propagated masks are those of `volume_setter`
+    (the encoder gives a slice the same features in any batch: test_volume_batched.py).
+    Memory: at most three batches of features (the one in use, one ready, one in the works).
+    """
+
+    def __init__(self, seg: Segmenter, volume: np.ndarray, axis: int = 2,
+                 modality: str | None = None, window: str | None = None,
+                 batch_size: int | None = None, background: bool | None = None) -> None:
+        self.seg, self.volume, self.axis = seg, volume, axis
+        self.modality, self.window = modality, window
+        self.size = check_batch_size(batch_size, seg.device)
+        self.background = seg.device.type == "cuda" if background is None else background
+        self.hw = volume_slice(volume, 0, axis).shape[:2]
+        self._plan: list[int] = []
+        self._next = 0  # position in the plan of the first slice of the next batch
+        self._ahead: Any = None  # iterator of (slices, features) batches along the plan
+        self._ready: dict[int, Any] = {}  # slice -> features, of the batch in use
+        self._amp = (False, torch.float32)
+
+    def follow(self, order: list[int]) -> EncodedSlices:
+        """Encode ahead along `order` (slice indices) from now on; returns self."""
+        dev = self.seg.device.type  # autocast is per thread: the encoder thread re-enters it
+        self._amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        self._plan, self._ready = list(order), {}
+        self._restart(0)
+        return self
+
+    def __call__(self, k: int) -> None:
+        self.seg.set_features(self._features(k), self.hw)
+
+    def close(self) -> None:
+        """Stop the encoder thread (if any) and drop the features."""
+        if self._ahead is not None:
+            self._ahead.close()
+        self._ahead, self._ready = None, {}
+
+    def __enter__(self) -> EncodedSlices:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _encode(self, ks: list[int]) -> tuple[list[int], Any]:
+        """(B,) slice indices -> (them, their features, batch B)."""
+        inputs = [preprocess(volume_slice(self.volume, k, self.axis), self.seg.model.img_size,
+                             self.modality, self.window)[0] for k in ks]
+        enabled, dtype = self._amp
+        with torch.autocast(self.seg.device.type, dtype=dtype, enabled=enabled):
+            return ks, _encode(self.seg, inputs)
+
+    def _restart(self, start: int) -> None:
+        self.close()
+        self._next = start
+        batches = chunks(self._plan[start:], self.size)
+        self._ahead = (prefetched(batches, self._encode, ahead=1) if self.background
+                       else (self._encode(batch) for batch in batches))
+
+    def _features(self, k: int) -> Any:
+        while k not in self._ready:
+            rest = self._plan[self._next:]
+            if k not in rest:  # off the plan: this slice alone
+                return self._encode([k])[1]
+            if rest[0] != k:  # further along the plan: skip what lies before it
+                self._restart(self._next + rest.index(k))
+            ks, features = next(self._ahead)
+            self._next += len(ks)
+            self._ready = {kk: _rows(features, [j]) for j, kk in enumerate(ks)}
+        return self._ready.pop(k)

@@ -43,7 +43,7 @@ class PredictOptions:
         NIfTI / NRRD maps (`segmote.io.LabelInfo`).
     series: the SeriesInstanceUID to read from a DICOM folder holding several series.
     engine: what runs the frozen image encoder: "torch", "onnxruntime", "openvino" or "auto"
-        (`segmote.engine`; with openvino, precision bf16 runs its encoder in bf16 too);
+        (`segmote.engine`; its encoder runs in fp32 whatever `precision` is);
         threads: the CPU threads of
         PyTorch and the engine (None: OMP_NUM_THREADS, else every core).
     """

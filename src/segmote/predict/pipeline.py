@@ -24,7 +24,7 @@ from segmote.batching import check_batch_size
 from segmote.build import DEFAULT_ADAPTER, load_model, resolve_device
 from segmote.errors import InputError, ParameterError, SegmoteError
 from segmote.io import ImageData, LabelInfo, output_path_for, read_image, write_label
-from segmote.io.finite import finite_image
+from segmote.io.finite import finite_image, finite_mask
 from segmote.io.image import split_ext
 from segmote.io.writers import label_names_path
 from segmote.outputs import check_outputs, written_together
@@ -49,14 +49,35 @@ def _tqdm(desc: str) -> Progress:
     return lambda it: tqdm(it, desc=desc, unit="slice", leave=False)
 
 
+class ModelCache:
+    """Keeps the model of the last `predict_file` call given this cache for the next call that
+    asks for the same one (the same `load_model` arguments), so a folder of cases loads its
+    model once, not once per case (~0.8 s each on a CPU). A call asking for another model
+    replaces it (one model in memory)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[str, str], ...] | None = None
+        self._model: Any = None
+
+    def load(self, **kwargs: Any) -> Any:
+        """`segmote.build.load_model(**kwargs)`, or the model it returned last time."""
+        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+        if key != self._key:
+            self._model = self._key = None  # free the old model before the new one loads
+            self._model, self._key = load_model(**kwargs), key
+        return self._model
+
+
 def predict_file(input_path: str | Path, output: str | Path,
                  objects: Sequence[ObjectPrompt] | PromptNumbers = (),
-                 options: PredictOptions | None = None) -> PredictResult:
+                 options: PredictOptions | None = None,
+                 models: ModelCache | None = None) -> PredictResult:
     """Read an image or volume, segment every object (or, prompt-free, every class asked),
     write a label map with the input's geometry (and the figures asked for).
 
     objects: `ObjectPrompt`s in the image's coordinates, or `PromptNumbers` read once the
         image is known; none for prompt-free modes (options.text alone or options.auto).
+    models: reuse the model loaded by an earlier call given the same cache (None: load it).
     """
     opts = options or PredictOptions()
     LabelInfo(opts.label_names)  # check the names before any work
@@ -82,11 +103,12 @@ def predict_file(input_path: str | Path, output: str | Path,
         value = numbers.labels[0] if numbers is not None and numbers.labels else None
         outputs = _check_outputs(input_path, data, out_path, opts)
         classes = [opts.text] if opts.text is not None else opts.classes
-        return _predict_auto(data, outputs, classes, opts, value)
+        return _predict_auto(data, outputs, classes, opts, value, models)
     depth = data.array.shape[opts.axis] if data.is_volume else 1
     objs = numbers.to_objects(data.is_volume, depth) if numbers is not None else list(objects)
-    check_objects(objs, data.array.shape, data.is_volume)
-    return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts)
+    check_objects(objs, data.array.shape, data.is_volume, opts.axis)
+    return _predict_prompted(data, _check_outputs(input_path, data, out_path, opts), objs, opts,
+                             models)
 
 
 def _check_outputs(input_path: str | Path, data: ImageData, out_path: Path,
@@ -115,10 +137,12 @@ def _write_outputs(outputs: dict[str, Path], label: np.ndarray, data: ImageData,
     """The figures go to temporary files first, then the label map (with its label-names file
     and detached data file, which `write_label` writes atomically itself); the figures are
     renamed into place only once the label map is written. A full disk or a read-only folder
-    anywhere on the way leaves none of them behind."""
+    anywhere on the way leaves none of them behind, and a label map that was there before
+    comes back if a figure's rename fails after the label map was written."""
     roles = list(figures)
     paths = [outputs[r] for r in roles]
-    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths]) as tmps:
+    own = [outputs[r] for r in ("label map", "label names file") if r in outputs]
+    with written_together(paths, [split_ext(p)[1] or ".tmp" for p in paths], own) as tmps:
         try:
             for role, tmp in zip(roles, tmps):
                 figures[role](tmp)
@@ -154,8 +178,8 @@ def _warn_if_constant(data: ImageData) -> None:
                       "prompts alone", stacklevel=3)
 
 
-def _model_for(opts: PredictOptions, auto: bool):
-    """Check what is cheap to check, then load the model."""
+def _model_for(opts: PredictOptions, auto: bool, models: ModelCache | None = None):
+    """Check what is cheap to check, then load the model (or take it from `models`)."""
     modality = normalize_modality(opts.modality)
     parse_window(opts.window)  # validate before the model loads
     check_png(opts.overlay, "overlay")
@@ -166,16 +190,17 @@ def _model_for(opts: PredictOptions, auto: bool):
     check_png(opts.attention, "attention")
     dev = resolve_device(opts.device)
     check_batch_size(opts.batch_size, dev)
-    precision = check_precision(opts.precision or default_precision(dev))
+    check_precision(opts.precision or default_precision(dev))
     if opts.threads is not None:
         if opts.threads < 1:
             raise ParameterError("threads", f"{{threads}} {opts.threads}: expected >= 1")
         torch.set_num_threads(opts.threads)
-    # the engines' own precision: openvino only (the torch decoder runs under `_autocast`)
-    engine_precision = precision if opts.engine == "openvino" else "fp32"
-    return modality, load_model(opts.backbone, opts.checkpoint, adapter=adapter, device=dev,
-                                engine=opts.engine, precision=engine_precision,
-                                threads=opts.threads)
+    # the engine's encoder stays fp32 whatever {precision} says (that is PyTorch's autocast):
+    # OpenVINO bf16 moved Dice by up to 0.014 on the faithfulness rows (docs/engine.md), over
+    # the 0.005 it may cost to be offered
+    load = models.load if models is not None else load_model
+    return modality, load(backbone=opts.backbone, checkpoint=opts.checkpoint, adapter=adapter,
+                          device=dev, engine=opts.engine, threads=opts.threads)
 
 
 def _autocast(opts: PredictOptions, model) -> Any:
@@ -193,9 +218,9 @@ def _shown_slice(data: ImageData, first: ObjectPrompt, axis: int) -> int | None:
 
 
 def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[ObjectPrompt],
-                      opts: PredictOptions) -> PredictResult:
+                      opts: PredictOptions, models: ModelCache | None) -> PredictResult:
     """`predict_file` with prompts."""
-    modality, model = _model_for(opts, auto=False)
+    modality, model = _model_for(opts, auto=False, models=models)
     modality = modality or guess_modality(data)
     if (opts.routing or opts.attention is not None) and not isinstance(model, SegMoTE):
         param = "routing" if opts.routing else "attention"
@@ -222,6 +247,7 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
             label, scores = propagate_objects(
                 seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
                 key_slice=opts.key_slice, follow=opts.propagate, record=rec,
+                valid=finite_mask(data),
                 **decode_arguments(opts.text, opts.attention is not None))
             # propagation visits the key slice first: the table goes by object, then slice
             order = {obj.label: n for n, obj in enumerate(objects)}
@@ -272,12 +298,13 @@ def _propagated(objects: list[ObjectPrompt], opts: PredictOptions) -> bool:
 
 
 def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[str] | None,
-                  opts: PredictOptions, value: int | None) -> PredictResult:
+                  opts: PredictOptions, value: int | None,
+                  models: ModelCache | None) -> PredictResult:
     """`predict_file` without prompts: PPT per class (`segmote.predict.volume.auto_volume`).
     value: the label value of a single class asked by text (default 1)."""
     if value is not None:
         check_label_value(value)
-    modality, model = _model_for(opts, auto=True)
+    modality, model = _model_for(opts, auto=True, models=models)
     modality = modality or guess_modality(data)
     seg = Segmenter(model)
     if not seg.prompt_free or not seg.takes_text:
@@ -297,7 +324,8 @@ def _predict_auto(data: ImageData, outputs: dict[str, Path], classes: Sequence[s
             on_slices = [int((label == i + 1).any(axis=other).sum()) for i in range(len(names))]
             found = {n: f"{k} slices" for n, k in zip(names, on_slices) if k}
         else:
-            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold)
+            pred = auto_image(seg, data.array, names, modality, opts.window, opts.threshold,
+                              finite_mask(data))
             label, names = pred.label_map, pred.classes
             found = {n: f"confidence {pred.confidence[n]:.2f}" for n in names if pred.kept[n]}
     mapping = {i + 1: n for i, n in enumerate(names)}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from segmote.errors import InputError, ParameterError
+from segmote.slicing import in_plane_axes
 
 MAX_LABEL = 65535  # label maps are uint8 or uint16
 NO_PROMPT = ("give at least one {box} or {point}, or a class name with {text} (or {auto}) for "
@@ -160,15 +161,16 @@ def check_text(text: str | None) -> None:
 
 
 def check_objects(objects: Sequence[ObjectPrompt], shape: tuple[int, ...],
-                  is_volume: bool) -> None:
+                  is_volume: bool, axis: int = 2) -> None:
     """Fail early (before any model work) on prompts outside the image or volume, reversed
-    boxes and bad label values."""
+    boxes and bad label values. axis: the slice axis of a volume (which box sides lie in
+    the image plane)."""
     if not objects:
         raise ParameterError("boxes", NO_PROMPT)
     check_labels(objects)
     for obj in objects:
         if is_volume:
-            check_volume_prompt(obj, shape)
+            check_volume_prompt(obj, shape, axis)
             continue
         h, w = shape[:2]
         named = ([("box corner", obj.box[:2]), ("box corner", obj.box[2:])]
@@ -178,11 +180,12 @@ def check_objects(objects: Sequence[ObjectPrompt], shape: tuple[int, ...],
                 where = f" of box {_numbers_text(obj.box)}" if what == "box corner" else ""
                 raise InputError(f"{what} ({x:g}, {y:g}){where} lies outside the image (width "
                                  f"{w}, height {h}; x is the column, y the row)")
-        _check_box_order(obj.box, 2)
+        _check_box_order(obj.box, 2, (0, 1))
 
 
-def check_volume_prompt(obj: ObjectPrompt, shape: tuple[int, ...]) -> None:
-    """Every coordinate of `obj` inside a volume of `shape`; a box's corners in order."""
+def check_volume_prompt(obj: ObjectPrompt, shape: tuple[int, ...], axis: int = 2) -> None:
+    """Every coordinate of `obj` inside a volume of `shape`; a box's corners in order.
+    axis: the slice axis (the box must have area across the other two)."""
     named = ([("box", obj.box[:3]), ("box", obj.box[3:])] if obj.box is not None else []) + \
         [("point", pt[:3]) for pt in obj.points]
     for what, p in named:
@@ -192,20 +195,23 @@ def check_volume_prompt(obj: ObjectPrompt, shape: tuple[int, ...]) -> None:
                 raise InputError(f"{what} {shown}: coordinate {name}={v:g} lies outside the "
                                  f"volume of shape {tuple(shape)} (voxel indices i, j, k start "
                                  "at 0)")
-    _check_box_order(obj.box, 3)
+    _check_box_order(obj.box, 3, in_plane_axes(axis))
 
 
-def _check_box_order(box: tuple[float, ...] | None, nd: int) -> None:
+def _check_box_order(box: tuple[float, ...] | None, nd: int, plane: tuple[int, int]) -> None:
     """Corners in order (an inverted box was found only after the model had loaded); a box
-    without area in the image plane segments from its edge alone: warn."""
+    without area in the image plane (box axes `plane`: (0, 1) for a 2-D image or a volume
+    sliced across z) segments from its edge alone: warn."""
     if box is None:
         return
     lo, hi = box[:nd], box[nd:]
     if any(a > b for a, b in zip(lo, hi)):
         order = "x0 <= x1, y0 <= y1" + (", z0 <= z1" if nd == 3 else "")
         raise InputError(f"box {_numbers_text(box)}: needs {order}")
-    if lo[0] == hi[0] or lo[1] == hi[1]:
-        warnings.warn(f"box {_numbers_text(box)} has no area (x0 = x1 or y0 = y1): the mask "
+    flat = [f"{'xyz'[a]}0 = {'xyz'[a]}1" for a in plane if lo[a] == hi[a]]
+    if flat:
+        warnings.warn(f"box {_numbers_text(box)} has no area in the slice plane "
+                      f"({' and '.join(flat)}): the mask "
                       "follows a line, not a region; check the corners", stacklevel=4)
 
 

@@ -173,10 +173,12 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
 
 
 def volume_setter(seg: Any, volume: np.ndarray, axis: int = 2, modality: str | None = None,
-                  window: str | None = None) -> SliceSetter:
-    """A `SliceSetter` that encodes slice k of `volume` (X, Y, Z) with `seg.set_image`."""
+                  window: str | None = None, valid: np.ndarray | None = None) -> SliceSetter:
+    """A `SliceSetter` that encodes slice k of `volume` (X, Y, Z) with `seg.set_image`.
+    valid: the volume's `segmote.io.finite.finite_mask` (None: every voxel was finite)."""
     def set_slice(k: int) -> None:
-        seg.set_image(volume_slice(volume, k, axis), modality=modality, window=window)
+        seg.set_image(volume_slice(volume, k, axis), modality=modality, window=window,
+                      valid=None if valid is None else volume_slice(valid, k, axis))
 
     return set_slice
 
@@ -252,6 +254,7 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
                       modality: str | None = None, window: str | None = None,
                       key_slice: int | None = None, follow: bool = False,
                       record: Callable[[int, int, Any], None] | None = None,
+                      valid: np.ndarray | None = None,
                       **decode_kwargs: Any) -> tuple[np.ndarray, list[dict[int, float]]]:
     """Several `ObjectPrompt`s of one volume, each propagated -> (label map of the volume's
     shape, per object {slice: predicted IoU}).
@@ -261,12 +264,12 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     (a box with k0 == k1, or points on one slice) is followed through the whole volume when
     `follow`, else it segments only its slice. Where objects overlap, the earlier one keeps
     the voxel. record: called with (object number, slice, `Prediction`) for every slice
-    kept; decode_kwargs go to `predict`.
+    kept; valid: the volume's `segmote.io.finite.finite_mask`; decode_kwargs go to `predict`.
     """
     from segmote.predict.prompts import label_dtype
 
     out = np.zeros(volume.shape, label_dtype(objects))
-    setter = volume_setter(seg, volume, axis, modality, window)
+    setter = volume_setter(seg, volume, axis, modality, window, valid)
     scores = []
     for n, obj in enumerate(objects):
         key, prompt, k_range, bound = _object_plan(obj, axis, volume.shape[axis], key_slice,

@@ -107,12 +107,15 @@ class Segmenter:
     # -- the image -------------------------------------------------------------------------
     @torch.inference_mode()
     def set_image(self, image: np.ndarray, modality: str | None = None,
-                  window: str | tuple[float, float] | None = None) -> None:
+                  window: str | tuple[float, float] | None = None,
+                  valid: np.ndarray | None = None) -> None:
         """Preprocess and encode one 2-D image (H, W) or (H, W, C); caches the features.
 
         modality: "CT" (HU window, see `window`), "MR" (percentile clip) or None (min-max only).
+        valid: (H, W) bool, False where NaN / Inf were replaced (`segmote.io.finite`): kept
+            out of the intensity statistics (`segmote.transforms.preprocess`).
         """
-        x, self.geometry = preprocess(image, self.model.img_size, modality, window)
+        x, self.geometry = preprocess(image, self.model.img_size, modality, window, valid)
         x = x[None].to(self.device)
         self.features = self.model.prepare_image(self.model.encode(x))
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from segmote.errors import ParameterError
 from segmote.io import ImageData
+from segmote.io.finite import finite_mask
 from segmote.predict.auto import AutoPrediction
 from segmote.predict.prompts import ObjectPrompt, check_volume_prompt, label_dtype
 from segmote.predict.propagation import propagate_objects
@@ -43,7 +44,7 @@ def slice_prompts(objects: list[ObjectPrompt], axis: int,
     a, b = in_plane_axes(axis)
     plan: dict[int, list[tuple[int, dict]]] = {}
     for n, obj in enumerate(objects):
-        check_volume_prompt(obj, shape)
+        check_volume_prompt(obj, shape, axis)
         ks: set[int] = set()
         if obj.box is not None:
             lo, hi = obj.box[:3], obj.box[3:]
@@ -85,7 +86,7 @@ def segment_image(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
 
     text: a class name given with every object; attention: ask the model for the expert
     tokens' attention maps (for `record`)."""
-    seg.set_image(data.array, modality=modality, window=window)
+    seg.set_image(data.array, modality=modality, window=window, valid=finite_mask(data))
     maps = []
     for n, obj in enumerate(objects):
         kw = decode_arguments(text, attention)
@@ -127,14 +128,16 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
             check_volume_prompt(obj, vol.shape)
         label, scores = propagate_objects(seg, vol, objects, axis=axis, modality=modality,
                                           window=window, key_slice=key_slice, follow=True,
-                                          record=record, **decode_arguments(text, attention))
+                                          record=record, valid=finite_mask(data),
+                                          **decode_arguments(text, attention))
         return (label, scores) if return_scores else label
     plan = slice_prompts(objects, axis, vol.shape)
     out = np.zeros(vol.shape, dtype=label_dtype(objects))
     scores = [{} for _ in objects]
     ks = sorted(plan)
     for k in (progress(ks) if progress else ks):
-        seg.set_image(volume_slice(vol, k, axis), modality=modality, window=window)
+        seg.set_image(volume_slice(vol, k, axis), modality=modality, window=window,
+                      valid=finite_mask(data, k, axis))
         maps = []
         for n, kw in plan[k]:
             pred = seg.predict(**kw, **decode_arguments(text, attention))
@@ -149,9 +152,10 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
 
 def auto_image(seg: Segmenter, image: np.ndarray, classes: list[str] | None,
                modality: str | None = None, window: str | None = None,
-               threshold: float | None = None) -> AutoPrediction:
-    """Prompt-free multi-class segmentation of a 2-D image."""
-    seg.set_image(image, modality=modality, window=window)
+               threshold: float | None = None, valid: np.ndarray | None = None
+               ) -> AutoPrediction:
+    """Prompt-free multi-class segmentation of a 2-D image. valid: `Segmenter.set_image`."""
+    seg.set_image(image, modality=modality, window=window, valid=valid)
     return seg.predict_auto(classes, threshold)
 
 
@@ -170,7 +174,8 @@ def auto_volume(seg: Segmenter, data: ImageData, classes: list[str] | None, axis
     slices: dict[str, int] = {}
     ks = range(vol.shape[axis])
     for k in (progress(ks) if progress else ks):
-        pred = auto_image(seg, volume_slice(vol, k, axis), classes, modality, window, threshold)
+        pred = auto_image(seg, volume_slice(vol, k, axis), classes, modality, window, threshold,
+                          finite_mask(data, k, axis))
         if out is None:
             names = pred.classes
             out = np.zeros(vol.shape, pred.label_map.dtype)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import tempfile
 import time
+import warnings
 from importlib.resources import files as package_files
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 import segmote
-from segmote.errors import SegmoteError
+from segmote.errors import InputError, SegmoteError
 from segmote.io import LabelInfo, write_label
+from segmote.io.finite import finite_image
 from segmote.serve.config import ServeConfig
 from segmote.serve.engine import Engine, SegmentRequest
 from segmote.serve.errors import ApiError, not_found
@@ -124,10 +126,20 @@ def _errors(app: FastAPI) -> None:
 def _open(store: SessionStore, engine: Engine, config: ServeConfig, read, name: str,
           modality: str | None, window: str | None) -> dict:
     """Read an image with `read()`, start its session, encode its first slice in the
-    background."""
+    background. NaN / Inf are replaced as `segmote predict` replaces them (they turned whole
+    slices to foreground); the warning comes back in the answer's "warnings"."""
     modality = normalize_modality(modality or None)
     parse_window(window or None)
-    data = read()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = read()
+        try:
+            data = finite_image(data)
+        except InputError as err:  # named by the upload's name, not our temporary copy
+            raise InputError(str(err).replace(str(data.path), name)) from None
+    notes = [str(w.message).replace(str(data.path), name) for w in caught]
+    for note in notes:
+        log.warning(note)
     if data.array.nbytes > config.max_image_mb * 2**20:
         raise ApiError(413, f"{name}: the image holds {data.array.nbytes / 2**20:.0f} MB, more "
                             f"than this server takes ({config.max_image_mb:g} MB)")
@@ -139,7 +151,7 @@ def _open(store: SessionStore, engine: Engine, config: ServeConfig, read, name: 
     axis = 2
     k = session.depth(axis) // 2
     engine.prefetch(session, axis, k, config.prefetch)
-    return image_info(session, engine.classes)
+    return {**image_info(session, engine.classes), **({"warnings": notes} if notes else {})}
 
 
 def _routes(app: FastAPI, config: ServeConfig, store: SessionStore, engine: Engine) -> None:

@@ -97,7 +97,8 @@ class Engine:
                 self._cond.wait(0.05)
         feats = session.cache.get((axis, k))
         if feats is None:
-            self.seg.set_image(image, modality=session.modality, window=session.window)
+            self.seg.set_image(image, modality=session.modality, window=session.window,
+                               valid=session.slice_valid(axis, k))
             session.cache.put((axis, k), self.seg.features)
             return True
         self.seg.set_features(feats, image.shape[:2])
@@ -137,7 +138,7 @@ class Engine:
                 if session is not None and (axis, k) not in session.cache:
                     seg = self._background
                     seg.set_image(session.slice_image(axis, k), modality=session.modality,
-                                  window=session.window)
+                                  window=session.window, valid=session.slice_valid(axis, k))
                     session.cache.put((axis, k), seg.features)
                     seg.reset_image()
             except Exception:  # noqa: BLE001 - a failed prefetch is redone by the request

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from segmote.io import ImageData
+from segmote.io.finite import finite_mask
 from segmote.slicing import volume_slice
 from segmote.serve.cache import FeatureCache
 from segmote.serve.config import ServeConfig
@@ -118,6 +119,11 @@ class ImageSession:
         """(H, W) or (H, W, C) pixels of slice k (a view)."""
         self.check_slice(axis, k)
         return volume_slice(self.data.array, k, axis) if self.is_volume else self.data.array
+
+    def slice_valid(self, axis: int, k: int) -> np.ndarray | None:
+        """Where slice k held finite values before they were replaced (None: everywhere), for
+        `Segmenter.set_image(valid=...)`."""
+        return finite_mask(self.data, k if self.is_volume else None, axis)
 
     def slice_labels(self, axis: int, k: int) -> np.ndarray:
         self.check_slice(axis, k)

@@ -36,9 +36,12 @@ class RunLog:
         """Log the last epoch of `history` and rewrite metrics.json and curves.png."""
         last = history[-1]
         step = last["step"]
-        self.writer.add_scalar("epoch/train_loss", last["train"]["loss"], step)
-        self.writer.add_scalar("epoch/skipped_steps", last["train"]["skipped_steps"], step)
-        self.writer.add_scalar("val/mean_dice", last["val"]["mean_dice"], step)
+        scalars = {"epoch/train_loss": last["train"]["loss"],
+                   "epoch/skipped_steps": last["train"]["skipped_steps"],
+                   "val/mean_dice": last["val"]["mean_dice"]}
+        for tag, value in scalars.items():
+            if value is not None:  # no validation slices (val_fraction 0), every step skipped
+                self.writer.add_scalar(tag, value, step)
         for key, dice in last["val"]["per_class"].items():
             self.writer.add_scalar(f"val_dice/{key}", dice, step)
         self.writer.flush()

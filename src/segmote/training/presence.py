@@ -208,8 +208,9 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     out = Path(out) if out else adapter
     cfg = load_config(run_dir / "config.yaml")
     info = ddp.DistInfo(0, 1, 0, torch.device(device or "cpu"))
-    _, _, train, val = load_run_data(cfg, [Path(d) for d in cfg.data], run_dir, True, info)
-    model = load_model(cfg.backbone, adapter=adapter, device=info.device)
+    _, _, train, val = load_run_data(cfg, [Path(d) for d in cfg.data.folders], run_dir, True,
+                                     info)
+    model = load_model(cfg.model.backbone, adapter=adapter, device=info.device)
     if model.adapter.text is None:
         raise InputError(f"{adapter}: not trained with text prompts: no class to detect")
     start = time.perf_counter()
@@ -219,7 +220,7 @@ def train_presence(run_dir: str | Path, negatives: str, adapter: str | Path | No
     other = other_modality_classes(train + val) if settings.negatives != "dataset-absent" \
         else {}
     cache = EmbeddingCache(cache_root(cfg), model,
-                           f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
+                           f"{cfg.model.backbone}-{model.backbone_sha256[:16]}", cfg.data.window)
     cache.build(train, progress=progress)
     summary_of: dict[int, Any] = {}
 

@@ -45,8 +45,9 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     out = Path(out) if out else adapter
     cfg = load_config(config)
     info = ddp.DistInfo(0, 1, 0, torch.device(device or "cpu"))
-    _, _, train, val = load_run_data(cfg, [Path(d) for d in cfg.data], run_dir, True, info)
-    model = load_model(cfg.backbone, adapter=adapter, device=info.device)
+    _, _, train, val = load_run_data(cfg, [Path(d) for d in cfg.data.folders], run_dir, True,
+                                     info)
+    model = load_model(cfg.model.backbone, adapter=adapter, device=info.device)
     seg_model: Any = model
     if getattr(seg_model.adapter, "ppt", None) is None or seg_model.adapter.text is None:
         raise InputError(f"{adapter}: not trained with PPT and text prompts: nothing to "
@@ -56,11 +57,12 @@ def recalibrate(run_dir: str | Path, adapter: str | Path | None = None,
     tables = query_tables(cfg, train + val)
     samples = calibration_samples(cfg, train, val)
     cache = EmbeddingCache(cache_root(cfg), model,
-                           f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
+                           f"{cfg.model.backbone}-{model.backbone_sha256[:16]}", cfg.data.window)
     cache.build(samples, progress=False)
     data = CachedSlices(cache, samples, cfg.seed, **tables)
-    _, counts = validate_auto(model, data, cfg.batch_size, info, contextlib.nullcontext, texts)
-    auto = {**_cal.choose_calibration(counts, cfg.auto_fp_target).to_dict(),
-            "calibrated_on": cfg.calibrate_on}
+    _, counts = validate_auto(model, data, cfg.optim.batch_size, info, contextlib.nullcontext,
+                              texts)
+    auto = {**_cal.choose_calibration(counts, cfg.calibration.auto_fp_target).to_dict(),
+            "calibrated_on": cfg.calibration.calibrate_on}
     resave_adapter(model, adapter, out, {"auto": auto})
     return auto

@@ -19,7 +19,7 @@ from segmote.training.loader import other_modality_classes
 def cache_root(cfg: TrainConfig) -> Path:
     """The run's embedding cache: config cache_dir, else the shared default
     (`segmote.data.cache.default_cache_dir`)."""
-    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
 
 
 CALIBRATION_PER_CLASS = 8  # training samples per class that calibrate_on "train" asks for
@@ -31,32 +31,32 @@ def load_run_data(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume
         slice_samples
 
     selection = None
-    if cfg.manifest is not None:
+    if cfg.data.manifest is not None:
         from segmote.curation.manifest import manifest_samples
 
-        datasets, selection = manifest_samples(cfg.manifest)
-        source = cfg.manifest
+        datasets, selection = manifest_samples(cfg.data.manifest)
+        source = cfg.data.manifest
     else:
         datasets = discover(data_dirs)
         source = ", ".join(map(str, data_dirs))
     split_path = out_dir / "split.json"
     if resume and split_path.is_file():
         split = load_split(split_path)  # never re-split a run: val cases must stay val
-    elif cfg.split is not None:
-        split = load_split(Path(cfg.split))
+    elif cfg.data.split is not None:
+        split = load_split(Path(cfg.data.split))
     else:
-        split = make_split(datasets, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        split = make_split(datasets, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     if selection is not None:
         train_samples = _in_split(selection, split, "train")
         val_samples = _in_split(selection, split, "val")
     else:
-        kw = dict(axis=cfg.axis, min_foreground=cfg.min_foreground)
+        kw = dict(axis=cfg.data.axis, min_foreground=cfg.data.min_foreground)
         train_samples = slice_samples(datasets, split, part="train", **kw).samples
         val_samples = slice_samples(datasets, split, part="val", **kw).samples
-    val_samples = cap_per_class(val_samples, cfg.val_per_class)
+    val_samples = cap_per_class(val_samples, cfg.data.val_per_class)
     if not train_samples:
         what = "selected sample" if selection is not None else \
-            f"slice with >= {cfg.min_foreground} foreground pixels"
+            f"slice with >= {cfg.data.min_foreground} foreground pixels"
         raise InputError(f"{source}: no training {what} (check the split)")
     # written only once the data checks passed: a refused run leaves no folder behind
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def class_texts(cfg: TrainConfig, names: list[str]) -> tuple[dict[str, torch.Ten
         return {}, {}
     from segmote.text.classes import class_embeddings
 
-    found = class_embeddings(names, cfg.text_encoder, cfg.text_encoder_path)
+    found = class_embeddings(names, cfg.model.text_encoder, cfg.model.text_encoder_path)
     return dict(zip(names, found.embeddings)), found.metadata()
 
 
@@ -109,7 +109,7 @@ def query_tables(cfg: TrainConfig, samples: list[Any]) -> dict[str, Any]:
     """The keyword arguments of `CachedSlices` that say which classes a text query may name:
     `classes` (`class_table`) and, with `absent_other_modalities`, `other`
     (`other_modality_classes`)."""
-    other = other_modality_classes(samples) if cfg.absent_other_modalities else None
+    other = other_modality_classes(samples) if cfg.prompts.absent_other_modalities else None
     return {"classes": class_table(samples), "other": other}
 
 
@@ -117,6 +117,6 @@ def calibration_samples(cfg: TrainConfig, train_samples: list[Any],
                         val_samples: list[Any]) -> list[Any]:
     """What the automatic mode is calibrated on (`calibrate_on`): the validation samples, or
     CALIBRATION_PER_CLASS training samples per class."""
-    if cfg.calibrate_on == "val":
+    if cfg.calibration.calibrate_on == "val":
         return val_samples
     return cap_per_class(train_samples, CALIBRATION_PER_CLASS)

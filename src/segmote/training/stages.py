@@ -20,11 +20,11 @@ def check_initial_adapter(cfg: TrainConfig, text_dim: int | None = None) -> None
     from segmote.errors import CheckpointError
     from segmote.modeling.segmote import MoTEConfig
 
-    path = Path(cfg.init_adapter)
+    path = Path(cfg.model.init_adapter)
     card = read_adapter_card(path)
-    if card.backbone != cfg.backbone:
+    if card.backbone != cfg.model.backbone:
         raise CheckpointError(f"{path}: init_adapter was trained for backbone "
-                              f"{card.backbone!r}, not {cfg.backbone!r}")
+                              f"{card.backbone!r}, not {cfg.model.backbone!r}")
     try:
         if card.mote_config is None:
             raise KeyError("mote_config")

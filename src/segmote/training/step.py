@@ -22,6 +22,7 @@ from segmote.modeling.segmote import ImageFeatures, SegMoTE
 from segmote.modeling.text_ensemble import text_ensemble
 from segmote.training.config import TrainConfig
 from segmote.training.losses import segmote_loss
+from segmote.training.memory import release_free_memory
 from segmote.simulated_prompts import (Prompt, error_clicks, sample_prompt, tight_box,
                                       to_model_coords)
 
@@ -102,14 +103,17 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
         self.config = config
-        self.weights = config.weights
-        self.max_clicks = max(config.refine_clicks)
+        self.weights = config.loss
+        self.max_clicks = max(config.prompts.refine_clicks)
         self.has_text = model.adapter.text is not None
         self.has_ppt = model.adapter.ppt is not None
         if self.has_text and not texts:
             raise ValueError("an adapter with text prompts needs the class text embeddings")
         self.texts = dict(texts or {})
         self.mix = config.prompt_mix_at(0)
+        # True between the end of a checkpointed forward pass and the next forward: the
+        # decodes then are the backward pass's recomputations (where the peak is)
+        self._recomputing = False
 
     def set_epoch(self, epoch: int) -> None:
         """Apply the progressive schedule: the prompt mix of `epoch`."""
@@ -127,6 +131,10 @@ class TrainStep(nn.Module):
                      auto: bool) -> Any:
         """`SegMoTE.decode` of the batch rows `sel` (the rows are picked inside, so that under
         checkpointing no per-group copy of the (B, C, 4h, 4w) head features is kept)."""
+        if self._recomputing and sel.device.type == "cpu":
+            # the backward pass recomputes one group at a time: give back what the previous
+            # group freed before this one allocates (`segmote.training.memory`)
+            release_free_memory()
         return self.model.decode(
             ImageFeatures(feats.image_embedding[sel], feats.head_features[sel]),
             points=points, boxes=boxes, masks=None if masks is None else masks[sel], text=text,
@@ -153,7 +161,7 @@ class TrainStep(nn.Module):
                 boxes = boxes.to(device)
             args = (feats, sel, _points(prompts, idx, k, scale, device), boxes, masks,
                     self._text(prompts, idx, device) if with_text else None, auto)
-            if self.config.recompute_rounds and torch.is_grad_enabled():
+            if self.config.runtime.recompute_rounds and torch.is_grad_enabled():
                 # activation checkpointing: the backward pass recomputes this call (with the
                 # router noise's RNG state restored), so one group's activations are alive at
                 # a time instead of those of every group of every round
@@ -168,8 +176,9 @@ class TrainStep(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:
         cfg = self.config
+        self._recomputing = False
         encoded = EncoderOutput(batch.image_embedding, batch.early_features)
-        if self.config.recompute_rounds and torch.is_grad_enabled():
+        if self.config.runtime.recompute_rounds and torch.is_grad_enabled():
             # the head's image fusion (4x upsampling twice, at batch 16 ~0.5 GB of saved
             # activations) is recomputed in the backward pass as well: only its output stays
             feats = checkpoint(self.model.prepare_image, encoded, use_reentrant=False)
@@ -180,8 +189,8 @@ class TrainStep(nn.Module):
         gt = batch.target[:, 0].detach().cpu().numpy() > 0.5
         rngs = [np.random.default_rng(s) for s in batch.seeds]
         allow_text = self.has_text or self.has_ppt
-        prompts = [sample_prompt(gt[i], rngs[i], self.mix, cfg.box_jitter, allow_text,
-                                 batch.class_names[i], cfg.text_with_prompt)
+        prompts = [sample_prompt(gt[i], rngs[i], self.mix, cfg.prompts.box_jitter, allow_text,
+                                 batch.class_names[i], cfg.prompts.text_with_prompt)
                    for i in range(len(gt))]
         target = batch.target
         text_rows = [i for i, p in enumerate(prompts) if p.kind == "text"]
@@ -191,10 +200,10 @@ class TrainStep(nn.Module):
             for i in text_rows:
                 target[i] = batch.class_target[i]
                 gt[i] = batch.class_target[i, 0].detach().cpu().numpy() > 0.5
-        if allow_text and batch.absent is not None and cfg.absent_prob > 0:
+        if allow_text and batch.absent is not None and cfg.prompts.absent_prob > 0:
             # some prompt-free rows ask for a class that is not in the slice: empty target
             empty = [i for i, p in enumerate(prompts) if p.kind == "text" and batch.absent[i]
-                     and rngs[i].random() < cfg.absent_prob]
+                     and rngs[i].random() < cfg.prompts.absent_prob]
             if empty:
                 target = target.clone() if target is batch.target else target
                 for i in empty:
@@ -204,7 +213,7 @@ class TrainStep(nn.Module):
         total: Tensor | float = 0.0
         sums: dict[str, Tensor] = {}
         mask_prompt = None
-        rounds = 1 + cfg.refine_rounds
+        rounds = 1 + cfg.prompts.refine_rounds
         for r in range(rounds):
             out = self._decode(feats, prompts, mask_prompt, r, scale)
             loss, parts = segmote_loss(out, target, self.weights)
@@ -215,8 +224,13 @@ class TrainStep(nn.Module):
                 mask_prompt = out.masks.detach().float()
                 pred = (mask_prompt[:, 0] > 0).cpu().numpy()
                 for i, rng in enumerate(rngs):
-                    k = int(rng.choice(cfg.refine_clicks))
+                    k = int(rng.choice(cfg.prompts.refine_clicks))
                     prompts[i].add_clicks(*error_clicks(pred[i], gt[i], k, rng))
+        run = cfg.runtime
+        trim = run.recompute_rounds and run.trim_memory and torch.is_grad_enabled()
+        if trim and batch.image_embedding.device.type == "cpu":
+            self._recomputing = True
+            release_free_memory()  # what the forward pass freed, before the backward pass
         return StepOutput(total / rounds, {k: v / rounds for k, v in sums.items()})
 
 

@@ -71,17 +71,17 @@ def build_model(cfg: TrainConfig, device: torch.device, text_dim: int | None = N
     from segmote.build import build_base, resolve_weights
     from segmote.checkpoint import sha256_file
 
-    base = build_base(cfg.backbone, cfg.checkpoint)
-    path, expected = resolve_weights(cfg.backbone, cfg.checkpoint)
+    base = build_base(cfg.model.backbone, cfg.model.checkpoint)
+    path, expected = resolve_weights(cfg.model.backbone, cfg.model.checkpoint)
     torch.manual_seed(cfg.seed)
-    model = attach_adapter(base, "new", cfg.mote_config(text_dim), backbone=cfg.backbone,
+    model = attach_adapter(base, "new", cfg.mote_config(text_dim), backbone=cfg.model.backbone,
                            backbone_sha256=expected or sha256_file(path))
-    if cfg.init_adapter is not None:
+    if cfg.model.init_adapter is not None:
         check_initial_adapter(cfg, text_dim)
-        load_initial_adapter(model, Path(cfg.init_adapter))
-    if cfg.train_parts is not None:
+        load_initial_adapter(model, Path(cfg.model.init_adapter))
+    if cfg.model.train_parts is not None:
         for name, part in model.adapter.named_children():
-            part.requires_grad_(name in cfg.train_parts)
+            part.requires_grad_(name in cfg.model.train_parts)
     return model.to(device)
 
 
@@ -175,16 +175,17 @@ def fit(config: TrainConfig, data_dirs: list[str | Path], out_dir: str | Path,
 
     config: a validated `TrainConfig` (see `segmote.training.config.load_config`).
     data_dirs: nnU-Net / MSD / 2-D dataset folders (`segmote.data.datasets.discover`); ignored
-        (may be empty) when config.manifest names a curation manifest.
+        (may be empty) when config.data.manifest names a curation manifest.
     resume: continue from RUN_DIR/state.safetensors: same step, optimiser, schedule and RNG.
     device: "cpu", "cuda", "cuda:N" or None (GPU when available); under torchrun every rank
         uses the GPU of its LOCAL_RANK.
     on_step: called with the global step after every optimiser step (and state save).
     """
     out_dir = Path(out_dir)
-    cfg = dataclasses.replace(config, data=[str(Path(d).resolve()) for d in data_dirs])
-    if cfg.manifest is not None:  # absolute, so the saved config resumes from anywhere
-        cfg = dataclasses.replace(cfg, manifest=str(Path(cfg.manifest).resolve()))
+    manifest = config.data.manifest  # absolute, so the saved config resumes from anywhere
+    cfg = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, folders=[str(Path(d).resolve()) for d in data_dirs],
+        manifest=str(Path(manifest).resolve()) if manifest is not None else None))
     info = ddp.setup(device)
     try:
         with run_folder(out_dir, resume, STATE_FILE, info.is_main, [Path(d) for d in data_dirs]):
@@ -199,8 +200,8 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
            on_step: Callable[[int], None] | None) -> TrainResult:
     from segmote.data.cache import EmbeddingCache
 
-    if cfg.batch_size % info.world_size:
-        raise InputError(f"batch_size {cfg.batch_size} must be a multiple of the number of "
+    if cfg.optim.batch_size % info.world_size:
+        raise InputError(f"batch_size {cfg.optim.batch_size} must be a multiple of the number of "
                          f"processes ({info.world_size})")
     state_path = out_dir / STATE_FILE
     if resume and not state_path.is_file():
@@ -209,7 +210,7 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     if not resume and state_path.is_file():
         raise ParameterError("resume", f"{out_dir}: holds a run already; pass {{resume}} or "
                              "choose a new {out_dir}")
-    if cfg.init_adapter is not None and not resume:
+    if cfg.model.init_adapter is not None and not resume:
         check_initial_adapter(cfg)  # before anything is written
     datasets, _, train_samples, val_samples = load_run_data(cfg, data_dirs, out_dir, resume, info)
     if info.is_main:
@@ -217,18 +218,18 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     names = sorted({s.class_name for s in train_samples + val_samples})
     texts, text_meta = class_texts(cfg, names)
     model = build_model(cfg, info.device, text_meta.get("dim"))
-    if cfg.engine != "torch":  # the encoder is only ever run by the cache
+    if cfg.runtime.engine != "torch":  # the encoder is only ever run by the cache
         from segmote.engine import use_engine
-        use_engine(model, cfg.engine, cfg.backbone, model.backbone_sha256)
+        use_engine(model, cfg.runtime.engine, cfg.model.backbone, model.backbone_sha256)
     cache = EmbeddingCache(cache_root(cfg), model,
-                           f"{cfg.backbone}-{model.backbone_sha256[:16]}", cfg.window)
+                           f"{cfg.model.backbone}-{model.backbone_sha256[:16]}", cfg.data.window)
     cache.build(train_samples + val_samples, rank=info.rank, world_size=info.world_size,
                 progress=progress and info.is_main)
     ddp.barrier(info)  # every shard of the cache is on disk before anyone reads it
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    autocast, scaler = autocast_for(cfg.amp, info.device)
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    autocast, scaler = autocast_for(cfg.runtime.amp, info.device)
     run = _Run()
     if resume:
         _restore(state_path, run, model, optimizer, scaler, info)
@@ -239,16 +240,16 @@ def _train(cfg: TrainConfig, data_dirs: list[Path], out_dir: Path, resume: bool,
     loop = _Loop(
         cfg, info, model, step, _wrap_ddp(step, info) if info.enabled else step, optimizer,
         params, autocast, scaler, CachedSlices(cache, train_samples, cfg.seed, **tables),
-        val_data, val_data if cfg.calibrate_on == "val" else CachedSlices(
+        val_data, val_data if cfg.calibration.calibrate_on == "val" else CachedSlices(
             cache, calibration_samples(cfg, train_samples, val_samples), cfg.seed, **tables),
-        sample_weights([(s.dataset, s.class_name) for s in train_samples], cfg.sampling_balance,
-                       cfg.sampling_balance_power),
+        sample_weights([(s.dataset, s.class_name) for s in train_samples],
+                       cfg.data.sampling_balance, cfg.data.sampling_balance_power),
         texts, state_path, progress, on_step,
         RunLog(out_dir, purge_step=run.global_step if resume else None) if info.is_main
         else None)
     meta = _adapter_metadata(datasets, train_samples, text_meta)
     try:
-        while run.epoch < cfg.epochs:
+        while run.epoch < cfg.optim.epochs:
             lr = _train_epoch(loop, run)
             val = _validate_epoch(loop, run, meta)
             _epoch_summary(run, info, lr, val)
@@ -319,17 +320,18 @@ def _train_epoch(loop: _Loop, run: _Run) -> float:
     lr = cfg.lr_at(run.epoch)
     for group in loop.optimizer.param_groups:
         group["lr"] = lr
-    plan = epoch_plan(len(loop.train_data.samples), cfg.batch_size, cfg.seed, run.epoch,
-                      loop.weights, cfg.samples_per_epoch)
+    plan = epoch_plan(len(loop.train_data.samples), cfg.optim.batch_size, cfg.seed, run.epoch,
+                      loop.weights, cfg.data.samples_per_epoch)
     loop.train_data.epoch = run.epoch
     loop.step.set_epoch(run.epoch)  # the progressive prompt-free share
     mine = [rank_slice(b, info.rank, info.world_size) for b in plan[run.step_in_epoch:]]
-    loader = make_loader(loop.train_data, mine, cfg.num_workers, info.device.type == "cuda")
+    loader = make_loader(loop.train_data, mine, cfg.runtime.num_workers,
+                         info.device.type == "cuda")
     bar = progress_bar(len(plan), run.step_in_epoch, run.epoch, loop.progress and info.is_main)
     for batch in loader:
         torch.manual_seed(_step_seed(cfg.seed, run.global_step, info.rank))
         res = train_step(loop.step_module, batch.to(info.device), loop.optimizer, loop.params,
-                         cfg.grad_clip, loop.autocast, loop.scaler, info.device)
+                         cfg.optim.grad_clip, loop.autocast, loop.scaler, info.device)
         run.global_step += 1
         run.step_in_epoch += 1
         if res.skipped:
@@ -337,9 +339,10 @@ def _train_epoch(loop: _Loop, run: _Run) -> float:
         else:
             for k, v in (("loss", res.loss), *res.parts.items(), ("count", 1.0)):
                 run.sums[k] += v
-        if loop.log is not None and run.global_step % cfg.log_every == 0 and not res.skipped:
+        if loop.log is not None and run.global_step % cfg.runtime.log_every == 0 \
+                and not res.skipped:
             loop.log.step(run.global_step, res.loss, res.parts, lr, res.grad_norm)
-        if cfg.save_every and run.global_step % cfg.save_every == 0:
+        if cfg.runtime.save_every and run.global_step % cfg.runtime.save_every == 0:
             _save_state(loop.state_path, run, loop.model, loop.optimizer, loop.scaler, cfg, info)
         if bar is not None:
             bar.update(1)
@@ -356,22 +359,22 @@ def _validate_epoch(loop: _Loop, run: _Run, meta: dict[str, Any]) -> dict[str, A
     (every epoch when calibrating on the validation slices), the calibration, stored in
     `meta["auto"]` for the adapter file."""
     cfg, info, model = loop.cfg, loop.info, loop.model
-    local_batch = cfg.batch_size // info.world_size
+    local_batch = cfg.optim.batch_size // info.world_size
     val = validate(model, loop.val_data, local_batch, info, loop.autocast)
     if model.adapter.ppt is not None:
         val["auto"], counts = validate_auto(model, loop.val_data, local_batch, info,
                                             loop.autocast, loop.texts,
                                             calibrate=loop.calib_data is loop.val_data)
-        last = run.epoch == cfg.epochs - 1
+        last = run.epoch == cfg.optim.epochs - 1
         if loop.calib_data is not loop.val_data:
             # a pass over training slices costs as much as many steps: only the final
             # adapter needs a threshold, so earlier epochs' adapters carry none
             counts = validate_auto(model, loop.calib_data, local_batch, info, loop.autocast,
                                    loop.texts)[1] if last else None
         if counts is not None:
-            calibration = choose_calibration(counts, cfg.auto_fp_target).to_dict()
+            calibration = choose_calibration(counts, cfg.calibration.auto_fp_target).to_dict()
             val["auto"]["calibration"] = calibration
-            meta["auto"] = {**calibration, "calibrated_on": cfg.calibrate_on}
+            meta["auto"] = {**calibration, "calibrated_on": cfg.calibration.calibrate_on}
     step = loop.step
     val["ppt_share"] = step.mix.get("text", 0.0) if step.has_text or step.has_ppt else 0.0
     return val

@@ -56,7 +56,7 @@ def _policy_seed(policies: list[str], budget: int, epochs: int, seed: int, batch
                                 s.class_name, s.slice_index) in keys)
             subset = [result.candidates[i].sample for i in result.selected]
             out[f"{name}_rejected"] = result.reasons()
-        r = train_and_eval(subset, val, cfg, seed)
+        r = train_and_eval([d], subset, val, cfg)
         print(f"policy seed {seed} {name}: {len(subset)} masks, {r['steps']} steps in "
               f"{r['train_s']} s, validation class-mean Dice {r['held_out_class_mean_dice']}",
               flush=True)

@@ -1,7 +1,7 @@
 """Curated vs random subset on a heterogeneous pool (issue 7); writes the "mixed" key of
 benchmarks/results/curation.json.
 
-    python benchmarks/bench_curation_mixed.py [--budget 320] [--seeds 0 1 2] [--cache DIR]
+    python benchmarks/curation/bench_curation_mixed.py [--budget 320] [--seeds 0 1 2] [--cache DIR]
 
 `bench_curation.py subset` pools one clean atlas. The issue's setting is a pool of datasets of
 very different sizes and modalities, which is what balancing is for. This benchmark pools the
@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder (the curation modules) and benchmarks/ (common.py)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from common import machine  # noqa: E402
 from curation_common import (embedding_cache, keep_seed_copy, save_part,  # noqa: E402
                              train_and_eval, train_config)
@@ -132,7 +133,7 @@ def _seed(budget: int, epochs: int, seed: int, batch: int, refine: int, data_roo
                  "masks_per_dataset": {n: _per_dataset(v) for n, v in subsets.items()}}
     part = "mixed_validation" if validation else "mixed"
     for name in arms:
-        r = train_and_eval(subsets[name], held, cfg, seed, cache_root)
+        r = train_and_eval(datasets, subsets[name], held, cfg, cache_root)
         print(f"{part} seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, "
               f"{'validation' if validation else 'held-out'} dataset-mean Dice "
               f"{r['held_out_dataset_mean_dice']} (class mean {r['held_out_class_mean_dice']}) "

@@ -1,7 +1,8 @@
 """Curated vs random subset from a pool with label noise (issue 7); writes the "noisy" key of
 benchmarks/results/curation.json.
 
-    python benchmarks/bench_curation_noisy.py [--noise 0.2] [--budget 320] [--seeds 0 1 2 3 4 5]
+    python benchmarks/curation/bench_curation_noisy.py [--noise 0.2] [--budget 320]
+        [--seeds 0 1 2 3 4 5]
 
 The paper's case for curation is that large collections hold noisy masks and that training on
 them transfers negatively. `bench_curation.py subset` and `bench_curation_mixed.py` pool clean
@@ -45,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder (the curation modules) and benchmarks/ (common.py)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from common import machine  # noqa: E402
 from curation_common import (aal_root, embedding_cache, keep_seed_copy,  # noqa: E402
                              save_part, subset_split, train_and_eval, train_config,
@@ -157,7 +159,7 @@ def _seed(root: Path, corrupted_items: list, budget: int, epochs: int, seed: int
                  "subset_kinds": {"curated": _kinds(curated, corrupted),
                                   "random": _kinds(random_subset, corrupted)}}
     for name, subset in (("curated", curated), ("random", random_subset)):
-        r = train_and_eval(subset, held, cfg, seed)
+        r = train_and_eval([d], subset, held, cfg)
         print(f"noisy seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, held-out "
               f"class-mean Dice {r['held_out_class_mean_dice']}, subset "
               f"{out['subset_kinds'][name]}", flush=True)

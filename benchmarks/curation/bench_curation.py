@@ -1,9 +1,9 @@
 """Curation benchmarks (issue 7), on real data (Colin27 T1 + AAL atlas) with the real LiteMedSAM
 encoder; writes benchmarks/results/curation.json (each part updates its own key).
 
-    python benchmarks/bench_curation.py planted   # planted bad samples: rejected? clean kept?
-    python benchmarks/bench_curation.py speed     # >= 10,000 masks, embeddings cached
-    python benchmarks/bench_curation.py subset    # adapter on curated vs random subset, same size
+    python benchmarks/curation/bench_curation.py planted  # planted bad samples: rejected?
+    python benchmarks/curation/bench_curation.py speed    # >= 10,000 masks, embeddings cached
+    python benchmarks/curation/bench_curation.py subset   # curated vs random subset, same size
 
 planted: a 2-D PNG dataset cut from AAL axial slices (MR, 8-bit, volume 0.5/99.5 percentiles).
     Clean: CLEAN_SLICES slices 8 mm apart with every AAL region of >= 10 px (smaller regions are
@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder (the curation modules) and benchmarks/ (common.py)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from common import RESULTS, machine  # noqa: E402
 from curation_common import (CACHE, aal_root, embedding_cache, keep_seed_copy,  # noqa: E402
                              save_part, subset_split, train_and_eval, train_config,
@@ -236,7 +237,7 @@ def _subset_seed(budget: int, epochs: int, seed: int, batch: int, refine: int,
                                  "curated": _composition(curated, every, quality),
                                  "random": _composition(random_subset, every, quality)}}
     for name, subset in (("curated", curated), ("random", random_subset)):
-        r = train_and_eval(subset, held, cfg, seed)
+        r = train_and_eval([d], subset, held, cfg)
         print(f"seed {seed} {name}: {r['steps']} steps in {r['train_s']} s, held-out class-mean"
               f" Dice {r['held_out_class_mean_dice']}", flush=True)
         out[name] = r

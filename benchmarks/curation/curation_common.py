@@ -2,7 +2,8 @@
 held-out block pattern of `bench_curation.py subset`, and training + scoring one adapter.
 
 Used by bench_curation.py (planted, speed, subset; its policy part is curation_policy.py),
-bench_curation_mixed.py and bench_curation_noisy.py.
+bench_curation_mixed.py and bench_curation_noisy.py. Every adapter they compare is trained by
+`segmote.training.trainer.fit`, the trainer of `segmote train` (`train_and_eval`).
 """
 
 from __future__ import annotations
@@ -51,39 +52,33 @@ def validation_block(z: int) -> bool:
     return (z // 10) % 4 == 1
 
 
-def train_and_eval(samples, held, cfg, seed: int, cache_root: Path | None = None) -> dict:
-    """Train a fresh adapter on `samples` (cfg's epochs, batch order and init from `seed`) and
-    score it on `held` with `validate` (box prompts). cache_root: the embedding cache folder
-    (default: this benchmark's)."""
-    from segmote.training import distributed as ddp
-    from segmote.training.loader import CachedSlices, epoch_plan, make_loader
-    from segmote.training.step import TrainStep, train_step
-    from segmote.training.trainer import autocast_for, build_model, validate
+def train_and_eval(datasets, samples, held, cfg, cache_root: Path | None = None) -> dict:
+    """Train a fresh adapter on exactly `samples` (of `datasets`) with the public trainer
+    (`segmote.training.trainer.fit`, the one `segmote train` runs, via a selection manifest and
+    no validation split) and score it on `held` with `validate` (box prompts, batch 16).
 
-    device = torch.device("cpu")
+    cfg: `train_config`; its seed fixes the init, the batch order, the prompts and the router
+    noise. cache_root: the embedding cache folder (default: this benchmark's)."""
+    from segmote.build import load_model
+    from segmote.curation.manifest import selection_manifest
+    from segmote.training import distributed as ddp
+    from segmote.training.loader import CachedSlices
+    from segmote.training.trainer import autocast_for, fit, validate
+
+    root = cache_root or CACHE
+    with tempfile.TemporaryDirectory(prefix="segmote-curation-") as tmp:
+        manifest = selection_manifest(datasets, samples, Path(tmp) / "manifest.json")
+        run_cfg = cfg.replace(manifest=str(manifest), val_fraction=0.0, cache_dir=str(root),
+                              save_every=0)
+        t = time.perf_counter()
+        result = fit(run_cfg, [], Path(tmp) / "run", device="cpu", progress=False)
+        train_s = time.perf_counter() - t
+        model = load_model(adapter=str(result.latest_adapter))
     info = ddp.setup("cpu")
-    model = build_model(cfg, device)
-    cache = embedding_cache(model, cache_root)
-    autocast, _ = autocast_for("none", device)
-    held_data = CachedSlices(cache, held, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = TrainStep(model, cfg)
-    data = CachedSlices(cache, samples, seed)
-    t = time.perf_counter()
-    steps = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        data.epoch = epoch
-        for batch in make_loader(data, epoch_plan(len(samples), cfg.batch_size, seed, epoch),
-                                 0, False):
-            torch.manual_seed(seed * 100003 + steps)
-            train_step(step, batch, opt, params, cfg.grad_clip, autocast, None, device)
-            steps += 1
-    train_s = time.perf_counter() - t
-    val = validate(model, held_data, 16, info, autocast)
+    val = validate(model, CachedSlices(embedding_cache(model, root), held, cfg.seed), 16, info,
+                   autocast_for("none", torch.device("cpu"))[0])
     dices = list(val["per_class"].values())
-    return {"steps": steps, "train_s": round(train_s, 1),
+    return {"steps": result.global_step, "train_s": round(train_s, 1),
             "held_out_class_mean_dice": round(float(np.mean(dices)), 4),
             "held_out_dataset_mean_dice": round(float(val["mean_dice"]), 4),
             "per_dataset": {k: round(v, 4) for k, v in val["per_dataset"].items()},
@@ -91,19 +86,12 @@ def train_and_eval(samples, held, cfg, seed: int, cache_root: Path | None = None
 
 
 def train_config(epochs: int, batch: int, refine: int, seed: int):
-    """The subset benchmark's TrainConfig: box/point prompts only (text prompts, where the
-    trainer has them, are switched off so every run trains the same adapter)."""
-    import dataclasses
+    """The curation benchmarks' TrainConfig: box/point prompts only (no text encoder, no PPT),
+    lr 1e-3 without milestones."""
     from segmote.training.config import TrainConfig
 
-    extra = {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if "text_encoder" in names:
-        extra["text_encoder"] = None
-    if "ppt_queries" in names:
-        extra["ppt_queries"] = 0
-    return TrainConfig(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine, seed=seed,
-                       milestones=[], **extra)
+    return TrainConfig().replace(epochs=epochs, batch_size=batch, lr=1e-3, refine_rounds=refine,
+                                 seed=seed, milestones=[], text_encoder=None, ppt_queries=0)
 
 
 def subset_split(held_max: int):
@@ -124,7 +112,11 @@ def subset_split(held_max: int):
 
 def save_part(part: str, out: dict) -> None:
     """Store one benchmark part's result under its key of benchmarks/results/curation.json,
-    keeping the other parts. The file is read just before writing: parts run in parallel."""
+    keeping the other parts. The file is read just before writing: parts run in parallel.
+    A part that trains adapters records that `fit()` trained them ("trainer": report_curation
+    tells results of the earlier, benchmark-own loop by its absence)."""
+    if part not in ("planted", "speed"):  # the two parts that train nothing
+        out["trainer"] = "fit"
     path = RESULTS / "curation.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[part] = out
