@@ -101,7 +101,7 @@ def held_out_setup(run_dir: Path | None, adapter: str) -> tuple:
         adapter_path
 
 
-def run(run_dir: Path | None, adapter: str, out_name: str) -> dict:
+def run(run_dir: Path | None, adapter: str, out_name: str, engine: str = "torch") -> dict:
     import torch
 
     from segmote.adapter import read_adapter_metadata
@@ -114,7 +114,7 @@ def run(run_dir: Path | None, adapter: str, out_name: str) -> dict:
 
     torch.manual_seed(0)
     tmp, data_dirs, split, cache_root, adapter_path = held_out_setup(run_dir, adapter)
-    model = load_model(adapter=str(adapter_path))
+    model = load_model(adapter=str(adapter_path), engine=engine)
     datasets = discover(data_dirs)
     samples = slice_samples(datasets, split, part="val", axis=2, min_foreground=20).samples
     weights_path, _ = resolve_weights("litemedsam", None)
@@ -146,7 +146,7 @@ def run(run_dir: Path | None, adapter: str, out_name: str) -> dict:
             timing["peak_rss_mb"] = int(rss[0].split(":")[1]) / 1024
     meta = read_adapter_metadata(adapter_path)
     data = {
-        "machine": machine(),
+        "machine": machine(), "engine": engine,
         "adapter": str(adapter_path),
         "adapter_sha256": sha256_file(adapter_path),
         "backbone_sha256": sha256_file(weights_path),
@@ -194,11 +194,16 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished default-adapter run folder")
     parser.add_argument("--adapter", default=None,
                         help="adapter file (default: the run's latest, or the shipped one)")
+    parser.add_argument("--engine", default="torch",
+                        help="torch (default) or an inference engine for the encoder "
+                             "(openvino, onnxruntime): its table is written apart, as "
+                             "default_adapter_<engine>.json, to compare with PyTorch's")
     args = parser.parse_args()
     adapter = args.adapter or ("latest" if args.run else "default")
-    data = run(args.run, adapter, "default_adapter")
+    name = "default_adapter" if args.engine == "torch" else f"default_adapter_{args.engine}"
+    data = run(args.run, adapter, name, args.engine)
     print_report(data)
-    print(f"wrote {RESULTS / 'default_adapter.json'} and {DOCS / 'default_adapter_routing.png'}")
+    print(f"wrote {RESULTS / (name + '.json')} and {DOCS / 'default_adapter_routing.png'}")
 
 
 if __name__ == "__main__":
