@@ -161,8 +161,9 @@ def run(run_dir: Path | None, adapter: str, out_name: str, engine: str = "torch"
         write_result(f"{out_name}_training", {"machine": data["machine"], **timing,
                                               "run": str(run_dir), "adapter": str(adapter_path),
                                               "adapter_sha256": data["adapter_sha256"]})
-    DOCS.mkdir(exist_ok=True)
-    _plot(routing, DOCS / "default_adapter_routing.png")
+    if engine == "torch":  # the published plot is PyTorch's; an engine run only compares
+        DOCS.mkdir(exist_ok=True)
+        _plot(routing, DOCS / "default_adapter_routing.png")
     if tmp is not None:
         tmp.cleanup()
     return data
@@ -203,7 +204,8 @@ def main() -> None:
     name = "default_adapter" if args.engine == "torch" else f"default_adapter_{args.engine}"
     data = run(args.run, adapter, name, args.engine)
     print_report(data)
-    print(f"wrote {RESULTS / (name + '.json')} and {DOCS / 'default_adapter_routing.png'}")
+    print(f"wrote {RESULTS / (name + '.json')}"
+          + (f" and {DOCS / 'default_adapter_routing.png'}" if args.engine == "torch" else ""))
 
 
 if __name__ == "__main__":
