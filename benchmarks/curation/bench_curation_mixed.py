@@ -289,7 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     out["wall_s"] = round(time.perf_counter() - t, 1)
     out["machine"] = machine()
     print(json.dumps({k: v for k, v in out.items() if k != "per_seed"}, indent=1), flush=True)
-    save_part("mixed_validation" if args.validation else "mixed", out)
+    # the published "mixed" result is curate's default balance; another balance is stored apart
+    from segmote.curation.pipeline import CurationConfig
+
+    part = ("mixed_validation" if args.validation else
+            "mixed" if out["config"].get("balance") == CurationConfig().balance else
+            f"mixed_balance_{out['config']['balance']}")
+    save_part(part, out)
     return 0
 
 
