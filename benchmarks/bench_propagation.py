@@ -34,6 +34,9 @@ VALIDATION_AAL = ["Cingulum_Mid_R", "Putamen_R", "Insula_R", "Pallidum_R", "Cune
 VALIDATION_TUMOURS = ["lung1", "brain1"]
 # large structures with a data.md reference (thalamus, hippocampus, caudate) and two more
 REPORT_AAL = ["Thalamus_L", "Hippocampus_L", "Caudate_L", "Lingual_L", "Cerebelum_Crus1_L"]
+# how far a one-slice prompt is followed: x the key box's half-size in mm (None: no limit)
+DEPTHS = [0.5, 0.75, 1.0, 1.5, 2.0]
+DEPTH_TIE = 0.01
 PROTOCOLS = ["box3d", "box3d_every_slice", "key_box", "key_point"]
 DATASETS = {"Dataset001_PyradiomicsCT": "pyradiomics", "Dataset002_PyradiomicsMR": "pyradiomics",
             "Dataset003_Colin27AAL": "colin27", "Dataset004_Colin27Brain": "colin27"}
@@ -62,7 +65,7 @@ def _cache(model, root: Path):
     return EmbeddingCache(root, model, f"litemedsam-{sha[:16]}")
 
 
-def choose(cache_root: Path) -> dict:
+def choose(cache_root: Path, rescore: bool = False) -> dict:
     """The limits of a one-slice prompt's propagation (no user's box to stay in), chosen on the
     validation objects, protocol key_box, the default adapter's and the base decoder's 3-D
     Dice. Round 1 chose margin, mask prompt and the stop rules the same way (box3d + key_box,
@@ -75,8 +78,11 @@ def choose(cache_root: Path) -> dict:
     from segmote.evaluation.volume_protocols import evaluate_volumes, volume_cases
     from segmote.predict.propagation import PropagationConfig
 
+    from common import load_result
+
     model = load_model(adapter="default")
     cache = _cache(model, cache_root)
+    stored_grid = (load_result("propagation_choice") or {}).get("grid", {})
     datasets = discover(data_dirs()[:3])
     split = {d.name: {"val": [c.case_id for c in d.cases
                               if d.is_3d and (d.name.endswith("AAL") or
@@ -100,16 +106,37 @@ def choose(cache_root: Path) -> dict:
     # each limit alone and both (round 1's setting, neither limit, drifted: its key_box on the
     # report's AAL structures was 0.01-0.03 with the default adapter, git history of
     # propagation.json; left out of this grid, where it runs for hours on a shared machine)
-    grid = {"key box": PropagationConfig(max_total=0.0, key_bound=0.0),
-            "total 1.5": PropagationConfig(max_total=1.5, key_bound=None),
-            "key box + total 1.5": PropagationConfig(max_total=1.5, key_bound=0.0),
-            "key box + total 2": PropagationConfig(max_total=2.0, key_bound=0.0)}
-    scores = {name: score(c) for name, c in grid.items()}
+    # round 2 chose the in-plane limits (max_depth None then: followed to the volume's ends);
+    # round 3 the depth limit with them (`max_depth`, x the key box's half-size in mm)
+    grid = {"key box": PropagationConfig(max_total=0.0, key_bound=0.0, max_depth=None),
+            "total 1.5": PropagationConfig(max_total=1.5, key_bound=None, max_depth=None),
+            "key box + total 1.5": PropagationConfig(max_total=1.5, key_bound=0.0,
+                                                     max_depth=None),
+            "key box + total 2": PropagationConfig(max_total=2.0, key_bound=0.0,
+                                                   max_depth=None)}
+    grid.update({f"key box + total 1.5 + depth {d}": PropagationConfig(max_depth=d)
+                 for d in DEPTHS})
+    stored = (load_result("propagation_choice") or {}).get("scores", {})
+    # a grid entry already scored with the same setting keeps its stored score (hours on a
+    # shared machine otherwise); --rescore scores every entry again
+    scores = {name: stored[name] if name in stored and not rescore and
+              {"max_depth": None, **stored_grid.get(name, {})} == c.__dict__ else score(c)
+              for name, c in grid.items()}
+    reused = [n for n in grid if n in stored and scores[n] is stored[n]]
     best = max(scores, key=lambda n: scores[n]["mean"])
+    # depth limits within DEPTH_TIE of the best are ties on ten objects: the mildest of them
+    # is kept (a limit cuts objects deeper than wide; eight of the ten are brain parcels, for
+    # which shorter is always better; rule set after seeing the grid, said in the report)
+    ties = [n for n, c in grid.items() if c.max_depth is not None and
+            scores[n]["mean"] >= scores[best]["mean"] - DEPTH_TIE]
+    chosen = max(ties, key=lambda n: grid[n].max_depth) if ties else best
     return {"machine": machine(), "validation_objects": [f"{c.case_id}:{c.class_name}"
                                                          for c in cases],
             "protocols": [p.to_dict() for p in protocols], "output": "default adapter and base",
-            "grid": {n: c.__dict__ for n, c in grid.items()}, "scores": scores, "chosen": best}
+            "grid": {n: c.__dict__ for n, c in grid.items()}, "scores": scores, "best": best,
+            "depth_tie": DEPTH_TIE, "chosen": chosen, "reused": reused,
+            "reused_machine": (load_result("propagation_choice") or {}).get("machine")
+            if reused else None}
 
 
 def report(cache_root: Path, protocols: list[str] = PROTOCOLS) -> dict:
@@ -215,12 +242,15 @@ def main() -> None:
                     help="report: the protocols to rerun (the others keep their stored rows)")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "segmote" / "cache3d"),
                     help="embedding cache folder (kept between runs)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="choose: score every grid entry again (default: reuse stored scores "
+                         "of unchanged entries)")
     args = ap.parse_args()
     import torch
     torch.manual_seed(0)
     for part in args.parts:
         if part == "choose":
-            print(write_result("propagation_choice", choose(Path(args.cache))))
+            print(write_result("propagation_choice", choose(Path(args.cache), args.rescore)))
         elif part == "report":
             print(write_result("propagation", report(Path(args.cache), args.protocols)))
         else:

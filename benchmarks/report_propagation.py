@@ -26,6 +26,18 @@ def section_choice(c: dict) -> list[str]:
                         for k, v in c["grid"][name].items())
         mark = " **(chosen)**" if name == c["chosen"] else ""
         out.append(f"| {name}{mark}: {cfg} | " + " | ".join(f"{s[k]:.3f}" for k in cols) + " |")
+    if "depth_tie" in c:
+        out += ["", f"max_depth: how far a one-slice prompt is followed on each side of its key "
+                f"slice, x the key box's half-size in mm (None: to the volume's ends). Highest "
+                f"mean: {c['best']}. Depth limits within {c['depth_tie']:g} of the highest "
+                f"mean count as ties on ten objects, and the mildest of them (the largest "
+                f"max_depth) is kept: a depth limit cuts objects deeper than they are wide "
+                f"(1.0 cuts no sphere), and eight of the ten validation objects are brain "
+                f"parcels with no visible edge along the slices, for which a shorter limit "
+                f"scored higher. This tie rule was set after seeing the grid."]
+    if c.get("reused"):
+        out[-1] += (f" Rows {', '.join(c['reused'])}: scored in an earlier run with the same "
+                    f"settings ({machine_line(c['reused_machine'])}).")
     return out + [""]
 
 

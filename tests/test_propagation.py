@@ -121,6 +121,40 @@ def test_propagation_beats_every_slice_and_stops(base_model, lung, encoded):
     assert dice(pt.mask, gt) > 0.5
 
 
+def test_depth_limit_by_hand():
+    cfg = PropagationConfig(max_depth=1.0)
+    # a 20 x 10 px key box; columns 0.5 mm, rows 1 mm, slices 2 mm: half-size 5 mm = 2.5 slices
+    assert cfg.depth_limit((0, 0, 19, 9), (0.5, 1.0, 2.0), axis=2) == 3
+    assert PropagationConfig(max_depth=0.5).depth_limit((0, 0, 19, 9), (0.5, 1.0, 2.0), 2) == 2
+    # a sagittal slice (axis 0): columns follow Y, rows Z, slices X
+    assert cfg.depth_limit((0, 0, 19, 9), (4.0, 1.0, 1.0), axis=0) == 3
+    assert PropagationConfig(max_depth=None).depth_limit((0, 0, 19, 9), (1, 1, 1), 2) is None
+    with pytest.raises(InputError, match="max_depth"):
+        PropagationConfig(max_depth=0)
+
+
+def test_one_slice_prompt_depth_limit(base_model, lung, encoded):
+    """A one-slice prompt is followed at most max_depth x its box's half-size (mm) away; a 3-D
+    box's k-range is the user's and is not limited."""
+    vol, gt = lung
+    seg = Segmenter(base_model)
+
+    def set_slice(k: int) -> None:
+        seg.set_features(encoded[k], vol.shape[:2][::-1])
+
+    free = propagate(seg, set_slice, vol.shape, 7, {"box": BOX},
+                     config=PropagationConfig(max_depth=None))
+    assert free.slices[0] < 6 and free.slices[-1] > 8  # the tumour spans slices 2..12
+    # the box is 91 px wide: with 1 mm pixels and 100 mm slices the half-size is 1 slice
+    thick = (1.0, 1.0, 100.0)
+    near = propagate(seg, set_slice, vol.shape, 7, {"box": BOX}, spacing=thick)
+    assert near.slices == [6, 7, 8]
+    assert np.array_equal(near.mask[..., 6:9], free.mask[..., 6:9])
+    boxed = propagate(seg, set_slice, vol.shape, 7, {"box": BOX}, k_range=(0, 14), bound=BOX,
+                      spacing=thick)
+    assert len(boxed.slices) > 3
+
+
 def test_propagate_objects_modes(base_model, lung):
     vol, gt = lung
     seg = Segmenter(base_model)

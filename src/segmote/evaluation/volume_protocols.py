@@ -139,8 +139,10 @@ def _every_slice(seg: Segmenter, setter: Callable[[int], None], shape: tuple[int
 def segment_case(seg: Segmenter, setter: Callable[[int], None], gt: np.ndarray,
                  protocol: Protocol, axis: int = 2,
                  config: PropagationConfig = DEFAULT_CONFIG,
-                 rng: np.random.Generator | None = None, **decode_kwargs: Any) -> np.ndarray:
-    """One 3-D protocol on one object -> the (X, Y, Z) bool prediction."""
+                 rng: np.random.Generator | None = None,
+                 spacing: tuple[float, ...] | None = None, **decode_kwargs: Any) -> np.ndarray:
+    """One 3-D protocol on one object -> the (X, Y, Z) bool prediction. spacing: the
+    volume's voxel size in mm (a one-slice prompt's `PropagationConfig.max_depth`)."""
     rng = rng if rng is not None else np.random.default_rng(protocol.seed)
     if protocol.prompt in ("box3d", "box3d_every_slice"):
         box, ks = jittered_box3d(gt, rng, protocol.jitter, axis)
@@ -156,7 +158,7 @@ def segment_case(seg: Segmenter, setter: Callable[[int], None], gt: np.ndarray,
                                                jittered_box(plane, rng, protocol.jitter))}
     else:
         prompt = {"points": [deepest_point(plane)], "labels": [1]}
-    return propagate(seg, setter, gt.shape, k, prompt, axis=axis, config=config,
+    return propagate(seg, setter, gt.shape, k, prompt, axis=axis, config=config, spacing=spacing,
                      **decode_kwargs).mask
 
 
@@ -183,7 +185,7 @@ def evaluate_volumes(model: torch.nn.Module, cases: Iterable[VolumeCase],
             scores: dict[str, dict[str, float]] = {"dice": {}, "nsd": {}, "hd95": {}}
             for name, kw in decodes.items():
                 pred = segment_case(seg, setter, gt, protocol, axis, config,
-                                    case_seed(protocol.seed, case), **kw)
+                                    case_seed(protocol.seed, case), tuple(label.spacing), **kw)
                 (row,) = case_metrics(pred.astype(np.uint8), gt.astype(np.uint8),
                                       {1: case.class_name}, label.spacing, nsd_mm)
                 for metric in scores:

@@ -247,7 +247,7 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
             label, scores = propagate_objects(
                 seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
                 key_slice=opts.key_slice, follow=opts.propagate, record=rec,
-                valid=finite_mask(data),
+                valid=finite_mask(data), spacing=data.spacing,
                 **decode_arguments(opts.text, opts.attention is not None))
             # propagation visits the key slice first: the table goes by object, then slice
             order = {obj.label: n for n, obj in enumerate(objects)}

@@ -41,6 +41,12 @@ class PropagationConfig:
         the volume), the boxes stay inside the key slice's box (the prompt's, else its mask's)
         grown by this fraction of its size on each side; None: unbounded. Without it SAM fills
         each box and the box + margin grows slice after slice (drift).
+    max_depth: without a user's k-limits (a one-slice prompt), the object is followed at most
+        this many times the key slice's box half-size (its larger side, in mm) away from the
+        key slice on each side; None: to the volume's ends. A one-slice prompt says nothing
+        about depth: the prior is an object about as deep as it is wide (1.0 cuts no sphere).
+        Where neighbouring structures show no edge between them (brain parcels), the mask
+        otherwise ran on to the volume's ends (Insula_R: 121 slices followed for 45).
     A slice ends propagation in its direction (and stays empty) when its mask
     - has fewer than `min_area` pixels (the object vanished), or
     - grew to more than `max_growth` x the previous slice's mask, or (without a user's box to
@@ -57,14 +63,16 @@ class PropagationConfig:
     min_overlap: float = 0.5
     max_total: float = 1.5
     key_bound: float | None = 0.0
+    max_depth: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.min_area < 1 or self.max_growth <= 0 or \
                 not 0 <= self.min_overlap <= 1 or self.max_total < 0 or \
-                self.key_bound is not None and self.key_bound < 0:
+                self.key_bound is not None and self.key_bound < 0 or \
+                self.max_depth is not None and self.max_depth <= 0:
             raise InputError(f"propagation needs margin >= 0, min_area >= 1, max_growth > 0, "
-                             f"0 <= min_overlap <= 1, max_total >= 0 and key_bound None or "
-                             f">= 0, got {self}")
+                             f"0 <= min_overlap <= 1, max_total >= 0, key_bound None or "
+                             f">= 0 and max_depth None or > 0, got {self}")
 
     def ends(self, mask: np.ndarray, previous: np.ndarray, key_area: int | None = None) -> bool:
         """Does this (H, W) mask, following `previous`, end the object? key_area: the key
@@ -85,6 +93,18 @@ class PropagationConfig:
         x0, y0, x1, y1 = prompt_box if prompt_box is not None else mask_box(key_mask, 0)
         gx, gy = self.key_bound * (x1 - x0), self.key_bound * (y1 - y0)
         return x0 - gx, y0 - gy, x1 + gx, y1 + gy
+
+    def depth_limit(self, key_box: Sequence[float], spacing: Sequence[float],
+                    axis: int) -> int | None:
+        """Slices a one-slice prompt is followed on each side of its key slice (`max_depth`):
+        key_box (x0, y0, x1, y1) in slice pixels; spacing: the volume's voxel size in mm along
+        (X, Y, Z)."""
+        if self.max_depth is None:
+            return None
+        a, b = in_plane_axes(axis)  # columns follow axis a, rows axis b
+        x0, y0, x1, y1 = key_box
+        half_mm = max((x1 - x0 + 1) * spacing[a], (y1 - y0 + 1) * spacing[b]) / 2
+        return int(np.ceil(self.max_depth * half_mm / spacing[axis]))
 
 
 DEFAULT_CONFIG = PropagationConfig()
@@ -126,13 +146,14 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
               k_range: tuple[int, int] | None = None, bound: Sequence[float] | None = None,
               config: PropagationConfig = DEFAULT_CONFIG,
               record: Callable[[int, Any], None] | None = None,
-              **decode_kwargs: Any) -> Propagation:
+              spacing: Sequence[float] | None = None, **decode_kwargs: Any) -> Propagation:
     """Segment slice `key_slice` from `first_prompt` (`Segmenter.predict` keywords: box, points,
     labels), then follow the mask outward within `k_range` (inclusive; default: the volume).
 
     seg: a `segmote.predict.Segmenter`. set_slice: puts slice k's features into it.
     shape: the volume's (X, Y, Z). bound: the user's in-plane box, which later boxes stay in
-        (None: the key slice's limits of `config`, key_bound and max_total).
+        (None: the key slice's limits of `config`, key_bound, max_total and max_depth).
+    spacing: the volume's voxel size in mm along (X, Y, Z), for `max_depth` (None: 1 mm).
     record: called with (slice, `Prediction`) for every slice kept (routing, attention).
     decode_kwargs: passed to every `predict` (e.g. output="base" for SegMoTE's base mask).
     """
@@ -151,6 +172,10 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     key_area = None if bound is not None else int(first.mask.sum())
     if bound is None:
         bound = config.key_box_bound(first_prompt.get("box"), first.mask)
+        key_box = first_prompt.get("box") or mask_box(first.mask, 0)
+        depth = config.depth_limit(key_box, spacing or (1.0, 1.0, 1.0), axis)
+        if depth is not None:
+            lo, hi = max(lo, key_slice - depth), min(hi, key_slice + depth)
     if record is not None:
         record(key_slice, first)
     for step in (-1, 1):
@@ -186,8 +211,8 @@ def volume_setter(seg: Any, volume: np.ndarray, axis: int = 2, modality: str | N
 def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
                      box: Sequence[float] | None = None, points: Any = None,
                      point_labels: Any = None, axis: int = 2, modality: str | None = None,
-                     window: str | None = None,
-                     k_range: tuple[int, int] | None = None) -> Propagation:
+                     window: str | None = None, k_range: tuple[int, int] | None = None,
+                     spacing: Sequence[float] | None = None) -> Propagation:
     """Segment one object of a volume from a prompt on its key slice and follow it.
 
     volume: (X, Y, Z) array as read (`ImageData.array`). key_slice: index along `axis`.
@@ -196,7 +221,8 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
         `volume_slice(volume, k, axis)` (rows = j, columns = i for axis 2).
     k_range: (k0, k1) inclusive slice limits (a 3-D box's); default: the whole volume.
     With `k_range` (a 3-D box) the box also bounds the boxes of the other slices; without,
-    `PropagationConfig.key_bound` / `max_total` limit the growth.
+    `PropagationConfig.key_bound` / `max_total` limit the growth and `max_depth` (with the
+    volume's voxel `spacing` in mm along (X, Y, Z); None: 1 mm) how far it is followed.
     """
     if box is None and points is None:
         raise InputError("propagation needs a box or points on the key slice")
@@ -213,7 +239,8 @@ def propagate_object(seg: Any, volume: np.ndarray, key_slice: int, *,
     setter = volume_setter(seg, volume, axis, modality, window)
     # a 3-D box bounds every slice; a one-slice prompt is bounded by `PropagationConfig`
     return propagate(seg, setter, volume.shape, key_slice, prompt, axis=axis, k_range=k_range,
-                     bound=prompt.get("box") if k_range is not None else None)
+                     bound=prompt.get("box") if k_range is not None else None,
+                     spacing=spacing)
 
 
 def _object_plan(obj: Any, axis: int, depth: int, key_slice: int | None,
@@ -254,7 +281,7 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
                       modality: str | None = None, window: str | None = None,
                       key_slice: int | None = None, follow: bool = False,
                       record: Callable[[int, int, Any], None] | None = None,
-                      valid: np.ndarray | None = None,
+                      valid: np.ndarray | None = None, spacing: Sequence[float] | None = None,
                       **decode_kwargs: Any) -> tuple[np.ndarray, list[dict[int, float]]]:
     """Several `ObjectPrompt`s of one volume, each propagated -> (label map of the volume's
     shape, per object {slice: predicted IoU}).
@@ -264,7 +291,8 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     (a box with k0 == k1, or points on one slice) is followed through the whole volume when
     `follow`, else it segments only its slice. Where objects overlap, the earlier one keeps
     the voxel. record: called with (object number, slice, `Prediction`) for every slice
-    kept; valid: the volume's `segmote.io.finite.finite_mask`; decode_kwargs go to `predict`.
+    kept; valid: the volume's `segmote.io.finite.finite_mask`; spacing: its voxel size in mm
+    along (X, Y, Z) (a one-slice prompt's `max_depth`); decode_kwargs go to `predict`.
     """
     from segmote.predict.prompts import label_dtype
 
@@ -276,7 +304,7 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
                                                    follow)
         rec = None if record is None else lambda k, pred, n=n: record(n, k, pred)
         result = propagate(seg, setter, volume.shape, key, prompt, axis=axis, k_range=k_range,
-                           bound=bound, record=rec, **decode_kwargs)
+                           bound=bound, record=rec, spacing=spacing, **decode_kwargs)
         out[result.mask & (out == 0)] = obj.label
         scores.append(result.scores)
     return out, scores

@@ -129,6 +129,7 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
         label, scores = propagate_objects(seg, vol, objects, axis=axis, modality=modality,
                                           window=window, key_slice=key_slice, follow=True,
                                           record=record, valid=finite_mask(data),
+                                          spacing=data.spacing,
                                           **decode_arguments(text, attention))
         return (label, scores) if return_scores else label
     plan = slice_prompts(objects, axis, vol.shape)

@@ -215,7 +215,8 @@ class Engine:
                  if key in kw}
         try:
             result = propagate(self.seg, set_slice, session.labels.shape, req.k, first,
-                               axis=req.axis, bound=kw.get("box"))
+                               axis=req.axis, bound=kw.get("box"),
+                               spacing=session.data.spacing)
         finally:
             session.progress = None
         scores = {int(k): round(float(v), 4) for k, v in result.scores.items()}
