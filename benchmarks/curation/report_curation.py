@@ -118,7 +118,9 @@ def section_curation(r: dict) -> list[str]:
                 + (f"; per class, averaged over seeds: {pc['mean']:+.3f} ± {pc['se']:.3f} SE "
                    f"over {pc['classes']} classes, curated better on {pc['classes_curated_better']}"
                    f", random on {pc['classes_random_better']}" if pc else "") + ". "
-                + ("The curated mean is not below random on this benchmark" + (
+                + (f"The curated mean is above random by {diff / se:.1f} standard errors over "
+                   f"seeds." if diff > 0 and n > 1 and se and diff >= 2 * se else
+                   "The curated mean is not below random on this benchmark" + (
                     f" (within {abs(diff) / se:.1f} standard errors of 0: no difference shown "
                     f"either way)" if n > 1 and se else "") + "." if diff >= 0 else
                    "**The target (curated not worse) is not met**: the curated mean is below "
