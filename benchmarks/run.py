@@ -20,7 +20,8 @@ from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
 from report_gpu import section_gpu  # noqa: E402
 from report_engine import section_engine  # noqa: E402
-from report_propagation import section_choice, section_propagation, section_timing  # noqa: E402
+from report_propagation import (section_choice, section_min_slices,  # noqa: E402
+                                section_propagation, section_timing)
 from report_reliability import section_train_memory  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -209,6 +210,7 @@ SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
             "curation": section_curation, "auto": section_auto,
             "propagation": section_propagation, "propagation_choice": section_choice,
+            "propagation_min_slices": section_min_slices,
             "propagation_time": section_timing, "train_memory": section_train_memory,
             "engine": section_engine, "serve": section_serve,
             "gpu": section_gpu}

@@ -121,7 +121,8 @@ def _volume_flags(p) -> None:
                         "the object through the volume until it ends (default: that slice only)")
     p.add_argument("--min-slices", type=int, default=2, metavar="N",
                    help="--auto / --text on a volume: drop 3-D components on fewer slices "
-                        "(default 2: a class found on a single slice is dropped)")
+                        "(default 2, chosen on validation volumes: a class found on a single "
+                        "slice is dropped)")
     p.add_argument("--series", metavar="UID",
                    help="the SeriesInstanceUID to read from a DICOM folder holding several "
                         "series (without it such a folder is refused with their list)")
