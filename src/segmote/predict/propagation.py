@@ -46,7 +46,7 @@ class PropagationConfig:
         key slice on each side; None: to the volume's ends. A one-slice prompt says nothing
         about depth: the prior is an object about as deep as it is wide (1.0 cuts no sphere).
         Where neighbouring structures show no edge between them (brain parcels), the mask
-        otherwise ran on to the volume's ends (Insula_R: 121 slices followed for 45).
+        otherwise ran on almost to the volume's ends (Insula_R, on slices 51-95: 20-141).
     A slice ends propagation in its direction (and stays empty) when its mask
     - has fewer than `min_area` pixels (the object vanished), or
     - grew to more than `max_growth` x the previous slice's mask, or (without a user's box to
