@@ -167,8 +167,11 @@ def section_curation_noisy(m: dict) -> list[str]:
             + (f" (SE over {n} seeds {se:.3f})" if se is not None else "") + "; per seed "
             + ", ".join(f"{a - b:+.3f}" for a, b in zip(m["curated"]["per_seed"],
                                                         m["random"]["per_seed"])) + ". "
-            + ("Within one standard error: no difference shown either way." if se is not None
-               and abs(diff) < se else "")]
+            + ("" if se is None else
+               "Within one standard error: no difference shown either way." if abs(diff) < se
+               else f"The curated mean is above random by {diff / se:.1f} standard errors over "
+               "seeds." if diff >= 2 * se else
+               f"{abs(diff) / se:.1f} standard errors from 0: not shown either way.")]
     return out
 
 
