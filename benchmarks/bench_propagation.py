@@ -84,7 +84,7 @@ def choose(cache_root: Path, rescore: bool = False) -> dict:
 
     model = load_model(adapter="default")
     cache = _cache(model, cache_root)
-    stored_grid = (load_result("propagation_choice") or {}).get("grid", {})
+    previous = load_result("propagation_choice") or {}
     datasets = discover(data_dirs()[:3])
     split = {d.name: {"val": [c.case_id for c in d.cases
                               if d.is_3d and (d.name.endswith("AAL") or
@@ -118,7 +118,7 @@ def choose(cache_root: Path, rescore: bool = False) -> dict:
                                                    max_depth=None)}
     grid.update({f"key box + total 1.5 + depth {d}": PropagationConfig(max_depth=d)
                  for d in DEPTHS})
-    stored = (load_result("propagation_choice") or {}).get("scores", {})
+    stored, stored_grid = previous.get("scores", {}), previous.get("grid", {})
     # a grid entry already scored with the same setting keeps its stored score (hours on a
     # shared machine otherwise); --rescore scores every entry again
     scores = {name: stored[name] if name in stored and not rescore and
@@ -137,8 +137,7 @@ def choose(cache_root: Path, rescore: bool = False) -> dict:
             "protocols": [p.to_dict() for p in protocols], "output": "default adapter and base",
             "grid": {n: c.__dict__ for n, c in grid.items()}, "scores": scores, "best": best,
             "depth_tie": DEPTH_TIE, "chosen": chosen, "reused": reused,
-            "reused_machine": (load_result("propagation_choice") or {}).get("machine")
-            if reused else None}
+            "reused_machine": previous.get("machine") if reused else None}
 
 
 def min_slices(cache_root: Path, rescore: bool = False) -> dict:
@@ -163,10 +162,10 @@ def min_slices(cache_root: Path, rescore: bool = False) -> dict:
     from segmote.predict.segmenter import Segmenter
     from segmote.slicing import set_volume_slice
 
-    model = load_model(adapter="default")
-    seg, cache = Segmenter(model), _cache(model, cache_root)
     from common import load_result
 
+    model = load_model(adapter="default")
+    seg, cache = Segmenter(model), _cache(model, cache_root)
     datasets = discover(data_dirs())
     split = {d.name: {"val": [c.case_id for c in d.cases if "Colin27" in d.name or
                               c.case_id in VALIDATION_TUMOURS]} for d in datasets}
@@ -174,7 +173,8 @@ def min_slices(cache_root: Path, rescore: bool = False) -> dict:
     for c in volume_cases(datasets, split, ["val"]):
         volumes.setdefault((c.dataset, c.case_id), c)
     names_of = {d.name: d.labels for d in datasets}
-    stored = [] if rescore else (load_result("propagation_min_slices") or {}).get("rows", [])
+    previous = load_result("propagation_min_slices") or {}
+    stored = [] if rescore else previous.get("rows", [])
     rows = [r for r in stored if (r["dataset"], r["case"]) in volumes]
     done = {(r["dataset"], r["case"]) for r in rows}
     t = time.perf_counter()
@@ -224,7 +224,7 @@ def min_slices(cache_root: Path, rescore: bool = False) -> dict:
             "aal_classes": VALIDATION_AAL, "scores": {str(m): v for m, v in scores.items()},
             "chosen": chosen, "rows": rows, "seconds": time.perf_counter() - t,
             "reused": {"volumes": sorted(f"{d}:{c}" for d, c in done),
-                       "machine": (load_result("propagation_min_slices") or {}).get("machine")}
+                       "machine": previous.get("machine")}
             if done else None}
 
 

@@ -79,11 +79,10 @@ def test_total_growth_and_key_bound_by_hand():
     assert not cfg.ends(grown, key)  # inside a user's box: no key area, no total limit
     assert not PropagationConfig(min_overlap=0.1, max_total=0.0).ends(grown, key, key_area=16)
     assert cfg.ends(grown, key, key_area=16) and not cfg.ends(grown, key, key_area=17)
-    assert PropagationConfig(key_bound=None).key_box_bound((10, 20, 30, 60), key) is None
-    assert PropagationConfig().key_box_bound((10, 20, 30, 60), key) == (10, 20, 30, 60)
-    assert PropagationConfig(key_bound=0.25).key_box_bound((10, 20, 30, 60), key) == \
+    assert PropagationConfig(key_bound=None).key_box_bound((10, 20, 30, 60)) is None
+    assert PropagationConfig().key_box_bound((10, 20, 30, 60)) == (10, 20, 30, 60)
+    assert PropagationConfig(key_bound=0.25).key_box_bound((10, 20, 30, 60)) == \
         (5, 10, 35, 70)
-    assert PropagationConfig(key_bound=0.0).key_box_bound(None, key) == (0, 0, 3, 3)
 
 
 def test_propagate_object_follows_inside_k_range(base_model, lung):

@@ -316,12 +316,14 @@ def test_propagate_through_the_volume_from_the_key_slice(model, tmp_path):
         labels = session.labels.copy()
         # the reference: propagation itself, on the features the session cached
         seg = segmote.Segmenter(model)
-        image = segmote.read_image(part).array
+        data = segmote.read_image(part)
+        image = data.array
 
         def cached(k: int) -> None:
             seg.set_features(session.cache.get((2, k)), (256, 256))
 
-        reference = propagate(seg, cached, image.shape, key, {"box": BOX_2D}, bound=BOX_2D)
+        reference = propagate(seg, cached, image.shape, key, {"box": BOX_2D},
+                              spacing=data.spacing)
         np.testing.assert_array_equal(labels == 1, reference.mask)
         assert all(labels[:, :, k].sum() > 500 for k in range(7))
         # cached features are the encoder's: one slice re-encoded from scratch

@@ -84,13 +84,13 @@ class PropagationConfig:
             return True
         return 2.0 * int((mask & previous).sum()) / (area + before) < self.min_overlap
 
-    def key_box_bound(self, prompt_box: Sequence[float] | None,
-                      key_mask: np.ndarray) -> tuple[float, float, float, float] | None:
-        """The in-plane bound `key_bound` gives: the key slice's prompt box (else the (H, W)
-        key mask's box) grown by `key_bound` x its size on each side."""
+    def key_box_bound(self, key_box: Sequence[float]
+                      ) -> tuple[float, float, float, float] | None:
+        """The in-plane bound `key_bound` gives: the key box (x0, y0, x1, y1; the prompt's,
+        else the key slice's mask's) grown by `key_bound` x its size on each side."""
         if self.key_bound is None:
             return None
-        x0, y0, x1, y1 = prompt_box if prompt_box is not None else mask_box(key_mask, 0)
+        x0, y0, x1, y1 = key_box
         gx, gy = self.key_bound * (x1 - x0), self.key_bound * (y1 - y0)
         return x0 - gx, y0 - gy, x1 + gx, y1 + gy
 
@@ -171,8 +171,8 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     # without the user's box to stay in, the key slice's box and mask limit the growth
     key_area = None if bound is not None else int(first.mask.sum())
     if bound is None:
-        bound = config.key_box_bound(first_prompt.get("box"), first.mask)
         key_box = first_prompt.get("box") or mask_box(first.mask, 0)
+        bound = config.key_box_bound(key_box)
         depth = config.depth_limit(key_box, spacing or (1.0, 1.0, 1.0), axis)
         if depth is not None:
             lo, hi = max(lo, key_slice - depth), min(hi, key_slice + depth)

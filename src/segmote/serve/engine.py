@@ -214,9 +214,10 @@ class Engine:
         first = {key: kw[key] for key in ("box", "points", "labels", "mask_input", "text")
                  if key in kw}
         try:
+            # a one-slice prompt, followed as `segmote predict --propagate` follows it: inside
+            # its key box, with the growth and depth limits of `PropagationConfig`
             result = propagate(self.seg, set_slice, session.labels.shape, req.k, first,
-                               axis=req.axis, bound=kw.get("box"),
-                               spacing=session.data.spacing)
+                               axis=req.axis, spacing=session.data.spacing)
         finally:
             session.progress = None
         scores = {int(k): round(float(v), 4) for k, v in result.scores.items()}
