@@ -137,3 +137,37 @@ def test_preprocess_ignores_replaced_pixels_in_statistics_and_min_max():
         old, _ = preprocess(filled, 256, modality, window)
         assert torch.equal(got, want), modality
         assert not torch.equal(old, want), modality  # what the statistics did before
+
+
+def test_python_api_replaces_non_finite_values_as_the_command_line_does(tmp_path):
+    """The Python API given NaN the command line never saw: `Segmenter.set_image` on a raw
+    slice (NaN used to make the whole encoder input NaN: an empty or full mask) and
+    `segment_volume` on a volume `read_image` left unreplaced give the masks of the replaced
+    image, with a warning; a slice with no finite value is one InputError."""
+    import segmote
+    from segmote.errors import InputError
+    from segmote.predict.prompts import ObjectPrompt
+    from segmote.predict.volume import segment_volume
+
+    src = _float_ct(tmp_path / "nan.nii.gz", np.nan)
+    raw = read_image(src)
+    assert np.isnan(raw.array).sum() == 256
+    with pytest.warns(UserWarning, match="256 of 983040 values are NaN or Inf"):
+        fixed = finite_image(raw)
+    seg = segmote.Segmenter(segmote.load_model(adapter=None))
+    box = (83, 93, 173, 162)
+    seg.set_image(fixed.array[:, :, 7].T, modality="CT", valid=fixed.meta["finite"][:, :, 7].T)
+    want = seg.predict(box=box)
+    with pytest.warns(UserWarning, match="set_image: 256 of 65536 values are NaN or Inf"):
+        seg.set_image(raw.array[:, :, 7].T, modality="CT")
+    got = seg.predict(box=box)
+    assert np.array_equal(got.mask, want.mask) and 0 < want.mask.sum() < 0.2 * want.mask.size
+    with pytest.raises(InputError, match="no finite value"):
+        seg.set_image(np.full((32, 32), np.nan, np.float32))
+    prompt = [ObjectPrompt(box=(83, 93, 6, 173, 162, 8))]
+    with pytest.warns(UserWarning, match="256 of 983040 values are NaN or Inf"):
+        api = segment_volume(seg, raw, prompt, modality="CT", propagate=True)
+    assert np.isnan(raw.array).sum() == 256  # the caller's data is left alone
+    np.testing.assert_array_equal(api, segment_volume(seg, fixed, prompt, modality="CT",
+                                                      propagate=True))
+    assert api[:, :, 7].any()

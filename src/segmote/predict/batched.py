@@ -36,7 +36,7 @@ from torch import Tensor
 
 from segmote.batching import check_batch_size, chunks, prefetched
 from segmote.io import ImageData
-from segmote.io.finite import finite_mask
+from segmote.io.finite import finite_image, finite_mask
 from segmote.predict.prompts import ObjectPrompt, label_dtype
 from segmote.predict.segmenter import Prediction, Segmenter
 from segmote.predict.volume import Progress, Recorder, combine, decode_arguments, slice_prompts
@@ -154,7 +154,9 @@ class _Writer:
 def _batches(seg: Segmenter, data: ImageData, ks: list[int], axis: int, modality: str | None,
              window: str | None, batch_size: int | None, progress: Progress | None):
     """(slice indices, features of the batch) per batch; the slices are read and
-    preprocessed in the background; the progress bar advances as batches finish."""
+    preprocessed in the background; the progress bar advances as batches finish.
+    NaN / Inf in `data` are replaced as `segment_volume` replaces them."""
+    data = finite_image(data)
     vol = data.array
     size = check_batch_size(batch_size, seg.device)
     ticks = iter(progress(ks)) if progress else None

@@ -9,6 +9,7 @@ segmentation is `segmote.predict.auto.AutoSegmenter`, built on it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,9 +114,15 @@ class Segmenter:
 
         modality: "CT" (HU window, see `window`), "MR" (percentile clip) or None (min-max only).
         valid: (H, W) bool, False where NaN / Inf were replaced (`segmote.io.finite`): kept
-            out of the intensity statistics (`segmote.transforms.preprocess`).
+            out of the intensity statistics (`segmote.transforms.preprocess`). NaN / Inf
+            still in `image` are handled the same way, with a warning.
         """
+        image = np.asarray(image)
+        n_bad = int((~np.isfinite(image)).sum()) if image.dtype.kind in "fc" else 0
         x, self.geometry = preprocess(image, self.model.img_size, modality, window, valid)
+        if n_bad and valid is None:  # stacklevel 3: past torch's inference_mode wrapper
+            warnings.warn(f"set_image: {n_bad} of {image.size} values are NaN or Inf; read as "
+                          "the image's darkest value, left out of its statistics", stacklevel=3)
         x = x[None].to(self.device)
         self.features = self.model.prepare_image(self.model.encode(x))
 

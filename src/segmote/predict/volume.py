@@ -15,7 +15,7 @@ import numpy as np
 
 from segmote.errors import ParameterError
 from segmote.io import ImageData
-from segmote.io.finite import finite_mask
+from segmote.io.finite import finite_image, finite_mask
 from segmote.predict.auto import AutoPrediction
 from segmote.predict.prompts import ObjectPrompt, check_volume_prompt, label_dtype
 from segmote.predict.propagation import propagate_objects
@@ -85,7 +85,8 @@ def segment_image(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
     """2-D image -> (H, W) label map.
 
     text: a class name given with every object; attention: ask the model for the expert
-    tokens' attention maps (for `record`)."""
+    tokens' attention maps (for `record`). NaN / Inf in `data`: `segmote.io.finite`."""
+    data = finite_image(data)
     seg.set_image(data.array, modality=modality, window=window, valid=finite_mask(data))
     maps = []
     for n, obj in enumerate(objects):
@@ -118,7 +119,9 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
     key_slice: the slice propagation starts from; needs `propagate`.
     return_scores: also return, per object, {slice: the model's predicted IoU} of every slice
         it was segmented on -> (label map, scores).
+    NaN / Inf in `data` are replaced as the command line does (`segmote.io.finite`, a warning).
     """
+    data = finite_image(data)
     if key_slice is not None and not propagate:
         raise ParameterError("key_slice", "{key_slice} is where propagation starts: give "
                              "{propagate}=True with it")
@@ -167,8 +170,9 @@ def auto_volume(seg: Segmenter, data: ImageData, classes: list[str] | None, axis
     """Prompt-free multi-class segmentation of every slice of a volume along `axis`.
 
     Returns the label map (the volume's shape; value i = classes[i - 1]), the classes, and per
-    class the number of slices where its mask was kept.
+    class the number of slices where its mask was kept. NaN / Inf: as `segment_volume`.
     """
+    data = finite_image(data)
     vol = data.array
     out: np.ndarray | None = None
     names: list[str] = []
