@@ -142,3 +142,40 @@ def test_cli_batch_size_and_precision(slab, tmp_path, capsys) -> None:
     assert main(["predict", "-i", str(src), "-o", str(bad), *box, "--batch-size", "0"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--batch-size 0" in err and not bad.exists()
+
+
+def test_cli_propagation_encodes_ahead(tmp_path, capsys, monkeypatch) -> None:
+    """`segmote predict` follows a 3-D box with the slices encoded ahead (`EncodedSlices`):
+    at --batch-size 3 the label map is that of batch 1 (each slice encoded when visited),
+    batches of 3 reach the encoder, and a NaN voxel is still kept out of the intensity
+    statistics as slice by slice keeps it out (the finite mask goes along)."""
+    from segmote.cli.main import main
+
+    data = read_image(CT)
+    vol = data.array.astype(np.float32)
+    vol[0, 0, 5] = np.nan
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol, data.meta["affine"]), src)
+    from segmote.modeling.segmote import SegMoTE
+
+    sizes, real = [], SegMoTE.encode
+
+    def spy(self, x):
+        sizes.append(x.shape[0])
+        return real(self, x)
+
+    monkeypatch.setattr(SegMoTE, "encode", spy)
+    maps = {}
+    for b in (1, 3):
+        out = tmp_path / f"b{b}.nii.gz"
+        assert main(["predict", "-q", "-i", str(src), "-o", str(out), "--engine", "torch",
+                     "--box", "83,93,2,173,162,12", "-m", "CT", "--batch-size", str(b)]) == 0
+        maps[b] = np.asarray(nib.load(out).dataobj)
+    capsys.readouterr()
+    assert maps[1].any() and np.array_equal(maps[1], maps[3])
+    assert 3 in sizes and set(sizes) <= {1, 2, 3}
+    # the same box slice by slice through the Python API (no batching, set_image per slice)
+    seg = segmote.Segmenter(segmote.load_model())
+    one = segment_volume(seg, read_image(src), [ObjectPrompt(box=(83, 93, 2, 173, 162, 12))],
+                         modality="CT", propagate=True)
+    assert np.array_equal(one > 0, maps[1] > 0)

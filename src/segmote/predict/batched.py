@@ -38,6 +38,7 @@ from segmote.batching import check_batch_size, chunks, prefetched
 from segmote.io import ImageData
 from segmote.io.finite import finite_image, finite_mask
 from segmote.predict.prompts import ObjectPrompt, label_dtype
+from segmote.predict.propagation import propagation_order  # noqa: F401 (re-exported)
 from segmote.predict.segmenter import Prediction, Segmenter
 from segmote.predict.volume import Progress, Recorder, combine, decode_arguments, slice_prompts
 from segmote.slicing import set_volume_slice, volume_slice
@@ -227,12 +228,6 @@ def auto_volume_batched(seg: Segmenter, data: ImageData, classes: list[str] | No
     return out, names, slices
 
 
-def propagation_order(key_slice: int, lo: int, hi: int) -> list[int]:
-    """The slices `propagation.propagate` visits, in its order, if the object never ends early:
-    the key slice, down to `lo`, then up from the key slice to `hi`."""
-    return [key_slice, *range(key_slice - 1, lo - 1, -1), *range(key_slice + 1, hi + 1)]
-
-
 class EncodedSlices:
     """Slices of a volume encoded ahead of a propagation: a `SliceSetter` for
     `segmote.predict.propagation.propagate`.
@@ -247,12 +242,14 @@ class EncodedSlices:
     is still decoded alone, so in fp32 the propagated masks are those of `volume_setter`
     (the encoder gives a slice the same features in any batch: test_volume_batched.py).
     Memory: at most three batches of features (the one in use, one ready, one in the works).
+    valid: the volume's `segmote.io.finite.finite_mask` (None: every voxel was finite).
     """
 
     def __init__(self, seg: Segmenter, volume: np.ndarray, axis: int = 2,
                  modality: str | None = None, window: str | None = None,
-                 batch_size: int | None = None, background: bool | None = None) -> None:
-        self.seg, self.volume, self.axis = seg, volume, axis
+                 batch_size: int | None = None, background: bool | None = None,
+                 valid: np.ndarray | None = None) -> None:
+        self.seg, self.volume, self.axis, self.valid = seg, volume, axis, valid
         self.modality, self.window = modality, window
         self.size = check_batch_size(batch_size, seg.device)
         self.background = seg.device.type == "cuda" if background is None else background
@@ -289,7 +286,10 @@ class EncodedSlices:
     def _encode(self, ks: list[int]) -> tuple[list[int], Any]:
         """(B,) slice indices -> (them, their features, batch B)."""
         inputs = [preprocess(volume_slice(self.volume, k, self.axis), self.seg.model.img_size,
-                             self.modality, self.window)[0] for k in ks]
+                             self.modality, self.window,
+                             None if self.valid is None else volume_slice(self.valid, k,
+                                                                          self.axis))[0]
+                  for k in ks]
         enabled, dtype = self._amp
         with torch.autocast(self.seg.device.type, dtype=dtype, enabled=enabled):
             return ks, _encode(self.seg, inputs)

@@ -32,7 +32,7 @@ from segmote.modeling.segmote import SegMoTE
 from segmote.overlay import check_png, save_overlay
 from segmote.precision import autocast, check_precision, default_precision
 from segmote.predict.options import PredictOptions, PredictResult
-from segmote.predict.batched import auto_volume_batched, segment_volume_batched
+from segmote.predict.batched import EncodedSlices, auto_volume_batched, segment_volume_batched
 from segmote.predict.prompts import (ObjectPrompt, PromptNumbers, check_known_classes,
                                      check_label_value, check_objects, check_text)
 from segmote.predict.propagation import drop_thin_components, propagate_objects
@@ -244,11 +244,15 @@ def _predict_prompted(data: ImageData, outputs: dict[str, Path], objects: list[O
     scores: list[dict[int, float]] = []
     with _autocast(opts, model):
         if data.is_volume and _propagated(objects, opts):
-            label, scores = propagate_objects(
-                seg, data.array, objects, axis=opts.axis, modality=modality, window=opts.window,
-                key_slice=opts.key_slice, follow=opts.propagate, record=rec,
-                valid=finite_mask(data), spacing=data.spacing,
-                **decode_arguments(opts.text, opts.attention is not None))
+            valid = finite_mask(data)
+            # the slices each object will visit, encoded ahead opts.batch_size at a time
+            with EncodedSlices(seg, data.array, opts.axis, modality, opts.window,
+                               opts.batch_size, valid=valid) as slices:
+                label, scores = propagate_objects(
+                    seg, data.array, objects, axis=opts.axis, modality=modality,
+                    window=opts.window, key_slice=opts.key_slice, follow=opts.propagate,
+                    record=rec, valid=valid, spacing=data.spacing, slices=slices,
+                    **decode_arguments(opts.text, opts.attention is not None))
             # propagation visits the key slice first: the table goes by object, then slice
             order = {obj.label: n for n, obj in enumerate(objects)}
             rows.sort(key=lambda r: (order[r["label"]], r["slice"]))

@@ -197,6 +197,12 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     return result
 
 
+def propagation_order(key_slice: int, lo: int, hi: int) -> list[int]:
+    """The slices `propagate` visits, in its order, if the object never ends early: the key
+    slice, down to `lo`, then up from the key slice to `hi`."""
+    return [key_slice, *range(key_slice - 1, lo - 1, -1), *range(key_slice + 1, hi + 1)]
+
+
 def volume_setter(seg: Any, volume: np.ndarray, axis: int = 2, modality: str | None = None,
                   window: str | None = None, valid: np.ndarray | None = None) -> SliceSetter:
     """A `SliceSetter` that encodes slice k of `volume` (X, Y, Z) with `seg.set_image`.
@@ -282,6 +288,7 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
                       key_slice: int | None = None, follow: bool = False,
                       record: Callable[[int, int, Any], None] | None = None,
                       valid: np.ndarray | None = None, spacing: Sequence[float] | None = None,
+                      slices: Any = None,
                       **decode_kwargs: Any) -> tuple[np.ndarray, list[dict[int, float]]]:
     """Several `ObjectPrompt`s of one volume, each propagated -> (label map of the volume's
     shape, per object {slice: predicted IoU}).
@@ -293,15 +300,20 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     the voxel. record: called with (object number, slice, `Prediction`) for every slice
     kept; valid: the volume's `segmote.io.finite.finite_mask`; spacing: its voxel size in mm
     along (X, Y, Z) (a one-slice prompt's `max_depth`); decode_kwargs go to `predict`.
+    slices: a `SliceSetter` of this volume with `follow(order)`, told each object's
+    `propagation_order` before it is followed (`segmote.predict.batched.EncodedSlices`:
+    slices encoded ahead in batches); default: `volume_setter`, one slice when asked.
     """
     from segmote.predict.prompts import label_dtype
 
     out = np.zeros(volume.shape, label_dtype(objects))
-    setter = volume_setter(seg, volume, axis, modality, window, valid)
+    setter = slices or volume_setter(seg, volume, axis, modality, window, valid)
     scores = []
     for n, obj in enumerate(objects):
         key, prompt, k_range, bound = _object_plan(obj, axis, volume.shape[axis], key_slice,
                                                    follow)
+        if slices is not None:
+            slices.follow(propagation_order(key, *k_range))
         rec = None if record is None else lambda k, pred, n=n: record(n, k, pred)
         result = propagate(seg, setter, volume.shape, key, prompt, axis=axis, k_range=k_range,
                            bound=bound, record=rec, spacing=spacing, **decode_kwargs)
