@@ -178,7 +178,10 @@ def test_segment_in_the_browser_matches_the_cli(page, server, tmp_path):
 def test_view_controls(page):
     tab = page  # the CT of the test above is still open, coronal
     tab.keyboard.press("1")
-    tab.wait_for_function("SegmoteApp.S.axis === 2")
+    # the axial slice (256 x 256) must have arrived: S.axis changes first, and a zoom read
+    # while the coronal slice is still shown is the coronal fit (seen on a loaded machine)
+    tab.wait_for_function("SegmoteApp.S.axis === 2 && SegmoteApp.V.image.h === 256 && "
+                          "SegmoteApp.V.aspect === 1")
     tab.select_option("#preset", "bone")
     assert tab.evaluate("[SegmoteApp.V.level, SegmoteApp.V.width]") == [400, 1800]
     zoom = tab.evaluate("SegmoteApp.V.zoom")
