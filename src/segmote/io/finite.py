@@ -29,12 +29,13 @@ def _non_finite(array: np.ndarray) -> np.ndarray | None:
     return bad if bad.any() else None
 
 
-def finite_image(data: ImageData) -> ImageData:
+def finite_image(data: ImageData, stacklevel: int = 2) -> ImageData:
     """`data` with NaN / +-Inf replaced by the finite minimum (a copy; `data` is untouched).
 
     Warns once with the count; InputError if no value is finite. Integer images pass as they
     are. ``meta["non_finite"]`` records how many values were replaced, ``meta["finite"]``
     where the others are (`finite_mask`): the intensity statistics leave the replaced ones out.
+    stacklevel: the warning's, as `warnings.warn` takes it (3: the caller's caller).
     """
     bad = _non_finite(data.array)
     if bad is None:
@@ -45,7 +46,7 @@ def finite_image(data: ImageData) -> ImageData:
     fill = np.min(data.array[~bad])
     array = np.where(bad, fill, data.array).astype(data.array.dtype, copy=False)
     warnings.warn(f"{data.path}: {n_bad} of {n} values are NaN or Inf; replaced by the "
-                  f"image's finite minimum {float(fill):g}", stacklevel=2)
+                  f"image's finite minimum {float(fill):g}", stacklevel=stacklevel)
     return dataclasses.replace(data, array=array,
                                meta={**data.meta, "non_finite": n_bad, "finite": ~bad})
 

@@ -86,7 +86,7 @@ def segment_image(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
 
     text: a class name given with every object; attention: ask the model for the expert
     tokens' attention maps (for `record`). NaN / Inf in `data`: `segmote.io.finite`."""
-    data = finite_image(data)
+    data = finite_image(data, stacklevel=3)  # the warning names the caller's line
     seg.set_image(data.array, modality=modality, window=window, valid=finite_mask(data))
     maps = []
     for n, obj in enumerate(objects):
@@ -121,7 +121,7 @@ def segment_volume(seg: Segmenter, data: ImageData, objects: list[ObjectPrompt],
         it was segmented on -> (label map, scores).
     NaN / Inf in `data` are replaced as the command line does (`segmote.io.finite`, a warning).
     """
-    data = finite_image(data)
+    data = finite_image(data, stacklevel=3)
     if key_slice is not None and not propagate:
         raise ParameterError("key_slice", "{key_slice} is where propagation starts: give "
                              "{propagate}=True with it")
@@ -172,7 +172,7 @@ def auto_volume(seg: Segmenter, data: ImageData, classes: list[str] | None, axis
     Returns the label map (the volume's shape; value i = classes[i - 1]), the classes, and per
     class the number of slices where its mask was kept. NaN / Inf: as `segment_volume`.
     """
-    data = finite_image(data)
+    data = finite_image(data, stacklevel=3)
     vol = data.array
     out: np.ndarray | None = None
     names: list[str] = []
