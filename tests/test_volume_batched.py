@@ -16,9 +16,8 @@ import torch
 import segmote
 from segmote.io import read_image
 from segmote.precision import autocast
-from segmote.predict.batched import (EncodedSlices, auto_volume_batched, propagation_order,
-                                      segment_volume_batched)
-from segmote.predict.propagation import propagate, volume_setter
+from segmote.predict.batched import EncodedSlices, auto_volume_batched, segment_volume_batched
+from segmote.predict.propagation import propagate, propagation_order, volume_setter
 from segmote.predict.prompts import ObjectPrompt
 from segmote.predict.volume import auto_volume, segment_volume
 from segmote.routing import routing_table

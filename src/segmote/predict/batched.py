@@ -38,7 +38,6 @@ from segmote.batching import check_batch_size, chunks, prefetched
 from segmote.io import ImageData
 from segmote.io.finite import finite_image, finite_mask
 from segmote.predict.prompts import ObjectPrompt, label_dtype
-from segmote.predict.propagation import propagation_order  # noqa: F401 (re-exported)
 from segmote.predict.segmenter import Prediction, Segmenter
 from segmote.predict.volume import Progress, Recorder, combine, decode_arguments, slice_prompts
 from segmote.slicing import set_volume_slice, volume_slice
@@ -232,7 +231,7 @@ class EncodedSlices:
     """Slices of a volume encoded ahead of a propagation: a `SliceSetter` for
     `segmote.predict.propagation.propagate`.
 
-    `follow(order)` names the slices the propagation will visit (`propagation_order`); calling
+    `follow(order)` names the slices the propagation will visit (`propagation.propagation_order`); calling
     the object with slice k puts k's features into the Segmenter, as `seg.set_image` would,
     while the next `batch_size` slices of the order are encoded in one call, in a background
     thread when `background` (default: on a GPU, where the encoder of the next batch then runs

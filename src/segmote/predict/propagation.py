@@ -307,7 +307,8 @@ def propagate_objects(seg: Any, volume: np.ndarray, objects: list[Any], *, axis:
     from segmote.predict.prompts import label_dtype
 
     out = np.zeros(volume.shape, label_dtype(objects))
-    setter = slices or volume_setter(seg, volume, axis, modality, window, valid)
+    setter = slices if slices is not None else volume_setter(seg, volume, axis, modality,
+                                                             window, valid)
     scores = []
     for n, obj in enumerate(objects):
         key, prompt, k_range, bound = _object_plan(obj, axis, volume.shape[axis], key_slice,
