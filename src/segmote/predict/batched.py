@@ -231,9 +231,10 @@ class EncodedSlices:
     """Slices of a volume encoded ahead of a propagation: a `SliceSetter` for
     `segmote.predict.propagation.propagate`.
 
-    `follow(order)` names the slices the propagation will visit (`propagation.propagation_order`); calling
-    the object with slice k puts k's features into the Segmenter, as `seg.set_image` would,
-    while the next `batch_size` slices of the order are encoded in one call, in a background
+    `follow(order)` names the slices the propagation will visit
+    (`propagation.propagation_order`); calling the object with slice k puts k's features into
+    the Segmenter, as `seg.set_image` would, while the next `batch_size` slices of the order
+    are encoded in one call, in a background
     thread when `background` (default: on a GPU, where the encoder of the next batch then runs
     while the decoder works on this slice; on a CPU the two would only fight for the cores).
     A slice asked out of order (the object ended in one direction, the propagation turns to
