@@ -111,14 +111,15 @@ def preprocess(image: np.ndarray, img_size: int, modality: str | None = None,
     if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
         raise InputError(f"expected a 2-D image (H, W) or (H, W, C), got shape {image.shape}")
     geometry = ResizeGeometry.for_shape(image.shape[:2], img_size)
-    if image.dtype.kind in "fc" and not np.isfinite(image).all():
+    finite = np.isfinite(image) if image.dtype.kind in "fc" else None
+    if finite is not None and not finite.all():
         # NaN / Inf that reached here unreplaced (a raw array given to `Segmenter.set_image`)
         # would make the whole image NaN: they become invalid pixels, handled as below
-        bad = ~np.isfinite(image) if image.ndim == 2 else ~np.isfinite(image).all(axis=-1)
-        if bad.all():
+        good = finite if image.ndim == 2 else finite.all(axis=-1)
+        if not good.any():
             raise InputError(f"image of shape {image.shape} has no finite value (all NaN / Inf)")
-        image = np.where(np.isfinite(image), image, 0)
-        valid = ~bad if valid is None else valid & ~bad
+        image = np.where(finite, image, 0)
+        valid = good if valid is None else valid & good
     clip = intensity_range(image, normalize_modality(modality), window, valid)
     if valid is not None and valid.any() and not valid.all():
         x = clip.apply(image)
