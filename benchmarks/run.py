@@ -20,8 +20,8 @@ from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
 from report_gpu import section_gpu  # noqa: E402
 from report_engine import section_engine  # noqa: E402
-from report_propagation import (section_choice, section_min_slices,  # noqa: E402
-                                section_propagation, section_timing)
+from report_propagation import (section_box3d, section_choice,  # noqa: E402
+                                section_min_slices, section_propagation, section_timing)
 from report_reliability import section_train_memory  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -31,7 +31,9 @@ SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py
            "curation": "curation/bench_curation.py planted speed subset --epochs 1 --refine 0",
            "curation_mixed": "curation/bench_curation_mixed.py",
            "curation_noisy": "curation/bench_curation_noisy.py", "auto": "bench_auto.py",
-           "propagation": "bench_propagation.py", "train_memory": "bench_train_memory.py",
+           "propagation": "bench_propagation.py",
+           "propagation_box3d": "bench_propagation_box3d.py",
+           "train_memory": "bench_train_memory.py",
            "engine": "bench_engine.py all", "serve": "bench_serve.py",
            "gpu": "bench_gpu.py"}
 
@@ -210,6 +212,7 @@ SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
             "curation": section_curation, "auto": section_auto,
             "propagation": section_propagation, "propagation_choice": section_choice,
+            "propagation_box3d": section_box3d,
             "propagation_min_slices": section_min_slices,
             "propagation_time": section_timing, "train_memory": section_train_memory,
             "engine": section_engine, "serve": section_serve,
