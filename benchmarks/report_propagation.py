@@ -217,7 +217,8 @@ def section_box3d(b: dict) -> list[str]:
     vs_every = "above" if both[best] > both["every slice"] else "not above"
     worse_demo = all(demo[best][o] < demo["shipped"][o] for o in outputs)
     out += ["", f"On the report's tight boxes the better of them on the validation objects "
-            f"({best}, by the mean of both outputs) gives the base decoder {rep[best]['base']['mean']:.3f} "
+            f"({best}, by the mean of both outputs) gives the base decoder "
+            f"{rep[best]['base']['mean']:.3f} "
             f"(shipped {rep['shipped']['base']['mean']:.3f}, every slice "
             f"{rep['every slice']['base']['mean']:.3f}) and the default adapter "
             f"{rep[best]['adapter']['mean']:.3f} (shipped "
