@@ -67,6 +67,19 @@ def _cache(model, root: Path):
     return EmbeddingCache(root, model, f"litemedsam-{sha[:16]}")
 
 
+def validation_objects() -> list:
+    """The `VolumeCase`s settings are chosen on: the validation tumours and AAL structures."""
+    from segmote.data.datasets import discover
+    from segmote.evaluation.volume_protocols import volume_cases
+
+    datasets = discover(data_dirs()[:3])
+    split = {d.name: {"val": [c.case_id for c in d.cases
+                              if d.is_3d and (d.name.endswith("AAL") or
+                                              c.case_id in VALIDATION_TUMOURS)]}
+             for d in datasets}
+    return volume_cases(datasets, split, ["val"], VALIDATION_AAL + ["tumour"])
+
+
 def choose(cache_root: Path, rescore: bool = False) -> dict:
     """The limits of a one-slice prompt's propagation (no user's box to stay in), chosen on the
     validation objects, protocol key_box, the default adapter's and the base decoder's 3-D
@@ -75,9 +88,8 @@ def choose(cache_root: Path, rescore: bool = False) -> dict:
     import numpy as np
 
     from segmote.build import load_model
-    from segmote.data.datasets import discover
     from segmote.evaluation.prompted import Protocol
-    from segmote.evaluation.volume_protocols import evaluate_volumes, volume_cases
+    from segmote.evaluation.volume_protocols import evaluate_volumes
     from segmote.predict.propagation import PropagationConfig
 
     from common import load_result
@@ -85,12 +97,7 @@ def choose(cache_root: Path, rescore: bool = False) -> dict:
     model = load_model(adapter="default")
     cache = _cache(model, cache_root)
     previous = load_result("propagation_choice") or {}
-    datasets = discover(data_dirs()[:3])
-    split = {d.name: {"val": [c.case_id for c in d.cases
-                              if d.is_3d and (d.name.endswith("AAL") or
-                                              c.case_id in VALIDATION_TUMOURS)]}
-             for d in datasets}
-    cases = volume_cases(datasets, split, ["val"], VALIDATION_AAL + ["tumour"])
+    cases = validation_objects()
     protocols = [Protocol("key_box")]
 
     def score(config: PropagationConfig) -> dict:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_propagation import (REPORT_AAL, VALIDATION_AAL, VALIDATION_TUMOURS,  # noqa: E402
-                               _cache, data_dirs)
+from bench_propagation import (REPORT_AAL, _cache, data_dirs,  # noqa: E402
+                               validation_objects)
 from common import machine, write_result  # noqa: E402
 
-# (margin px, min_overlap, max_growth): the shipped setting and the best two of a grid on the
-# validation objects (margins 0-16, overlap 0-0.5, growth 2-100; exploration of 2026-12-05)
+# (margin px, min_overlap, max_growth): the shipped setting and the best two of a one-off grid on
+# the validation objects (margins 0-16, overlap 0-0.5, growth 2-100; 2026-12-05, not kept)
 SETTINGS = {"shipped": (4, 0.5, 2.0), "margin 8, overlap 0.3": (8, 0.3, 2.0),
             "margin 10, no growth / overlap stop": (10, 0.0, 100.0)}
 
@@ -47,10 +47,7 @@ def _objects(which: str) -> list:
     from segmote.evaluation.volume_protocols import volume_cases
 
     if which == "validation":
-        datasets = discover(data_dirs()[:3])
-        split = {d.name: {"val": [c.case_id for c in d.cases if d.name.endswith("AAL") or
-                                  c.case_id in VALIDATION_TUMOURS]} for d in datasets}
-        return volume_cases(datasets, split, ["val"], VALIDATION_AAL + ["tumour"])
+        return validation_objects()
     datasets = discover(data_dirs())
     split = {d.name: {"val": [c.case_id for c in d.cases]} for d in datasets}
     return volume_cases(datasets, split, ["val"], REPORT_AAL + ["tumour", "brain"])
@@ -91,13 +88,11 @@ def _tight(model, cases: list, cache, configs: dict) -> dict:
 def _demo(model, configs: dict) -> dict:
     """3-D Dice of the demo's box on the bundled CT per setting and output."""
     from segmote.evaluation.metrics import dice
+    from segmote.evaluation.volume_protocols import _every_slice
     from segmote.io import read_image
     from segmote.predict.propagation import propagate, volume_setter
     from segmote.predict.segmenter import Segmenter
     from segmote.samples import bundled_sample_path
-    from segmote.slicing import set_volume_slice
-
-    import numpy as np
 
     image = read_image(bundled_sample_path("lung2_ct_crop")).array
     gt = read_image(bundled_sample_path("lung2_ct_crop_label.nii.gz")).array > 0
@@ -109,17 +104,14 @@ def _demo(model, configs: dict) -> dict:
     def set_slice(k: int) -> None:  # each slice encoded once for every setting
         if k not in held:
             encode(k)
-            held[k] = (seg.features, seg.geometry)
-        seg.features, seg.geometry = held[k]
+            held[k] = (seg.features, seg.geometry.orig_hw)
+        seg.set_features(*held[k])
 
     out: dict = {}
     for output, kw in {"adapter": {}, "base": {"output": "base"}}.items():
         for name, (config, prompt) in configs.items():
             if prompt == "box3d_every_slice":
-                pred = np.zeros(gt.shape, bool)
-                for k in range(ks[0], ks[1] + 1):
-                    set_slice(k)
-                    set_volume_slice(pred, k, 2, seg.predict(box=box, **kw).mask)
+                pred = _every_slice(seg, set_slice, gt.shape, box, ks, 2, **kw)
             else:
                 pred = propagate(seg, set_slice, gt.shape, sum(ks) // 2, {"box": box},
                                  k_range=ks, bound=box, config=config, **kw).mask

@@ -194,8 +194,9 @@ def section_box3d(b: dict) -> list[str]:
     out = ["### 3-D box: the shipped setting against settings for tight boxes (issue 23)", "",
            "How a 3-D box's slices are prompted (`bench_propagation_box3d.py`, "
            "`propagation_box3d.json`): the shipped setting (the previous mask's box + 4 px, "
-           "stops on growth and on overlap) and the best two settings for tight boxes found on "
-           "the validation objects (margins 0-16 px, overlap stop 0-0.5, growth stop 2-100), "
+           "stops on growth and on overlap) and the best two settings for tight boxes of a "
+           "one-off grid on the validation objects (margins 0-16 px, overlap stop 0-0.5, "
+           "growth stop 2-100; the grid's script was not kept, its two rows are rerun here), "
            f"beside the box on every slice. Mean 3-D Dice over datasets: protocol box3d on the "
            f"{n_val} validation and the {n_rep} report objects of the sections above, and the "
            f"demo's box on the bundled CT (`scripts/demo.sh`: slices {ks[0]}-{ks[1]} for a "

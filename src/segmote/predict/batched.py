@@ -234,9 +234,9 @@ class EncodedSlices:
     `follow(order)` names the slices the propagation will visit
     (`propagation.propagation_order`); calling the object with slice k puts k's features into
     the Segmenter, as `seg.set_image` would, while the next `batch_size` slices of the order
-    are encoded in one call, in a background
-    thread when `background` (default: on a GPU, where the encoder of the next batch then runs
-    while the decoder works on this slice; on a CPU the two would only fight for the cores).
+    are encoded in one call, in a background thread when `background` (default: on a GPU,
+    where the encoder of the next batch then runs while the decoder works on this slice; on a
+    CPU the two would only fight for the cores).
     A slice asked out of order (the object ended in one direction, the propagation turns to
     the other) restarts the encoding there; one off the order is encoded alone. Each prompt
     is still decoded alone, so in fp32 the propagated masks are those of `volume_setter`
