@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import load_result, machine_line, shipped_label
+from common import load_result, machine_line, sha_words, shipped_label, shipped_versions
 
 
 def _presence_entry(r: dict) -> dict | None:
@@ -15,10 +15,8 @@ def _presence_entry(r: dict) -> dict | None:
     recorded it)."""
     if "presence" in r:
         return r["presence"]
-    import hashlib
-
     path = Path(__file__).resolve().parent.parent / r["adapter"]
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != r["adapter_sha256"]:
+    if r["adapter_sha256"] not in shipped_versions(path):  # the same tensors, the same entry
         return None
     from segmote.adapter import read_adapter_metadata
     return read_adapter_metadata(path).get("presence")
@@ -76,7 +74,7 @@ def section_auto(r: dict) -> list[str]:
     s, c = r["summary"], r["checks"]
     cal = r.get("calibration") or {}
     out = ["## Text prompts and prompt-free segmentation (issue 5)", "",
-           f"Adapter `{shipped_label(r)}` (sha256 {r['adapter_sha256'][:12]}) on the held-out "
+           f"Adapter `{shipped_label(r)}` ({sha_words(r)}) on the held-out "
            f"data of "
            f"the default-adapter section (same cases, same honesty notes); n = (slice, class) "
            f"samples; class-mean Dice per dataset. Protocols: box (tight box + 2 px), box_text "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "curation")]  # curation/: its report module
-from common import load_result, machine_line, shipped_label  # noqa: E402
+from common import load_result, machine_line, sha_words, shipped_label  # noqa: E402
 from report_auto import section_auto  # noqa: E402
 from report_curation import section_curation  # noqa: E402
 from report_gpu import section_gpu  # noqa: E402
@@ -127,7 +127,7 @@ def section_default_adapter(r: dict) -> list[str]:
     box, point = r["summary"]["box"], r["summary"]["point"]
     out = ["## Default adapter on held-out data (issue 4)", "",
            f"Base LiteMedSAM vs LiteMedSAM + the default adapter (`{shipped_label(r)}`, "
-           f"sha256 {r['adapter_sha256'][:12]}), both outputs from the same decode; prompts "
+           f"{sha_words(r)}), both outputs from the same decode; prompts "
            f"{', '.join(json.dumps(p) for p in r['protocols'])}; Dice at the original size, per "
            f"(slice, class) sample, class-mean per dataset. Machine: {machine_line(r.get('machine'))}."
            " Held-out data and how honest each hold-out is:", ""]

@@ -5,6 +5,7 @@ what the trainer writes today."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ HEADERS = sorted((Path(__file__).parent / "data" / "adapter_headers").glob("*.js
 
 
 def test_every_older_header_variant_is_present() -> None:
-    # the six versions of the shipped adapter: box/point only, + text and PPT, + mask offsets,
-    # + a per-class text choice, + presence head, + one text choice for all classes
+    # the six earlier versions of the shipped adapter: box/point only, + text and PPT, + mask
+    # offsets, + a per-class text choice, + presence head, + one text choice for all classes
     assert len(HEADERS) == 6
 
 
@@ -49,7 +50,10 @@ def test_the_shipped_adapter_and_a_trainer_header() -> None:
     shipped = read_adapter_card(DEFAULT_ADAPTER)
     assert shipped.presence is not None and shipped.calibration.text_beside_prompt == {}
     newest = HEADERS[0].with_name("default_ffd3046.json")  # the last commit that changed it
-    assert shipped == AdapterCard.from_header(json.loads(newest.read_text()), newest.name)
+    # since then only its datasets' modalities were recorded (tensors unchanged)
+    assert shipped.training_modalities and shipped.earlier_versions
+    assert replace(shipped, training_modalities=None, earlier_versions={}) == \
+        AdapterCard.from_header(json.loads(newest.read_text()), newest.name)
     # what `segmote train` writes now also records each dataset's modality
     card = AdapterCard.from_metadata({
         "format": "segmote-adapter", "vocabulary": ["nuclei", "tumour"],
@@ -57,3 +61,34 @@ def test_the_shipped_adapter_and_a_trainer_header() -> None:
         "training_modalities": {"cells": "MICROSCOPY", "lungs": "CT"}}, "run")
     assert card.classes_for_modality("CT") == ["tumour"]
     assert card.classes_for_modality("MR") is None
+
+
+def test_rewrite_header_keeps_every_tensor_and_refuses_bad_entries(tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from segmote.adapter import read_adapter_metadata, rewrite_adapter_header
+    from segmote.errors import CheckpointError, InputError
+
+    source = tmp_path / "a.safetensors"
+    shutil.copy(DEFAULT_ADAPTER, source)
+    out = rewrite_adapter_header(source, tmp_path / "b.safetensors", {"note": "x",
+                                 "training_modalities": {"Dataset001_PyradiomicsCT": None}})
+    before, after = load_file(source), load_file(out)
+    assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
+    old, new = read_adapter_metadata(source), read_adapter_metadata(out)
+    assert new.pop("note") == "x" and new.pop("training_modalities") == {
+        "Dataset001_PyradiomicsCT": None}
+    old.pop("training_modalities")
+    assert new == old  # every other entry as it was
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    with pytest.raises(InputError, match="backbone: reserved"):
+        rewrite_adapter_header(source, source, {"backbone": "sam"})
+    with pytest.raises(CheckpointError, match="training_modalities must be an object"):
+        rewrite_adapter_header(source, source, {"training_modalities": ["CT"]})
+    with pytest.raises(CheckpointError, match="earlier_versions must be an object"):
+        rewrite_adapter_header(source, source, {"earlier_versions": {"abc": 1}})
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == sha  # refused: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]

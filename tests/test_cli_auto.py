@@ -103,6 +103,21 @@ def test_auto_asks_only_the_classes_trained_on_the_images_modality(modality_adap
     assert rc == 0 and "note:" not in err, err
 
 
+def test_shipped_adapter_asks_the_classes_of_the_modality_given(tmp_path, capsys):
+    # the shipped adapter's header records its datasets' modalities: a microscopy image asks
+    # for nuclei only (it asked all 119 classes before), and the CLI has no note to print
+    from segmote.predict.pipeline import PredictOptions, predict_file
+
+    out = tmp_path / "cells.png"
+    rc, _, err = _run(["-i", str(NUCLEI), "-o", str(out), "--auto", "-m", "microscopy"], capsys)
+    assert rc == 0 and "note:" not in err, err
+    assert set(np.unique(read_image(out).array)) <= {0, 1}
+    cells = predict_file(NUCLEI, tmp_path / "cells2.png",
+                         options=PredictOptions(auto=True, modality="microscopy"))
+    assert cells.auto_modality == "MICROSCOPY" and cells.classes == {1: "nuclei"}
+    assert "of 1 classes (the adapter's MICROSCOPY classes)" in cells.summary
+
+
 def test_text_alone_and_text_with_a_box_on_2d(ppt_adapter, tmp_path, capsys):
     # the overlay of a prompt-free 2-D result (it once asked a 2-D image for its slice axis)
     for extra in (["--text", "nuclei", "--label", "7", "--overlay", str(tmp_path / "o.png")],

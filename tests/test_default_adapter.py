@@ -11,7 +11,8 @@ import numpy as np
 
 from segmote.data.datasets import discover, load_split, slice_samples
 from segmote.training.config import load_config
-from segmote.training.default_adapter import HELD_OUT_SLABS, SLAB, config_path, prepare
+from segmote.training.default_adapter import (HELD_OUT_SLABS, SLAB, config_path, prepare,
+                                              record_modalities)
 
 
 def _sha(path: Path) -> str:
@@ -71,3 +72,40 @@ def test_shipped_config_is_valid_and_balanced():
     assert text.data.min_foreground == cfg.data.min_foreground
     # the validation cases are the held-out test set
     assert text.calibration.calibrate_on == "train"
+
+
+def test_record_modalities_rewrites_the_header_only(samples_home, tmp_path):
+    import pytest
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from segmote.adapter import read_adapter_card
+    from segmote.build import DEFAULT_ADAPTER
+    from segmote.errors import InputError
+
+    prepared = prepare(tmp_path / "data")
+    # the shipped adapter as it was before its modalities were recorded
+    with safe_open(DEFAULT_ADAPTER, framework="pt") as f:
+        header = {k: v for k, v in f.metadata().items()
+                  if k not in ("training_modalities", "earlier_versions")}
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(DEFAULT_ADAPTER), str(old), metadata=header)
+    assert read_adapter_card(old).classes_for_modality("CT") is None  # every class asked
+    before = _sha(old)
+    with pytest.raises(InputError, match="Dataset005_NucleiQuadrants, Dataset006"):
+        record_modalities(old, prepared.data_dirs[:2])  # the pyradiomics folders only
+    assert _sha(old) == before
+    written = record_modalities(old, prepared.data_dirs)
+    card = read_adapter_card(old)
+    assert card.training_modalities == written and written["Dataset005_NucleiQuadrants"] == \
+        "MICROSCOPY" and card.classes_for_modality("CT") == ["tumour"]
+    assert card.earlier_versions == {before: "training_modalities recorded in the header; "
+                                             "every tensor and every other entry unchanged"}
+    shipped, rewritten = load_file(DEFAULT_ADAPTER), load_file(old)
+    assert all(shipped[k].equal(rewritten[k]) for k in shipped) and shipped.keys() == \
+        rewritten.keys()
+    # recorded already: the file stays as it is (the shipped one too)
+    after = _sha(old)
+    assert record_modalities(old, prepared.data_dirs) == written and _sha(old) == after
+    # the shipped file holds what the recipe's folders say (never rewritten by a test)
+    assert read_adapter_card(DEFAULT_ADAPTER).training_modalities == written

@@ -49,7 +49,19 @@ def test_card_of_the_shipped_adapter() -> None:
     assert "nuclei" in card.vocabulary and card.text is not None and card.text.dim == 384
     assert card.calibration is not None and card.calibration.mask_offset("nuclei") > 0
     assert card.presence is not None and 0 < card.presence.threshold < 1
-    assert card.training_modalities is None  # written before modalities were recorded
+    # recorded after training (segmote.training.default_adapter record-modalities): the one
+    # class of the CT dataset for `--auto -m CT`, not all 119
+    assert card.training_modalities == {
+        "Dataset001_PyradiomicsCT": "CT", "Dataset002_PyradiomicsMR": "MR",
+        "Dataset005_NucleiQuadrants": "MICROSCOPY", "Dataset006_Colin27AALSlabs": "MR",
+        "Dataset007_Colin27BrainSlabs": "MR"}
+    assert card.classes_for_modality("CT") == ["tumour"]
+    assert card.classes_for_modality("MICROSCOPY") == ["nuclei"]
+    mr = card.classes_for_modality("MR")
+    assert len(mr) == 118 and "nuclei" not in mr and {"brain", "tumour"} <= set(mr)
+    # the file the benchmark results name: the same tensors, the header rewritten since
+    assert "197ada19439daebd613641f6492e6199f374da43557ef14c9cce27f1c84688f0" in \
+        card.earlier_versions
 
 
 @pytest.mark.parametrize("key, value, needle", [

@@ -6,8 +6,9 @@ from segmote.adapter.card import (FORMAT, FORMAT_VERSION, RESERVED_KEYS, Adapter
                                   PresenceInfo, TextInfo)
 from segmote.adapter.files import (adapter_state_dict, attach_adapter, check_backbone,
                                    read_adapter_card, read_adapter_metadata, resave_adapter,
-                                   save_adapter)
+                                   rewrite_adapter_header, save_adapter)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "RESERVED_KEYS", "AdapterCard", "Calibration",
            "PresenceInfo", "TextInfo", "adapter_state_dict", "attach_adapter", "check_backbone",
-           "read_adapter_card", "read_adapter_metadata", "resave_adapter", "save_adapter"]
+           "read_adapter_card", "read_adapter_metadata", "resave_adapter",
+           "rewrite_adapter_header", "save_adapter"]

@@ -155,6 +155,9 @@ class AdapterCard:
     vocabulary: the classes trained on. training_data: dataset -> its class names.
     training_modalities: dataset -> modality (None: unknown); None for adapters written before
         it was recorded. calibration / presence / text: None where the adapter has none.
+    earlier_versions: sha256 of an earlier file of this adapter -> what changed since, for
+        header-only rewrites (`rewrite_adapter_header`) whose tensors stayed the same: results
+        recorded against those files were computed with these weights.
     extra: header entries this version does not interpret (kept when the adapter is rewritten).
     """
 
@@ -171,6 +174,7 @@ class AdapterCard:
     calibration: Calibration | None = None
     presence: PresenceInfo | None = None
     training: dict[str, Any] | None = None
+    earlier_versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -188,7 +192,8 @@ class AdapterCard:
                                "an object of modality names")
         known = {"format", "format_version", "segmote_version", "backbone", "backbone_sha256",
                  "mote_config", "embed_dim", "vocabulary", "training_data",
-                 "training_modalities", "text", "auto", "presence", "training"}
+                 "training_modalities", "text", "auto", "presence", "training",
+                 "earlier_versions"}
         embed = meta.get("embed_dim")
         if isinstance(embed, str) and embed.isdigit():
             embed = int(embed)
@@ -207,6 +212,8 @@ class AdapterCard:
             calibration=_calibration(r.section("auto")),
             presence=_presence(r.section("presence")),
             training=r.get("training", dict, "an object"),
+            earlier_versions=r.mapping("earlier_versions", lambda v: isinstance(v, str),
+                                       "an object of sha256 -> change") or {},
             extra={k: v for k, v in meta.items() if k not in known})
 
     def classes_for_modality(self, modality: str | None) -> list[str] | None:

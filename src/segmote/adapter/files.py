@@ -84,6 +84,32 @@ def resave_adapter(model: SegMoTE, source: str | Path, path: str | Path,
     return save_adapter(model, path, {**keep, **entries})
 
 
+def rewrite_adapter_header(source: str | Path, path: str | Path,
+                           entries: dict[str, Any]) -> Path:
+    """Copy the adapter file `source` to `path` (atomically; the same path rewrites it) with
+    header `entries` set and every tensor unchanged, without building a model: how a fact
+    learned after training (e.g. "training_modalities" of an adapter written before the trainer
+    recorded it) is added. Reserved entries (format, backbone, mote_config, ...) are refused."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source, path = Path(source), Path(path)
+    clash = sorted(set(entries) & set(RESERVED_KEYS))
+    if clash:
+        raise InputError(f"{', '.join(clash)}: reserved header entries of the adapter format")
+    header = _read_header(source)
+    try:
+        header.update({str(k): json.dumps(v, sort_keys=True) for k, v in entries.items()})
+    except TypeError as err:
+        raise InputError(f"adapter metadata must be JSON-serialisable ({err})") from None
+    AdapterCard.from_header(header, path)  # a wrong type is refused before anything is written
+    with safe_open(str(source), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
 def _read_header(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 

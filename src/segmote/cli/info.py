@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  training_data: { {d: list(n) for d, n in card.training_data.items()} }")
         if card.training_modalities is not None:
             print(f"  training_modalities: {card.training_modalities}")
+            asked = {m: len(card.classes_for_modality(m) or ())
+                     for m in dict.fromkeys(card.training_modalities.values()) if m}
+            print("  --auto asks, per modality: " +
+                  ", ".join(f"{m} {n} classes" for m, n in asked.items()))
         if card.presence is not None:
             p = card.presence
             print(f"  presence head: threshold {p.threshold}, negatives {p.negatives}, "

@@ -1,6 +1,7 @@
 """The recipe of the default adapter: its training folders, its held-out split, its config.
 
     python -m segmote.training.default_adapter prepare OUT_DIR    # folders + split.json
+    python -m segmote.training.default_adapter record-modalities OUT_DIR   # see below
     (scripts/train_default_adapter.sh runs the whole recipe: fetch, prepare, train, report)
 
 The real sample data (docs/data.md) has few patients: five tumour patients (pyradiomics: two CT,
@@ -16,6 +17,13 @@ atlas and brain mask). What is held out, and how honest each hold-out is:
 
 The nuclei are written with ``"instance_labels": true`` (one training sample per nucleus): a box
 around all the nuclei of a quadrant would be the whole image, not a prompt anyone would give.
+`record-modalities` writes each training dataset's modality into the shipped adapter's header
+("training_modalities", read from the folders `prepare` writes): the trainer records it now,
+but the shipped adapter's header was written before it did, and without it `--auto -m CT`
+asked all 119 classes instead of the one class of the CT dataset. Tensors stay byte-identical;
+the old file's sha256 goes into "earlier_versions", so results recorded against it still name
+this adapter.
+
 Slab and quadrant files are written uncompressed and byte-deterministic, so the AAL and brain-mask
 datasets share one image file content and the embedding cache encodes each slice once.
 """
@@ -31,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmote.errors import InputError
+from segmote.errors import CheckpointError, InputError
 
 CONFIG_NAME = "default_adapter.yaml"
 STAGE_CONFIGS = {"box": CONFIG_NAME, "text": "default_adapter_text.yaml"}
@@ -176,6 +184,33 @@ def prepare(out_dir: str | Path, home: Path | None = None) -> PreparedData:
     return PreparedData([*tumour, nuclei, *colin], path)
 
 
+def record_modalities(adapter: str | Path, data_dirs: list[Path]) -> dict[str, str | None]:
+    """Write "training_modalities" (dataset -> modality of `data_dirs`' datasets, by name) into
+    the header of the adapter file, in place, every tensor unchanged; the file's previous sha256
+    is added to "earlier_versions". InputError when a training dataset is not among them.
+    Returns the modalities written."""
+    from segmote.adapter import read_adapter_card, rewrite_adapter_header
+    from segmote.checkpoint import sha256_file
+    from segmote.data.datasets import discover
+
+    adapter = Path(adapter)
+    card = read_adapter_card(adapter)
+    found = {d.name: d.modality for d in discover(data_dirs)}
+    missing = sorted(set(card.training_data) - set(found))
+    if missing:
+        raise InputError(f"{adapter}: training datasets not found in the folders given: "
+                         f"{', '.join(missing)}")
+    modalities = {name: found[name] for name in card.training_data}
+    if card.training_modalities == modalities:
+        return modalities  # already recorded: the file (and its sha256) stays as it is
+    earlier = {**card.earlier_versions,
+               sha256_file(adapter): "training_modalities recorded in the header; every tensor "
+                                     "and every other entry unchanged"}
+    rewrite_adapter_header(adapter, adapter, {"training_modalities": modalities,
+                                              "earlier_versions": earlier})
+    return modalities
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segmote.training.default_adapter",
                                      description=__doc__,
@@ -183,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="write the training folders and split.json")
     p.add_argument("out_dir")
+    r = sub.add_parser("record-modalities", help="prepare OUT_DIR, then write each training "
+                       "dataset's modality into the adapter's header")
+    r.add_argument("out_dir")
+    r.add_argument("--adapter", default=None, help="default: the shipped adapter")
     c = sub.add_parser("config", help="print the path of a stage's shipped config")
     c.add_argument("--stage", choices=sorted(STAGE_CONFIGS), default="box")
     args = parser.parse_args(argv)
@@ -191,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             print(config_path(args.stage))
             return 0
         prepared = prepare(args.out_dir)
-    except InputError as err:
+        if args.command == "record-modalities":
+            from segmote.build import DEFAULT_ADAPTER
+            adapter = args.adapter or DEFAULT_ADAPTER
+            print(json.dumps(record_modalities(adapter, prepared.data_dirs), sort_keys=True))
+            return 0
+    except (InputError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(" ".join(str(d) for d in prepared.data_dirs))
