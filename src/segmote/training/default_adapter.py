@@ -17,15 +17,15 @@ atlas and brain mask). What is held out, and how honest each hold-out is:
 
 The nuclei are written with ``"instance_labels": true`` (one training sample per nucleus): a box
 around all the nuclei of a quadrant would be the whole image, not a prompt anyone would give.
+Slab and quadrant files are written uncompressed and byte-deterministic, so the AAL and brain-mask
+datasets share one image file content and the embedding cache encodes each slice once.
+
 `record-modalities` writes each training dataset's modality into the shipped adapter's header
 ("training_modalities", read from the folders `prepare` writes): the trainer records it now,
 but the shipped adapter's header was written before it did, and without it `--auto -m CT`
 asked all 119 classes instead of the one class of the CT dataset. Tensors stay byte-identical;
 the old file's sha256 goes into "earlier_versions", so results recorded against it still name
 this adapter.
-
-Slab and quadrant files are written uncompressed and byte-deterministic, so the AAL and brain-mask
-datasets share one image file content and the embedding cache encodes each slice once.
 """
 
 from __future__ import annotations
