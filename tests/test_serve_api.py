@@ -227,7 +227,7 @@ def test_serve_command_fails_in_one_line_on_a_busy_port(capsys):
 
 
 def test_root_confinement_and_dicom_zip(model, tmp_path):
-    from test_io import write_series
+    from io_helpers import write_series
 
     root, outside = tmp_path / "root", tmp_path / "secret"
     (root / "cases").mkdir(parents=True)
