@@ -12,6 +12,11 @@ overlap stops) ends the mask near the tumour's ends. Each setting is scored on t
 objects and the report objects (`bench_propagation.py`), protocol box3d, and on the demo's box
 (the bundled CT, `scripts/demo.sh`), for the default adapter and the base decoder, beside the
 box on every slice. Slice features come from the shared embedding cache (`--cache`).
+
+Two oracle rows (they read the ground truth, so no method can score them) show where the room
+for a better rule lies: each slice of the box's range prompted with the object's own
+2-D box on that slice (empty where the object is absent), and, per slice, the better (fewer
+wrong voxels) of the shipped propagation's mask and the every-slice mask.
 """
 
 from __future__ import annotations
@@ -31,6 +36,34 @@ from common import machine, write_result  # noqa: E402
 # the validation objects (margins 0-16, overlap 0-0.5, growth 2-100; 2026-12-05, not kept)
 SETTINGS = {"shipped": (4, 0.5, 2.0), "margin 8, overlap 0.3": (8, 0.3, 2.0),
             "margin 10, no growth / overlap stop": (10, 0.0, 100.0)}
+ORACLE_BOX = "oracle: the object's 2-D box on each slice"
+ORACLE_SELECT = "oracle: per slice the better of shipped and every slice"
+
+
+def _oracle_box(seg, set_slice, gt, ks: tuple[int, int], **kw):
+    """Each slice k0..k1 (axis 2) where the (X, Y, Z) mask `gt` has foreground, prompted with
+    that slice's own 2-D box -> (X, Y, Z) bool."""
+    import numpy as np
+
+    from segmote.slicing import set_volume_slice, volume_slice
+
+    out = np.zeros(gt.shape, bool)
+    for k in range(ks[0], ks[1] + 1):
+        g = volume_slice(gt, k, 2)
+        if g.any():
+            rows, cols = np.flatnonzero(g.any(axis=1)), np.flatnonzero(g.any(axis=0))
+            set_slice(k)
+            box = (float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1]))
+            set_volume_slice(out, k, 2, seg.predict(box=box, **kw).mask)
+    return out
+
+
+def _oracle_select(a, b, gt):
+    """Per slice (axis 2) the one of two (X, Y, Z) masks with fewer voxels differing from gt."""
+    import numpy as np
+
+    wrong_a, wrong_b = (a ^ gt).sum(axis=(0, 1)), (b ^ gt).sum(axis=(0, 1))
+    return np.where((wrong_a <= wrong_b)[None, None, :], a, b)
 
 
 def _demo_box() -> tuple[tuple[float, ...], tuple[int, int]]:
@@ -61,7 +94,8 @@ def _tight(model, cases: list, cache, configs: dict) -> dict:
     from segmote.evaluation.evaluate import _read_label
     from segmote.evaluation.metrics import dice
     from segmote.evaluation.prompted import Protocol
-    from segmote.evaluation.volume_protocols import CachedSlices, case_seed, segment_case
+    from segmote.evaluation.volume_protocols import (CachedSlices, case_seed, jittered_box3d,
+                                                     segment_case)
     from segmote.predict.segmenter import Segmenter
 
     seg = Segmenter(model)
@@ -69,11 +103,21 @@ def _tight(model, cases: list, cache, configs: dict) -> dict:
     for case in cases:
         gt = _read_label(case.label).array == case.class_value
         setter = CachedSlices(seg, cache, case, 2)
+        preds: dict = {}
         for name, (config, prompt) in configs.items():
             protocol = Protocol(prompt)
             for output, kw in {"adapter": {}, "base": {"output": "base"}}.items():
                 pred = segment_case(seg, setter, gt, protocol, 2, config,
                                     case_seed(protocol.seed, case), **kw)
+                preds[name, output] = pred
+                by.setdefault(name, {}).setdefault(output, {}).setdefault(
+                    case.dataset, []).append(float(dice(pred, gt)))
+        protocol = Protocol("box3d")
+        _, ks = jittered_box3d(gt, case_seed(protocol.seed, case), protocol.jitter, 2)
+        for output, kw in {"adapter": {}, "base": {"output": "base"}}.items():
+            for name, pred in ((ORACLE_BOX, _oracle_box(seg, setter, gt, ks, **kw)),
+                               (ORACLE_SELECT, _oracle_select(preds["shipped", output],
+                                                              preds["every slice", output], gt))):
                 by.setdefault(name, {}).setdefault(output, {}).setdefault(
                     case.dataset, []).append(float(dice(pred, gt)))
         print(case.case_id, case.class_name, {n: {o: round(d[case.dataset][-1], 3)
@@ -109,13 +153,19 @@ def _demo(model, configs: dict) -> dict:
 
     out: dict = {}
     for output, kw in {"adapter": {}, "base": {"output": "base"}}.items():
+        preds = {}
         for name, (config, prompt) in configs.items():
             if prompt == "box3d_every_slice":
                 pred = _every_slice(seg, set_slice, gt.shape, box, ks, 2, **kw)
             else:
                 pred = propagate(seg, set_slice, gt.shape, sum(ks) // 2, {"box": box},
                                  k_range=ks, bound=box, config=config, **kw).mask
+            preds[name] = pred
             out.setdefault(name, {})[output] = float(dice(pred, gt))
+        out.setdefault(ORACLE_BOX, {})[output] = float(dice(
+            _oracle_box(seg, set_slice, gt, ks, **kw), gt))
+        out.setdefault(ORACLE_SELECT, {})[output] = float(dice(
+            _oracle_select(preds["shipped"], preds["every slice"], gt), gt))
     print("demo", out, flush=True)
     return out
 
