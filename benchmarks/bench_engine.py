@@ -26,7 +26,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import load_result, machine, write_result  # noqa: E402
+from common import load_result, machine, update_result  # noqa: E402
 
 # (label, engine, precision) of every configuration measured
 CONFIGS = (("torch", "torch", "fp32"), ("onnxruntime", "onnxruntime", "fp32"),
@@ -181,9 +181,7 @@ def faithfulness_table(rows: list[dict]) -> dict:
 
 
 def _save_partial(key: str, value: object) -> None:
-    data = load_result("engine") or {}
-    data[key] = value
-    write_result("engine", data)
+    update_result("engine", lambda data: data.__setitem__(key, value))
 
 
 def heldout(engine: str) -> dict:
@@ -243,9 +241,8 @@ def main() -> None:
             from bench_engine_volume import CONFIGS as VOLUME_CONFIGS, volume
             res = volume([c for c in args.configs if c in VOLUME_CONFIGS], args.slices,
                          args.volume_repeats)
-        data = load_result("engine") or {}
-        data[part] = res
-        print(write_result("engine", data))
+        print(update_result("engine", lambda data, part=part, res=res:
+                            data.__setitem__(part, res)))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_result, machine, median_time, write_result  # noqa: E402
+from common import load_result, machine, median_time, update_result  # noqa: E402
 
 # `segmote predict` runs: (name, flags, slices the box covers: None = all); every run but the
 # memory one is timed per slice
@@ -336,8 +336,9 @@ def main() -> None:
     if args.quick:
         print(json.dumps(run, indent=1))
         return
-    result["runs"][device.type] = run
-    print(write_result("gpu", result))
+    # another device's run may have been stored meanwhile: keep it
+    print(update_result("gpu", lambda data: data.setdefault("runs", {}).__setitem__(
+        device.type, run)))
 
 if __name__ == "__main__":
     main()

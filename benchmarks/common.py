@@ -63,6 +63,20 @@ def write_result(name: str, data: dict) -> Path:
     return path
 
 
+def update_result(name: str, update: Callable[[dict], None]) -> Path:
+    """Read benchmarks/results/NAME.json ({} if missing), let `update` change it in place and
+    write it back, all under an exclusive lock (a `.NAME.lock` file beside it): benchmarks that
+    store parts of one file (engine.json, gpu.json) may run at once and keep each other's parts."""
+    import fcntl
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        data = load_result(name) or {}
+        update(data)
+        return write_result(name, data)
+
+
 def load_result(name: str) -> dict | None:
     """benchmarks/results/NAME.json, or None if it was not written yet."""
     path = RESULTS / f"{name}.json"
