@@ -92,3 +92,16 @@ def test_rewrite_header_keeps_every_tensor_and_refuses_bad_entries(tmp_path: Pat
         rewrite_adapter_header(source, source, {"earlier_versions": {"abc": 1}})
     assert hashlib.sha256(source.read_bytes()).hexdigest() == sha  # refused: nothing written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+
+def test_a_resave_drops_earlier_versions(tmp_path: Path) -> None:
+    # a resave changes tensors or settings: the files listed no longer share them
+    from segmote.adapter import read_adapter_metadata, resave_adapter
+    from segmote.build import load_model
+
+    out = resave_adapter(load_model(), DEFAULT_ADAPTER, tmp_path / "r.safetensors",
+                         {"note": "recalibrated"})
+    card = read_adapter_card(out)
+    assert card.earlier_versions == {} and card.extra == {"note": "recalibrated"}
+    assert card.training_modalities == read_adapter_card(DEFAULT_ADAPTER).training_modalities
+    assert "earlier_versions" in read_adapter_metadata(DEFAULT_ADAPTER)

@@ -78,9 +78,12 @@ def resave_adapter(model: SegMoTE, source: str | Path, path: str | Path,
                    entries: dict[str, Any]) -> Path:
     """Write `model`'s adapter to `path` with the header of the adapter file `source`, its
     `entries` set (e.g. a new calibration): how post-training steps (recalibration, the presence
-    head) rewrite a trained adapter without losing its vocabulary or training metadata."""
+    head) rewrite a trained adapter without losing its vocabulary or training metadata.
+    "earlier_versions" is not kept: those files shared the source's tensors and settings, which
+    a resave exists to change."""
     meta = read_adapter_metadata(source)
-    keep = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}  # save_adapter writes those
+    keep = {k: v for k, v in meta.items()  # save_adapter writes the reserved ones
+            if k not in RESERVED_KEYS and k != "earlier_versions"}
     return save_adapter(model, path, {**keep, **entries})
 
 
