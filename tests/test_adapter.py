@@ -245,7 +245,7 @@ def test_info_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--adapter", "none"]) == 0
     assert "base.image_encoder" not in capsys.readouterr().out  # plain Sam rows
     assert main(["info"]) == 0  # the shipped adapter: what --auto -m asks, per modality
-    assert "--auto asks, per modality: CT 1 classes, MR 118 classes, MICROSCOPY 1 classes" in \
+    assert "--auto asks, per modality: CT 1 class, MR 118 classes, MICROSCOPY 1 class" in \
         capsys.readouterr().out
     assert main(["info", "--adapter", str(tmp_path / "nope.safetensors")]) == 1
     err = capsys.readouterr().err.strip()

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
             asked = {m: len(card.classes_for_modality(m) or ())
                      for m in dict.fromkeys(card.training_modalities.values()) if m}
             print("  --auto asks, per modality: " +
-                  ", ".join(f"{m} {n} classes" for m, n in asked.items()))
+                  ", ".join(f"{m} {n} class{'es' if n != 1 else ''}"
+                            for m, n in asked.items()))
         if card.presence is not None:
             p = card.presence
             print(f"  presence head: threshold {p.threshold}, negatives {p.negatives}, "
