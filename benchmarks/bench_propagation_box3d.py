@@ -45,16 +45,15 @@ def _oracle_box(seg, set_slice, gt, ks: tuple[int, int], **kw):
     that slice's own 2-D box -> (X, Y, Z) bool."""
     import numpy as np
 
+    from segmote.predict.propagation import mask_box
     from segmote.slicing import set_volume_slice, volume_slice
 
     out = np.zeros(gt.shape, bool)
     for k in range(ks[0], ks[1] + 1):
         g = volume_slice(gt, k, 2)
         if g.any():
-            rows, cols = np.flatnonzero(g.any(axis=1)), np.flatnonzero(g.any(axis=0))
             set_slice(k)
-            box = (float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1]))
-            set_volume_slice(out, k, 2, seg.predict(box=box, **kw).mask)
+            set_volume_slice(out, k, 2, seg.predict(box=mask_box(g, 0), **kw).mask)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -83,34 +84,33 @@ def load_result(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+SHIPPED = RESULTS.parent.parent / "src" / "segmote" / "assets" / "adapters" / "default.safetensors"
+
+
 def shipped_label(r: dict) -> str:
     """The packaged adapter's path when the report's adapter is that file (or an earlier version
     of it whose tensors it keeps: its header's "earlier_versions"), else the report's own path."""
-    repo = RESULTS.parent.parent
-    shipped = repo / "src" / "segmote" / "assets" / "adapters" / "default.safetensors"
-    if r["adapter_sha256"] in shipped_versions(shipped):
-        return str(shipped.relative_to(repo))
+    if r["adapter_sha256"] in shipped_versions(SHIPPED):
+        return str(SHIPPED.relative_to(RESULTS.parent.parent))
     return r["adapter"]
 
 
+@functools.lru_cache(maxsize=None)
 def shipped_versions(shipped: Path) -> dict[str, str]:
     """sha256 -> "" for the adapter file itself, -> what changed since for each earlier version
-    its header lists (header-only rewrites: the same tensors); {} when the file is missing."""
-    import hashlib
-
+    its header lists (header-only rewrites: the same tensors); {} when the file is missing.
+    Cached: a report asks several times and the file does not change while it is written."""
     if not shipped.is_file():
         return {}
     from segmote.adapter import read_adapter_card
+    from segmote.checkpoint import sha256_file
 
-    card = read_adapter_card(shipped)
-    return {hashlib.sha256(shipped.read_bytes()).hexdigest(): "", **card.earlier_versions}
+    return {sha256_file(shipped): "", **read_adapter_card(shipped).earlier_versions}
 
 
 def sha_words(r: dict) -> str:
     """ "sha256 0123456789ab" of the report's adapter, plus what changed since in the shipped
     file when the report was made on an earlier version of it with the same tensors."""
-    repo = RESULTS.parent.parent
-    shipped = repo / "src" / "segmote" / "assets" / "adapters" / "default.safetensors"
-    change = shipped_versions(shipped).get(r["adapter_sha256"])
+    change = shipped_versions(SHIPPED).get(r["adapter_sha256"])
     words = f"sha256 {r['adapter_sha256'][:12]}"
     return f"{words}; the shipped file since: {change}" if change else words

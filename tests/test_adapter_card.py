@@ -84,7 +84,7 @@ def test_rewrite_header_keeps_every_tensor_and_refuses_bad_entries(tmp_path: Pat
     old.pop("training_modalities")
     assert new == old  # every other entry as it was
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
-    with pytest.raises(InputError, match="backbone: reserved"):
+    with pytest.raises(InputError, match="keys backbone are reserved"):
         rewrite_adapter_header(source, source, {"backbone": "sam"})
     with pytest.raises(CheckpointError, match="training_modalities must be an object"):
         rewrite_adapter_header(source, source, {"training_modalities": ["CT"]})

@@ -34,6 +34,18 @@ from segmote.modeling.sam import Sam
 from segmote.modeling.segmote import MoTEConfig, SegMoTE
 
 
+def _encode_entries(entries: dict[str, Any]) -> dict[str, str]:
+    """Caller header entries as safetensors metadata (JSON strings); InputError for a reserved
+    key (the format's own: `save_adapter` writes those) or a value JSON cannot hold."""
+    clash = sorted(set(entries) & set(RESERVED_KEYS))
+    if clash:
+        raise InputError(f"metadata keys {', '.join(clash)} are reserved for the adapter format")
+    try:
+        return {str(key): json.dumps(value, sort_keys=True) for key, value in entries.items()}
+    except TypeError as err:
+        raise InputError(f"adapter metadata must be JSON-serialisable ({err})") from None
+
+
 def adapter_state_dict(model: SegMoTE) -> dict[str, Tensor]:
     """The adapter weights only (no backbone tensor), detached and contiguous."""
     return {k: v.detach().contiguous() for k, v in model.adapter.state_dict().items()}
@@ -54,14 +66,7 @@ def save_adapter(model: SegMoTE, path: str | Path, metadata: dict[str, Any] | No
         raise CheckpointError("cannot save an adapter whose backbone is unknown; build the model "
                               "with segmote.build.load_model(adapter='new') or attach_adapter("
                               "..., backbone=..., backbone_sha256=...)")
-    extra = dict(metadata or {})
-    clash = sorted(set(extra) & set(RESERVED_KEYS))
-    if clash:
-        raise InputError(f"metadata keys {', '.join(clash)} are reserved for the adapter format")
-    try:
-        header = {str(key): json.dumps(value, sort_keys=True) for key, value in extra.items()}
-    except TypeError as err:
-        raise InputError(f"adapter metadata must be JSON-serialisable ({err})") from None
+    header = _encode_entries(metadata or {})
     header.update({
         "format": FORMAT, "format_version": FORMAT_VERSION, "segmote_version": __version__,
         "backbone": model.backbone, "backbone_sha256": model.backbone_sha256,
@@ -97,14 +102,7 @@ def rewrite_adapter_header(source: str | Path, path: str | Path,
     from safetensors.torch import save_file
 
     source, path = Path(source), Path(path)
-    clash = sorted(set(entries) & set(RESERVED_KEYS))
-    if clash:
-        raise InputError(f"{', '.join(clash)}: reserved header entries of the adapter format")
-    header = _read_header(source)
-    try:
-        header.update({str(k): json.dumps(v, sort_keys=True) for k, v in entries.items()})
-    except TypeError as err:
-        raise InputError(f"adapter metadata must be JSON-serialisable ({err})") from None
+    header = {**_read_header(source), **_encode_entries(entries)}
     AdapterCard.from_header(header, path)  # a wrong type is refused before anything is written
     with safe_open(str(source), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
