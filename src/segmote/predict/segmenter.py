@@ -118,9 +118,11 @@ class Segmenter:
             still in `image` are handled the same way, with a warning.
         """
         image = np.asarray(image)
-        n_bad = int((~np.isfinite(image)).sum()) if image.dtype.kind in "fc" else 0
+        # a caller that passes `valid` has cleaned the image already: no second scan
+        n_bad = int((~np.isfinite(image)).sum()) \
+            if valid is None and image.dtype.kind in "fc" else 0
         x, self.geometry = preprocess(image, self.model.img_size, modality, window, valid)
-        if n_bad and valid is None:  # stacklevel 3: past torch's inference_mode wrapper
+        if n_bad:  # stacklevel 3: past torch's inference_mode wrapper
             warnings.warn(f"set_image: {n_bad} of {image.size} values are NaN or Inf; read as "
                           "the image's darkest value, left out of its statistics", stacklevel=3)
         x = x[None].to(self.device)
