@@ -14,7 +14,7 @@ SLOW_MODULES = {
     "test_precision", "test_autocast_masks", "test_volume_batched",
     "test_cli_folder", "test_reliability_nan", "test_reliability_predict",
     "test_engine", "test_export", "test_model_files",
-    "test_serve_api", "test_serve_browser",
+    "test_serve_api", "test_serve_browser", "test_click",
 }
 
 

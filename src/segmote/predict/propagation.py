@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from segmote.errors import InputError, ParameterError
+from segmote.predict.click import is_click_prompt, predict_click
 from segmote.slicing import in_plane_axes, set_volume_slice, volume_slice
 
 # Puts slice k's features into the Segmenter (`Segmenter.set_image` or `set_features`).
@@ -47,6 +48,9 @@ class PropagationConfig:
         about depth: the prior is an object about as deep as it is wide (1.0 cuts no sphere).
         Where neighbouring structures show no edge between them (brain parcels), the mask
         otherwise ran on almost to the volume's ends (Insula_R, on slices 51-95: 20-141).
+    click_box: a key prompt of clicks alone (no box), followed beyond its slice, is decoded
+        as the best-scored of boxes around the clicks (`segmote.predict.click`): LiteMedSAM
+        reads boxes, and a click alone gave it a near-empty key slice, so nothing was followed.
     A slice ends propagation in its direction (and stays empty) when its mask
     - has fewer than `min_area` pixels (the object vanished), or
     - grew to more than `max_growth` x the previous slice's mask, or (without a user's box to
@@ -64,6 +68,7 @@ class PropagationConfig:
     max_total: float = 1.5
     key_bound: float | None = 0.0
     max_depth: float | None = 1.0
+    click_box: bool = True
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.min_area < 1 or self.max_growth <= 0 or \
@@ -163,7 +168,13 @@ def propagate(seg: Any, set_slice: SliceSetter, shape: tuple[int, ...], key_slic
     out = np.zeros(shape, bool)
     result = Propagation(out)
     set_slice(key_slice)
-    first = seg.predict(**first_prompt, **decode_kwargs)
+    # a click that is followed: read as a box (a one-slice range decodes it as given, as a
+    # click on a 2-D image is)
+    if config.click_box and hi > lo and is_click_prompt(first_prompt):
+        first = predict_click(seg, first_prompt["points"], first_prompt.get("labels"),
+                              **decode_kwargs)
+    else:
+        first = seg.predict(**first_prompt, **decode_kwargs)
     if int(first.mask.sum()) < config.min_area:
         return result  # nothing found on the key slice: nothing to follow
     set_volume_slice(out, key_slice, axis, first.mask)
