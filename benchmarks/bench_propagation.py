@@ -258,6 +258,7 @@ def report(cache_root: Path, protocols: list[str] = PROTOCOLS) -> dict:
            "rerun": {"protocols": list(protocols), "machine": machine(), "seconds": seconds}}
     kept = [p for p in PROTOCOLS if p not in protocols]
     old = load_result("propagation") if kept else None
+    out["runs"] = {p: out["machine"] for p in protocols}  # which run scored each protocol
     if old is not None:
         out["rows"] = [r for r in old["rows"] if r["prompt"] in kept] + ev.rows
         for model, by_prompt in out["summary"].items():
@@ -265,7 +266,19 @@ def report(cache_root: Path, protocols: list[str] = PROTOCOLS) -> dict:
             out["summary"][model] = {p: by_prompt[p] for p in PROTOCOLS}
         out["machine"], out["seconds"] = old["machine"], old["seconds"] + seconds
         out["kept_from"] = {"protocols": kept, "machine": old["machine"]}
+        out["runs"] = {p: out["runs"].get(p) or protocol_runs(old)[p] for p in PROTOCOLS}
     return out
+
+
+def protocol_runs(r: dict) -> dict:
+    """Protocol -> the `machine()` of the run that scored it, in a stored propagation result
+    (files written before `runs` was stored: from its `rerun` and `kept_from`)."""
+    if "runs" in r:
+        return r["runs"]
+    runs = {p: r["machine"] for p in PROTOCOLS}
+    if "rerun" in r:
+        runs.update({p: r["rerun"]["machine"] for p in r["rerun"]["protocols"]})
+    return runs
 
 
 def _cli_predict(image: Path, out: Path, box: str, engine: str) -> tuple[float, str]:
