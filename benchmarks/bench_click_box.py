@@ -25,16 +25,15 @@ Slice features come from the shared embedding cache (`--cache`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_propagation import _cache  # noqa: E402
+from bench_propagation import _cache, cached_main  # noqa: E402
 from bench_propagation_box3d import _objects  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import machine  # noqa: E402
 
 from segmote.predict.click import CLICK_SCORE_SLACK  # noqa: E402
 
@@ -168,14 +167,7 @@ def run(cache_root: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "segmote" / "cache3d"),
-                    help="embedding cache folder (kept between runs)")
-    args = ap.parse_args()
-    import torch
-    torch.manual_seed(0)
-    print(write_result("click_box", run(Path(args.cache))))
+    cached_main("click_box", run, __doc__)
 
 
 if __name__ == "__main__":

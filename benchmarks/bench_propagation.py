@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +66,19 @@ def _cache(model, root: Path):
 
     _, sha = resolve_weights("litemedsam", None)
     return EmbeddingCache(root, model, f"litemedsam-{sha[:16]}")
+
+
+def cached_main(name: str, run: Callable[[Path], dict], doc: str) -> None:
+    """The command line of a benchmark that scores from the shared embedding cache: `--cache`,
+    then results/NAME.json = run(cache folder)."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "segmote" / "cache3d"),
+                    help="embedding cache folder (kept between runs)")
+    args = ap.parse_args()
+    import torch
+    torch.manual_seed(0)
+    print(write_result(name, run(Path(args.cache))))
 
 
 def validation_objects() -> list:

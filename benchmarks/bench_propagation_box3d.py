@@ -21,16 +21,15 @@ wrong voxels) of the shipped propagation's mask and the every-slice mask.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_propagation import (REPORT_AAL, _cache, data_dirs,  # noqa: E402
+from bench_propagation import (REPORT_AAL, _cache, cached_main, data_dirs,  # noqa: E402
                                validation_objects)
-from common import machine, write_result  # noqa: E402
+from common import machine  # noqa: E402
 
 # (margin px, min_overlap, max_growth): the shipped setting and the best two of a one-off grid on
 # the validation objects (margins 0-16, overlap 0-0.5, growth 2-100; 2026-12-05, not kept)
@@ -193,14 +192,7 @@ def run(cache_root: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "segmote" / "cache3d"),
-                    help="embedding cache folder (kept between runs)")
-    args = ap.parse_args()
-    import torch
-    torch.manual_seed(0)
-    print(write_result("propagation_box3d", run(Path(args.cache))))
+    cached_main("propagation_box3d", run, __doc__)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def section_gpu(result: dict | None) -> list[str]:
                     "on one in a single device call).", ""]
             continue
         loads = run.get("load_avg", {})
-        load = (f" Load average (1 min) when each part started: "
+        load = (" Load average (1 min) when each part started: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()) + "." if loads else "")
         rerun = "".join(f" Part {k} rerun: {machine_line(m)}."
                         for k, m in run.get("part_machine", {}).items())
