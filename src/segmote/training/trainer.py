@@ -15,7 +15,6 @@ so a resumed run — or the same global batch split over more ranks — repeats 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
