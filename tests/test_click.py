@@ -80,6 +80,10 @@ def test_smallest_box_near_the_best_score_is_kept_and_finds_the_tumour(base_mode
     assert dice(predict_click(seg, [(x, y)]).mask, plane) > 0.85
     with pytest.raises(InputError, match="foreground"):
         predict_click(seg, [(x, y)], labels=[0])
+    with pytest.raises(InputError, match="outside"):  # named as the click, not as a box
+        predict_click(seg, [(600.0, y)])
+    with pytest.raises(InputError, match="set_image"):
+        predict_click(Segmenter(base_model), [(x, y)])
 
 
 def test_followed_click_reads_its_key_slice_as_a_box(base_model, lung2):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from segmote.errors import InputError
+from segmote.predict.prompts import check_points
 
 # half-sizes (pixels of the slice as read) of the square boxes tried around a click; the grid
 # of the validation run (small AAL structures on 1 mm MR up to tumours on 512 x 512 CT)
@@ -65,10 +66,15 @@ def predict_click(seg: Any, points: Any, labels: Any = None,
     the foreground clicks; every box is decoded with all the clicks (one batched decode), and
     the winner is decoded again on its own so the result is exactly a single prompt's.
     """
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    lab = np.ones(len(pts), np.int64) if labels is None else \
-        np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(lab) != len(pts) or not (lab == 1).any():
+    if seg.features is None:
+        raise InputError("call set_image() before predict_click()")
+    # the clicks checked as `predict` checks them (inside the image, labels 0 / 1) before any
+    # box is built around them
+    checked = check_points(points, labels, seg.geometry.orig_hw)
+    if checked is None or checked[0].shape[0] != 1:
+        raise InputError("a click prompt is one list of (x, y) points")
+    pts, lab = checked[0][0], checked[1][0]
+    if not (lab == 1).any():
         raise InputError("a click prompt needs at least one foreground (label 1) point")
     boxes = click_boxes(pts[lab == 1].mean(axis=0), seg.geometry.orig_hw, half_sizes)
     n = len(boxes)
