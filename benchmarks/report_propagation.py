@@ -164,7 +164,7 @@ def section_propagation(r: dict) -> list[str]:
            "box3d_every_slice = that box on every slice of the range (segmote before "
            "propagation); key_box / key_point = a jittered box / one click at the deepest "
            "pixel of the slice with the most foreground, followed until the object ends (a "
-           "followed click's key slice: the best-scored box around it, see \"a followed click "
+           "followed click's key slice: decoded from boxes around it, see \"a followed click "
            "read as a box\"). "
            f"AAL structures: {', '.join(r['report_aal'])}. {machine_line(r.get('machine'))}; "
            f"{r['seconds'] / 60:.0f} min. The propagation settings: the next section.", ""]

@@ -49,8 +49,8 @@ class PropagationConfig:
         Where neighbouring structures show no edge between them (brain parcels), the mask
         otherwise ran on almost to the volume's ends (Insula_R, on slices 51-95: 20-141).
     click_box: a key prompt of clicks alone (no box), followed beyond its slice, is decoded
-        as the best-scored of boxes around the clicks (`segmote.predict.click`): LiteMedSAM
-        reads boxes, and a click alone gave it a near-empty key slice, so nothing was followed.
+        from boxes around the clicks (`segmote.predict.click.predict_click`): LiteMedSAM reads
+        boxes, and a click alone gave it a near-empty key slice, so nothing was followed.
     A slice ends propagation in its direction (and stays empty) when its mask
     - has fewer than `min_area` pixels (the object vanished), or
     - grew to more than `max_growth` x the previous slice's mask, or (without a user's box to
