@@ -21,7 +21,7 @@ from report_curation import section_curation  # noqa: E402
 from report_gpu import section_gpu  # noqa: E402
 from report_engine import section_engine  # noqa: E402
 from report_propagation import (section_box3d, section_choice,  # noqa: E402
-                                section_click_box, section_min_slices,
+                                section_click_box, section_follow, section_min_slices,
                                 section_propagation, section_timing)
 from report_reliability import section_train_memory  # noqa: E402
 
@@ -34,6 +34,7 @@ SCRIPTS = {"faithfulness": "bench_faithfulness.py", "predict": "bench_predict.py
            "curation_noisy": "curation/bench_curation_noisy.py", "auto": "bench_auto.py",
            "propagation": "bench_propagation.py",
            "propagation_box3d": "bench_propagation_box3d.py",
+           "follow_adapter": "bench_follow_adapter.py",
            "click_box": "bench_click_box.py",
            "train_memory": "bench_train_memory.py",
            "engine": "bench_engine.py all", "serve": "bench_serve.py",
@@ -214,7 +215,8 @@ SECTIONS = {"faithfulness": section_faithfulness, "predict": section_predict,
             "evaluate": section_evaluate, "default_adapter": section_default_adapter,
             "curation": section_curation, "auto": section_auto,
             "propagation": section_propagation, "propagation_choice": section_choice,
-            "propagation_box3d": section_box3d, "click_box": section_click_box,
+            "propagation_box3d": section_box3d, "follow_adapter": section_follow,
+            "click_box": section_click_box,
             "propagation_min_slices": section_min_slices,
             "propagation_time": section_timing, "train_memory": section_train_memory,
             "engine": section_engine, "serve": section_serve,
