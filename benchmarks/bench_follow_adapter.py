@@ -234,6 +234,7 @@ def _score(model, followers, cases, cache) -> dict:
     seg = Segmenter(model)
     by: dict = {}
     per_object: dict = {}
+    slices: dict = {}  # row -> object -> [slices with a mask, slices of the object]
     protocol = Protocol("box3d")
     for case in cases:
         gt = _read_label(case.label).array == case.class_value
@@ -250,11 +251,14 @@ def _score(model, followers, cases, cache) -> dict:
             d = float(dice(pred, gt))
             by.setdefault(row, {}).setdefault(case.dataset, []).append(d)
             per_object.setdefault(row, {})[f"{case.case_id}:{case.class_name}"] = d
+            slices.setdefault(row, {})[f"{case.case_id}:{case.class_name}"] = [
+                int(pred.any((0, 1)).sum()), int(gt.any((0, 1)).sum())]
         print(case.case_id, case.class_name,
               {r: round(v[case.dataset][-1], 3) for r, v in by.items()}, flush=True)
     return {r: {"mean": float(np.mean([np.mean(v) for v in ds.values()])),
                 "per_dataset": {k: float(np.mean(v)) for k, v in ds.items()},
                 "per_object": per_object[r],
+                "slices": slices[r],
                 "n": {k: len(v) for k, v in ds.items()}} for r, ds in by.items()}
 
 

@@ -315,6 +315,12 @@ def section_click_box(c: dict) -> list[str]:
     return out
 
 
+def _slices(f: dict, row: str, obj: str) -> str:
+    """The slices `row` put a mask on, of the object's slices (follow_adapter.json), as text."""
+    got = f["report"]["scores"][row].get("slices", {}).get(obj)
+    return f" (a mask on {got[0]} of its {got[1]} slices)" if got else ""
+
+
 def section_follow(f: dict) -> list[str]:
     """follow_adapter.json: adapters fine-tuned to follow, against every slice."""
     parts = ("validation", "report")
@@ -367,8 +373,8 @@ def section_follow(f: dict) -> list[str]:
             f"{best} gives {sc['report'][best]:.3f} against {sc['report']['every slice']:.3f} "
             f"({gain:+.3f})" + (f", below every slice on {', '.join(worse)}" if worse else "")
             + ("; the largest drops: " + ", ".join(
-                f"{o} {every['per_object'][o]:.3f} -> {objs[o]:.3f}" for o in drops)
-               if drops else "")
+                f"{o} {every['per_object'][o]:.3f} -> {objs[o]:.3f}" + _slices(f, best, o)
+                for o in drops) if drops else "")
             + (". It ships." if ships else
                f". No follower ships. Where a follower works it helps: on the demo's padded "
                f"box every follower beats the shipped propagation ({demo_lo:.3f}-"
