@@ -362,6 +362,12 @@ def section_follow(f: dict) -> list[str]:
     drops = [o for o in sorted(objs, key=lambda o: objs[o] - every["per_object"][o])[:2]
              if objs[o] < every["per_object"][o]]
     ships = gain >= 0.02 and not worse
+    rep = f["report"]["scores"]
+    worst_of = {r: min(rep[r]["per_object"],
+                       key=lambda o, r=r: rep[r]["per_object"][o] - every["per_object"][o])
+                for r in rows}
+    worst = "; ".join(f"{r}: {o} {every['per_object'][o]:.3f} -> {rep[r]['per_object'][o]:.3f}"
+                      + _slices(f, r, o) for r, o in worst_of.items())
     demo = f["demo"]["scores"]
     demo_lo, demo_hi = min(demo[r] for r in rows), max(demo[r] for r in rows)
     out += ["", f"How it was judged: the follower with the highest validation mean "
@@ -378,10 +384,11 @@ def section_follow(f: dict) -> list[str]:
             + (". It ships." if ships else
                f". No follower ships. Where a follower works it helps: on the demo's padded "
                f"box every follower beats the shipped propagation ({demo_lo:.3f}-"
-               f"{demo_hi:.3f} against {demo['shipped']:.3f}), and the box-only ones lift some "
-               f"parcels. But each collapses somewhere: its chain ends after one or a few slices "
-               f"(the brain mask, far larger than the parcels it learnt from; an MR tumour), or "
-               f"it follows the wrong structure (a thin parcel). Trained on one brain's parcels, a follower does not carry over to "
+               f"{demo_hi:.3f} against {demo['shipped']:.3f}). "
+               f"But each collapses somewhere (its worst report object: {worst}): on an "
+               f"object unlike the parcels it learnt from, its masks miss most of the object "
+               f"or its chain ends early. Trained on one brain's parcels, a follower does not "
+               f"carry over to "
                f"objects unlike them, and {n_val} validation objects do not tell which one "
                f"will. Meeting the target this way needs 3-D training data of many subjects "
                f"and kinds of object, which docs/data.md does not offer.")]
