@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_propagation import _cache, cached_main  # noqa: E402
-from bench_propagation_box3d import _objects  # noqa: E402
+from bench_propagation_box3d import _objects, demo_volume  # noqa: E402
 from common import machine  # noqa: E402
 
 from segmote.predict.click import CLICK_SCORE_SLACK  # noqa: E402
@@ -115,9 +115,7 @@ def run(cache_root: Path) -> dict:
     from segmote.build import load_model
     from segmote.evaluation.evaluate import _read_label
     from segmote.evaluation.volume_protocols import CachedSlices, key_slice
-    from segmote.io import read_image
     from segmote.predict.segmenter import Segmenter
-    from segmote.samples import bundled_sample_path
     from segmote.slicing import volume_slice
 
     model = load_model(adapter="default")
@@ -146,8 +144,7 @@ def run(cache_root: Path) -> dict:
                       {rule: round(r[rule], 3) for rule in RULES}, flush=True)
         result[which] = {"objects": [f"{c.case_id}:{c.class_name}" for c in cases],
                          "scores": _summary(by)}
-    image = read_image(bundled_sample_path("lung2_ct_crop")).array
-    gt = read_image(bundled_sample_path("lung2_ct_crop_label.nii.gz")).array > 0
+    image, gt = demo_volume()
     slices = [k for k in range(gt.shape[2]) if volume_slice(gt, k, 2).any()]
     by = {}
     for k in slices:

@@ -40,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_propagation import (REPORT_AAL, VALIDATION_AAL, _cache,  # noqa: E402
                                cached_main, data_dirs)
-from bench_propagation_box3d import _demo_box, _objects  # noqa: E402
+from bench_propagation_box3d import (_demo_box, _objects, demo_setter,  # noqa: E402
+                                     demo_volume)
 from common import machine  # noqa: E402
 
 # name -> (round, prompt rows with the mask prompt: 1 all / 0 none / 0.5 half, steps)
@@ -220,6 +221,16 @@ def follow(seg, set_slice, follower, set_follow, shape, box, ks, mask_prompt: bo
     return out
 
 
+def _shared(seg, set_slice, follower):
+    """A `SliceSetter` for `follower`: slice k as `set_slice` prepares it for `seg` (a follower's
+    image fusion is the default adapter's, so the prepared slice is the same)."""
+    def set_follow(k: int) -> None:
+        set_slice(k)
+        follower.set_features(seg.features, seg.geometry.orig_hw)
+
+    return set_follow
+
+
 def _score(model, followers, cases, cache) -> dict:
     import numpy as np
 
@@ -245,8 +256,8 @@ def _score(model, followers, cases, cache) -> dict:
                                       k_range=ks, bound=box).mask}
         for row, (name, mask_prompt) in ROWS.items():
             f = followers[name]
-            preds[row] = follow(seg, setter, f, CachedSlices(f, cache, case, 2), gt.shape, box,
-                                ks, mask_prompt)
+            preds[row] = follow(seg, setter, f, _shared(seg, setter, f), gt.shape, box, ks,
+                                mask_prompt)
         for row, pred in preds.items():
             d = float(dice(pred, gt))
             by.setdefault(row, {}).setdefault(case.dataset, []).append(d)
@@ -266,36 +277,20 @@ def _demo(model, followers) -> dict:
     """3-D Dice of the demo's box on the bundled CT per row."""
     from segmote.evaluation.metrics import dice
     from segmote.evaluation.volume_protocols import _every_slice
-    from segmote.io import read_image
-    from segmote.predict.propagation import propagate, volume_setter
+    from segmote.predict.propagation import propagate
     from segmote.predict.segmenter import Segmenter
-    from segmote.samples import bundled_sample_path
 
-    image = read_image(bundled_sample_path("lung2_ct_crop")).array
-    gt = read_image(bundled_sample_path("lung2_ct_crop_label.nii.gz")).array > 0
+    image, gt = demo_volume()
     box, ks = _demo_box()
     seg = Segmenter(model)
-    held: dict = {}
-    encode = volume_setter(seg, image, 2, "CT")
-
-    def set_slice(k: int) -> None:
-        if k not in held:
-            encode(k)
-            held[k] = (seg.features, seg.geometry.orig_hw)
-        seg.set_features(*held[k])
-
+    set_slice = demo_setter(seg, image)
     out = {"every slice": float(dice(_every_slice(seg, set_slice, gt.shape, box, ks, 2), gt)),
            "shipped": float(dice(propagate(seg, set_slice, gt.shape, sum(ks) // 2,
                                            {"box": box}, k_range=ks, bound=box).mask, gt))}
     for row, (name, mask_prompt) in ROWS.items():
         f = followers[name]
-
-        def set_follow(k: int, f=f) -> None:  # the fusion is shared: the same prepared slice
-            set_slice(k)
-            f.set_features(seg.features, seg.geometry.orig_hw)
-
-        out[row] = float(dice(follow(seg, set_slice, f, set_follow, gt.shape, box, ks,
-                                     mask_prompt), gt))
+        out[row] = float(dice(follow(seg, set_slice, f, _shared(seg, set_slice, f), gt.shape,
+                                     box, ks, mask_prompt), gt))
     print("demo", out, flush=True)
     return out
 

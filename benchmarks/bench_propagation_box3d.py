@@ -127,28 +127,43 @@ def _tight(model, cases: list, cache, configs: dict) -> dict:
             for name, outs in by.items()}
 
 
-def _demo(model, configs: dict) -> dict:
-    """3-D Dice of the demo's box on the bundled CT per setting and output."""
-    from segmote.evaluation.metrics import dice
-    from segmote.evaluation.volume_protocols import _every_slice
+def demo_volume():
+    """The demo's bundled CT and its tumour: (X, Y, Z) image, (X, Y, Z) bool."""
     from segmote.io import read_image
-    from segmote.predict.propagation import propagate, volume_setter
-    from segmote.predict.segmenter import Segmenter
     from segmote.samples import bundled_sample_path
 
     image = read_image(bundled_sample_path("lung2_ct_crop")).array
-    gt = read_image(bundled_sample_path("lung2_ct_crop_label.nii.gz")).array > 0
-    box, ks = _demo_box()
-    seg = Segmenter(model)
+    return image, read_image(bundled_sample_path("lung2_ct_crop_label.nii.gz")).array > 0
+
+
+def demo_setter(seg, image):
+    """A `SliceSetter` over the demo CT (axis 2) that encodes each slice once, for every later
+    request of any setting."""
+    from segmote.predict.propagation import volume_setter
+
     held: dict = {}
     encode = volume_setter(seg, image, 2, "CT")
 
-    def set_slice(k: int) -> None:  # each slice encoded once for every setting
+    def set_slice(k: int) -> None:
         if k not in held:
             encode(k)
             held[k] = (seg.features, seg.geometry.orig_hw)
         seg.set_features(*held[k])
 
+    return set_slice
+
+
+def _demo(model, configs: dict) -> dict:
+    """3-D Dice of the demo's box on the bundled CT per setting and output."""
+    from segmote.evaluation.metrics import dice
+    from segmote.evaluation.volume_protocols import _every_slice
+    from segmote.predict.propagation import propagate
+    from segmote.predict.segmenter import Segmenter
+
+    image, gt = demo_volume()
+    box, ks = _demo_box()
+    seg = Segmenter(model)
+    set_slice = demo_setter(seg, image)
     out: dict = {}
     for output, kw in {"adapter": {}, "base": {"output": "base"}}.items():
         preds = {}
